@@ -138,7 +138,7 @@ def infer_official_arch(sd: dict[str, Tensor], source: str = "checkpoint") -> Of
 
 def _infer_vit(sd: dict[str, Tensor]) -> OfficialArch:
     dim = sd["blocks.0.attn.qkv.weight"].shape[1]
-    patch = sd["patch_embed.proj.weight"] if "patch_embed.proj.weight" in sd else None
+    patch = sd.get("patch_embed.proj.weight")
     swiglu = "blocks.0.mlp.w1.weight" in sd
     hidden_key = "blocks.0.mlp.w1.weight" if swiglu else "blocks.0.mlp.fc1.weight"
     periods = sd.get("rope_embed.periods")

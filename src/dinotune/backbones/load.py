@@ -20,7 +20,7 @@ from dinotune.backbones import convert
 from dinotune.backbones.channels import adapt_stats, adapt_stem_weight
 from dinotune.backbones.convnext import ConvNeXtBackbone
 from dinotune.backbones.info import BackboneInfo
-from dinotune.backbones.specs import DINOV3_LICENSE, ARCHS, ArchSpec, arch_from_hub_id, get_arch, norm_stats
+from dinotune.backbones.specs import ARCHS, DINOV3_LICENSE, ArchSpec, arch_from_hub_id, get_arch, norm_stats
 from dinotune.backbones.vit import ViTBackbone
 from dinotune.errors import BackboneNotFoundError, CheckpointError
 
@@ -164,7 +164,7 @@ def _load_official_file(path: Path, arch_name: str | None) -> Backbone:
     hf_model = convert.build_hf_model(arch)
     convert.load_into(hf_model, hf_sd, str(path), arch)
     stat = path.stat()
-    name = arch_name and get_arch(arch_name).name or match_spec(arch)
+    name = (arch_name and get_arch(arch_name).name) or match_spec(arch)
     weights = "sat493m" if "sat493m" in path.name.lower() else ("lvd1689m" if "lvd1689m" in path.name else None)
     info = _make_info(name, arch.family, str(path), weights, arch.hf_config["num_channels"],
                       f"pth:{path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}")

@@ -1,0 +1,3 @@
+from dinotune.cli import main
+
+main()

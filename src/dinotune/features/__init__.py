@@ -1,0 +1,1 @@
+"""Frozen features: batched extraction, the on-disk cache keyed by content, and `dinotune embed`."""

@@ -1,0 +1,40 @@
+"""Batched extraction of the features frozen-backbone heads use.
+
+Kinds: `cls` (normed class token), `patch_mean` (mean of normed patch tokens) and, for ViTs,
+`cls_last4` (normed class tokens of the last 4 blocks, concatenated) - the inputs of the official
+dinov3 linear protocol (class token + mean patch token, last 1 or 4 blocks).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from dinotune.backbones import Backbone, ViTBackbone
+from dinotune.device import autocast
+
+
+def feature_kinds(backbone: Backbone) -> tuple[str, ...]:
+    if isinstance(backbone, ViTBackbone) and backbone.n_blocks >= 4:
+        return ("cls", "patch_mean", "cls_last4")
+    return ("cls", "patch_mean")
+
+
+@torch.inference_mode()
+def extract_features(backbone: Backbone, images: Tensor) -> dict[str, Tensor]:
+    """One forward pass per batch gives every kind; returned as fp32 on the CPU."""
+    device = next(backbone.parameters()).device
+    images = images.to(device, non_blocking=True)
+    with autocast(device):
+        if "cls_last4" in feature_kinds(backbone):
+            layers = backbone.get_intermediate_layers(images, n=4, return_class_token=True, norm=True)
+            patches, cls = layers[-1]
+            out = {
+                "cls": cls,
+                "patch_mean": patches.mean(dim=1),
+                "cls_last4": torch.cat([c for _, c in layers], dim=-1),
+            }
+        else:
+            features = backbone.forward_features(images)
+            out = {"cls": features["x_norm_clstoken"], "patch_mean": features["x_norm_patchtokens"].mean(dim=1)}
+    return {k: v.float().cpu() for k, v in out.items()}

@@ -1,0 +1,34 @@
+"""Shared test set-up: no network, reproducible seeds, and the golden fixtures from ../shared."""
+
+from __future__ import annotations
+
+import os
+import warnings
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing may download at test time
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+
+REPO = Path(__file__).resolve().parents[1]
+FIXTURES = REPO.parent / "shared" / "fixtures" / "dinov3_reference"
+FIXTURE_NAMES = ["vits16_style_depth3", "vithplus_style_depth2", "convnext_tiny_style"]
+
+
+@pytest.fixture(scope="session")
+def fixtures_dir() -> Path:
+    """The golden DINOv3 fixtures; under CI they must exist, so a missing folder fails, not skips."""
+    if not FIXTURES.is_dir():
+        message = f"golden fixtures not found at {FIXTURES} (expected ../shared beside the repo)"
+        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+            pytest.fail(message)
+        pytest.skip(message)
+    return FIXTURES
+
+
+@pytest.fixture(autouse=True)
+def _quiet_random_weight_warning():
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="RANDOM WEIGHTS")
+        yield

@@ -1,0 +1,65 @@
+"""The real `dinotune` command: user errors are one line with exit code 2, outputs land on disk."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from safetensors import safe_open
+
+
+def run(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    return subprocess.run([sys.executable, "-m", "dinotune", *args], capture_output=True, text=True, env=env,
+                          cwd=cwd, timeout=300)
+
+
+def test_user_error_is_one_line_and_exit_2(tmp_path: Path) -> None:
+    result = run("convert", str(tmp_path / "missing.pth"), str(tmp_path / "out"))
+    assert result.returncode == 2
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error:") and "missing.pth" in lines[0]
+    assert "Traceback" not in result.stderr
+
+
+def test_verbose_shows_the_traceback(tmp_path: Path) -> None:
+    result = run("--verbose", "convert", str(tmp_path / "missing.pth"), str(tmp_path / "out"))
+    assert result.returncode != 0 and "Traceback" in result.stderr
+
+
+def test_typo_in_override_suggests_the_key(tmp_path: Path) -> None:
+    result = run("embed", str(tmp_path), "--out", str(tmp_path / "e.safetensors"), "batch_sise=3")
+    assert result.returncode == 2
+    assert "did you mean 'batch_size'" in result.stderr
+
+
+def test_embed_writes_features_and_names(tmp_path: Path) -> None:
+    from PIL import Image
+
+    images = tmp_path / "imgs" / "sub"
+    images.mkdir(parents=True)
+    for i in range(5):
+        Image.new("RGB", (40 + i, 30), color=(i * 40, 10, 200)).save(images / f"im{i}.png")
+    (images / "broken.jpg").write_bytes(b"not an image")
+    out = tmp_path / "emb.safetensors"
+    result = run("embed", str(tmp_path / "imgs"), "--out", str(out), "-b", "random:vit_test16",
+                 "--image-size", "32", "--num-workers", "0", f"cache_dir={tmp_path / 'cache'}")
+    assert result.returncode == 0, result.stderr
+    with safe_open(str(out), framework="pt") as handle:
+        files = json.loads(handle.metadata()["files"])
+        assert files == [f"sub/im{i}.png" for i in range(5)]
+        assert handle.get_tensor("cls").shape == (5, 64)
+        assert handle.get_tensor("patch_mean").shape == (5, 64)
+        assert json.loads(handle.metadata()["backbone"])["arch"] == "vit_test16"
+    assert "broken.jpg" in result.stderr  # the bad file is reported, not fatal
+
+
+@pytest.mark.parametrize("name", ["vits16_style_depth3"])
+def test_convert_command(fixtures_dir: Path, tmp_path: Path, name: str) -> None:
+    result = run("convert", str(fixtures_dir / name / "checkpoint.pth"), str(tmp_path / "hf"))
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "hf" / "config.json").is_file()
