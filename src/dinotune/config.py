@@ -116,7 +116,9 @@ def validate(model: type[ModelT], data: dict[str, Any], origin: str = "config") 
                 hint = f"; did you mean '{'.'.join([*map(str, loc[:-1]), close[0]])}'?" if close else ""
                 messages.append(f"unknown key '{key}'{hint}")
             else:
-                messages.append(f"'{key}': {error['msg']} (got {error.get('input')!r})")
+                text = error["msg"].removeprefix("Value error, ")
+                got = "" if error["type"] == "value_error" else f" (got {error.get('input')!r})"
+                messages.append(f"'{key}': {text}{got}" if key else f"{text}{got}")
         raise ConfigError(f"Invalid {origin}: " + "; ".join(messages)) from None
 
 

@@ -1,0 +1,66 @@
+"""`dinotune data check` and `dinotune data stats` (mounted by the main CLI as `dinotune data ...`)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+
+from dinotune.errors import DataError
+
+data_app = typer.Typer(
+    help="Inspect datasets: find broken files and leakage, compute scaling statistics.", no_args_is_help=True
+)
+
+
+@data_app.command("check")
+def check(
+    path: Path = typer.Argument(..., help="Dataset folder or CSV file."),
+    task: str | None = typer.Option(None, help="classify, segment or unlabelled (default: from the layout)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the full report as JSON."),
+    num_classes: int | None = typer.Option(None, help="Segmentation: valid mask values are 0..N-1 (+255)."),
+    class_map: Path | None = typer.Option(None, help="YAML/JSON class map (names, colours)."),
+    patch_size: int = typer.Option(16, help="Backbone patch size; smaller images are flagged."),
+    min_per_class: int = typer.Option(50, help="Warn when a class has fewer images."),
+    max_imbalance: float = typer.Option(10.0, help="Warn when largest/smallest class exceeds this ratio."),
+) -> None:
+    """Report unreadable, truncated, empty, non-image and duplicate files, imbalance and mask problems.
+
+    Exits 0 when there are only warnings, 1 when there are errors. Never modifies the data.
+    """
+    from dinotune.data.check import check_dataset
+
+    if task is not None and task not in ("classify", "segment", "unlabelled"):
+        raise DataError(f"--task must be classify, segment or unlabelled, got {task!r}")
+    report = check_dataset(
+        path,
+        task,
+        patch_size=patch_size,
+        num_classes=num_classes,
+        class_map=class_map,
+        min_per_class=min_per_class,
+        max_imbalance=max_imbalance,
+    )
+    typer.echo(json.dumps(report.to_dict(), indent=2) if as_json else report.format_text())
+    raise typer.Exit(report.exit_code)
+
+
+@data_app.command("stats")
+def stats(
+    path: Path = typer.Argument(..., help="Dataset folder or CSV file."),
+    out: Path | None = typer.Option(None, "--out", help="Also write the YAML snippet to this file."),
+    scaling: str = typer.Option("auto", help="auto, fixed or percentile."),
+    max_images: int = typer.Option(256, help="Images sampled (seeded)."),
+    seed: int = typer.Option(0, help="Sampling seed."),
+) -> None:
+    """Print per-band scaling (p1/p99) and mean/std as YAML to paste into the config's `data:` section."""
+    from dinotune.data.check import compute_stats, stats_yaml
+
+    if scaling not in ("auto", "fixed", "percentile"):
+        raise DataError(f"--scaling must be auto, fixed or percentile, got {scaling!r}")
+    text = stats_yaml(compute_stats(path, max_images=max_images, scaling=scaling, seed=seed))
+    typer.echo(text, nl=False)
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(text, encoding="utf-8")

@@ -1,0 +1,144 @@
+"""Pydantic models for the `data:` section of a dinotune config.
+
+Kept free of torch imports so that validating a config (or printing `--help`) stays instant.
+Use `load_data_config` rather than calling `DataConfig(...)` directly when the values come from a
+user: it turns pydantic's multi-line ValidationError into a one-line `ConfigError` naming the field.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from dinotune.errors import ConfigError
+
+Task = Literal["classify", "segment", "unlabelled"]
+Layout = Literal["auto", "imagefolder", "csv", "json", "segmentation", "unlabelled"]
+ResizeMode = Literal["crop", "pad", "keep"]
+AugmentPreset = Literal["none", "default", "medical", "satellite", "industrial", "microscopy"]
+
+#: PIL's own hard limit (2 x Image.MAX_IMAGE_PIXELS); larger images are almost always a mistake.
+DEFAULT_MAX_PIXELS = 178_956_970
+
+
+class ScalingConfig(BaseModel):
+    """How raw pixel values become floats in [0, 1] before augmentation.
+
+    8-bit images are always divided by 255. Wider integers use `divisor` (mode `fixed`) or per-band
+    `low`/`high` raw values mapped to 0/1 and clipped (mode `percentile`, values from `data stats`).
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    mode: Literal["fixed", "percentile"] = Field(
+        "fixed", description="fixed: divide by `divisor`; percentile: map per-band low/high to 0/1 and clip."
+    )
+    divisor: float | None = Field(
+        None, gt=0, description="Divisor for >8-bit integer images (default 65535; e.g. 4095 for 12-bit)."
+    )
+    low: list[float] | None = Field(None, description="Per-band raw value mapped to 0 (percentile mode).")
+    high: list[float] | None = Field(None, description="Per-band raw value mapped to 1 (percentile mode).")
+
+    @model_validator(mode="after")
+    def _check(self) -> ScalingConfig:
+        if self.mode == "percentile":
+            if not self.low or not self.high:
+                raise ValueError(
+                    "scaling.mode=percentile needs scaling.low and scaling.high; "
+                    "run `dinotune data stats ROOT` and paste its output"
+                )
+            if len(self.low) != len(self.high):
+                raise ValueError("scaling.low and scaling.high must have the same number of bands")
+            if any(h <= lo for lo, h in zip(self.low, self.high, strict=False)):
+                raise ValueError("every scaling.high value must be greater than the matching scaling.low")
+        return self
+
+
+class DataConfig(BaseModel):
+    """Everything the data layer needs: where the images are and how to turn them into tensors."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    root: Path = Field(description="Dataset folder (or a CSV file) to read.")
+    task: Task | None = Field(None, description="classify, segment or unlabelled; inferred from the layout if unset.")
+    layout: Layout = Field("auto", description="Dataset layout; `auto` detects it from the folder structure.")
+    csv_file: Path | None = Field(None, description="CSV annotation file (relative to root) if not auto-detected.")
+    image_size: int = Field(224, gt=0, description="Side of the square network input (a multiple of patch_size).")
+    patch_size: int = Field(16, gt=0, description="Backbone patch size; image sizes are rounded to multiples of it.")
+    channels: int = Field(3, ge=1, le=64, description="Input channels: 3 (RGB), 1 (grayscale) or N bands.")
+    resize: ResizeMode = Field("crop", description="crop: shorter side + crop; pad: letterbox; keep: keep aspect.")
+    augment: AugmentPreset = Field("default", description="Training augmentation preset.")
+    hflip: bool | None = Field(None, description="Override the preset's horizontal flip (medical: off by default).")
+    mean: list[float] | None = Field(None, description="Normalisation mean per channel; default: the backbone's.")
+    std: list[float] | None = Field(None, description="Normalisation std per channel; default: the backbone's.")
+    scaling: ScalingConfig = Field(default_factory=ScalingConfig, description="16-bit / multi-band scaling.")
+    max_pixels: int = Field(DEFAULT_MAX_PIXELS, gt=0, description="Refuse images with more pixels (bomb guard).")
+    val_fraction: float = Field(0.1, ge=0, lt=1, description="Validation share when the data has no split folders.")
+    test_fraction: float = Field(0.1, ge=0, lt=1, description="Test share when the data has no split folders.")
+    split_seed: int = Field(0, description="Seed of the automatic stratified split.")
+    split_file: Path | None = Field(None, description="Where the automatic split is written/reused (run dir).")
+    class_weights: bool = Field(False, description="Weight the loss by inverse class frequency.")
+    weighted_sampler: bool = Field(False, description="Oversample rare classes with a weighted sampler.")
+    on_bad_file: Literal["skip", "error"] = Field("skip", description="skip (log + replace) or error on bad files.")
+    num_workers: int = Field(2, ge=0, description="DataLoader worker processes.")
+    ignore_index: int = Field(255, ge=0, le=255, description="Mask value ignored by the segmentation loss.")
+    num_classes: int | None = Field(None, gt=0, description="Segmentation classes if no class_map is given.")
+    class_map: Path | None = Field(None, description="YAML/JSON file with class names (and colours).")
+    class_mapping: Path | dict[int, int] | None = Field(
+        None,
+        description="Source->target class ids (file or dict) to merge classes; unlisted -> ignore_index.",
+    )
+
+    @model_validator(mode="after")
+    def _check(self) -> DataConfig:
+        if self.image_size % self.patch_size:
+            lo = max(self.patch_size, self.image_size // self.patch_size * self.patch_size)
+            raise ValueError(
+                f"image_size={self.image_size} is not a multiple of patch_size={self.patch_size}; "
+                f"use {lo} or {lo + self.patch_size}"
+            )
+        if self.val_fraction + self.test_fraction >= 1:
+            raise ValueError("val_fraction + test_fraction must be below 1 (something must be left to train on)")
+        for name in ("mean", "std"):
+            values = getattr(self, name)
+            if values is not None and len(values) != self.channels:
+                raise ValueError(f"{name} has {len(values)} values but channels={self.channels}")
+        if self.std is not None and any(s <= 0 for s in self.std):
+            raise ValueError("every std value must be positive")
+        return self
+
+
+def load_data_config(values: dict[str, Any] | Path | str) -> DataConfig:
+    """Build a DataConfig from a dict or a YAML/JSON file, raising a one-line ConfigError on mistakes.
+
+    A file may hold the data section at top level or under a `data:` key.
+    """
+    source = "data config"
+    if isinstance(values, (str, Path)):
+        source = str(values)
+        values = _read_mapping(Path(values))
+        if isinstance(values.get("data"), dict):
+            values = values["data"]
+    from dinotune.config import validate
+
+    return validate(DataConfig, values, origin=source)
+
+
+def _read_mapping(path: Path) -> dict[str, Any]:
+    """Read a YAML or JSON file into a dict, with a ConfigError naming the file on failure."""
+    import json
+
+    import yaml
+
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist")
+    try:
+        text = path.read_text(encoding="utf-8")
+        data = json.loads(text) if path.suffix.lower() == ".json" else yaml.safe_load(text)
+    except (OSError, ValueError, yaml.YAMLError) as exc:
+        raise ConfigError(f"cannot parse {path}: {str(exc).splitlines()[0]}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path} must contain a mapping (key: value pairs) at top level")
+    return data

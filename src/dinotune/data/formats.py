@@ -1,0 +1,444 @@
+"""Dataset layouts: detect which one a folder uses and describe it uniformly as a `DatasetSpec`.
+
+Supported layouts (see docs/data.md for example trees):
+  imagefolder  - [train|val|test/]<class>/<image>
+  csv          - a CSV with `path,label` (labels may be `a;b` for multi-label) or one 0/1 column per label
+  json         - annotations/{train,val,test}_annotations.json, each a list of {file_name, label}
+  segmentation - images/ + masks/ with matching stems (optionally with split subfolders)
+  unlabelled   - any folder tree of images
+Data without split folders is split here (stratified, seeded) and the split can be written to a file
+so a run is reproducible even if files are later added.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from dinotune.data.decode import is_image_path, load_class_map
+from dinotune.errors import DataError
+
+log = logging.getLogger(__name__)
+
+SPLIT_ALIASES = {
+    "train": "train",
+    "training": "train",
+    "val": "val",
+    "valid": "val",
+    "validation": "val",
+    "test": "test",
+    "testing": "test",
+}
+SPLITS = ("train", "val", "test")
+PATH_KEYS = ("path", "file_name", "filename", "file", "image", "image_path", "img")
+LABEL_KEYS = ("label", "labels", "category", "class", "class_name", "target")
+MASK_SUFFIXES = ("_mask", "-mask", "_label", "_labels", "_gt", "_seg")
+CLASS_MAP_NAMES = ("classes.yaml", "classes.yml", "classes.json", "class_map.yaml", "class_map.json")
+
+
+@dataclass
+class Sample:
+    """One item: an image path and its label (class index, list of indices, mask path or None)."""
+
+    path: Path
+    label: int | list[int] | Path | None = None
+
+
+@dataclass
+class DatasetSpec:
+    """Uniform description of a dataset, whatever its layout on disk."""
+
+    task: str  # "classify" | "segment" | "unlabelled"
+    layout: str
+    root: Path
+    classes: list[str]
+    splits: dict[str, list[Sample]]
+    multilabel: bool = False
+    colours: list[tuple[int, int, int]] | None = None
+    auto_split: bool = False  # True if the split was computed here rather than read from the layout
+    split_file: Path | None = None
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+
+def list_images(folder: Path) -> list[Path]:
+    """All image files under `folder`, recursively, sorted (hidden files and folders skipped)."""
+    return sorted(
+        p
+        for p in folder.rglob("*")
+        if p.is_file() and is_image_path(p) and not any(part.startswith(".") for part in p.relative_to(folder).parts)
+    )
+
+
+def _split_dirs(root: Path) -> dict[str, Path]:
+    return {
+        SPLIT_ALIASES[d.name.lower()]: d
+        for d in sorted(root.iterdir())
+        if d.is_dir() and d.name.lower() in SPLIT_ALIASES
+    }
+
+
+def _class_dirs(folder: Path) -> list[Path]:
+    return [d for d in sorted(folder.iterdir()) if d.is_dir() and not d.name.startswith(".")]
+
+
+def _find_csv(root: Path) -> Path | None:
+    csvs = sorted(p for p in root.glob("*.csv") if not p.name.startswith("."))
+    for name in ("labels.csv", "annotations.csv", "train.csv"):
+        if root / name in csvs:
+            return root / name
+    return csvs[0] if len(csvs) == 1 else None
+
+
+def _seg_pairs(root: Path) -> tuple[Path, Path] | None:
+    if (root / "images").is_dir() and (root / "masks").is_dir():
+        return root / "images", root / "masks"
+    return None
+
+
+def detect_layout(path: Path | str, task: str | None = None) -> str:
+    """Name the layout of `path`: imagefolder, csv, json, segmentation or unlabelled.
+
+    `task="unlabelled"` forces the unlabelled layout, since any image tree can be read that way.
+    """
+    root = Path(path)
+    if not root.exists():
+        raise DataError(f"{root} does not exist; check the dataset path")
+    if root.is_file():
+        if root.suffix.lower() == ".csv":
+            return "csv"
+        raise DataError(f"{root} is a file; pass a dataset folder or a CSV file")
+    if task == "unlabelled":
+        return "unlabelled"
+    if (root / "annotations").is_dir() and any((root / "annotations").glob("*_annotations.json")):
+        return "json"
+    splits = _split_dirs(root)
+    if _seg_pairs(root) or any(_seg_pairs(d) for d in splits.values()):
+        return "segmentation"
+    if _find_csv(root) is not None:
+        return "csv"
+    loose = [p for p in root.iterdir() if p.is_file() and is_image_path(p)]
+    for folder in splits.values() or ([] if loose else [root]):
+        if any(list_images(d) for d in _class_dirs(folder)):
+            return "imagefolder"
+    if list_images(root):
+        return "unlabelled"
+    raise DataError(
+        f"no images found under {root}; expected class folders, images/+masks/, a CSV, "
+        "annotations/*_annotations.json or any tree of images (see docs/data.md)"
+    )
+
+
+def load_dataset(
+    root: Path | str,
+    task: str | None = None,
+    layout: str = "auto",
+    *,
+    val_fraction: float = 0.1,
+    test_fraction: float = 0.1,
+    seed: int = 0,
+    split_file: Path | str | None = None,
+    csv_file: Path | str | None = None,
+    class_map: Path | str | None = None,
+    auto_split: bool = True,
+) -> DatasetSpec:
+    """Read any supported layout into a DatasetSpec.
+
+    Without split folders/columns the samples are split here (stratified by label, seeded). If
+    `split_file` is given the split is read from it when it exists, or written to it otherwise.
+    `auto_split=False` leaves unsplit data in a single split named "all" (used by `data check`).
+    """
+    root = Path(root)
+    layout = detect_layout(root, task) if layout == "auto" else layout
+    readers = {
+        "imagefolder": _read_imagefolder,
+        "csv": _read_csv,
+        "json": _read_json,
+        "segmentation": _read_segmentation,
+        "unlabelled": _read_unlabelled,
+    }
+    if layout not in readers:
+        raise DataError(f"unknown layout {layout!r}; use one of: auto, {', '.join(readers)}")
+    spec = _read_csv(root, csv_file) if layout == "csv" else readers[layout](root)
+    if task is not None and task != spec.task and not (task == "unlabelled"):
+        raise DataError(f"{root} looks like a {spec.layout} dataset ({spec.task}) but task={task!r} was asked")
+    if task == "unlabelled" and spec.task != "unlabelled":
+        spec.task = "unlabelled"
+    cmap_path = (
+        Path(class_map)
+        if class_map
+        else next((root / n for n in CLASS_MAP_NAMES if root.is_dir() and (root / n).is_file()), None)
+    )
+    if cmap_path is not None and spec.task == "segment":
+        cmap = load_class_map(cmap_path)
+        spec.classes, spec.colours = cmap.names, cmap.colours
+    if auto_split and set(spec.splits) == {"all"} and spec.task != "unlabelled":
+        spec = _apply_split(spec, val_fraction, test_fraction, seed, Path(split_file) if split_file else None)
+    for name, samples in spec.splits.items():
+        if not samples:
+            log.warning("split %r of %s is empty", name, root)
+    return spec
+
+
+def _read_imagefolder(root: Path) -> DatasetSpec:
+    folders = _split_dirs(root) or {"all": root}
+    classes = sorted({d.name for f in folders.values() for d in _class_dirs(f)})
+    if not classes:
+        raise DataError(f"{root}: no class folders found; put images in <class>/ subfolders")
+    index = {c: i for i, c in enumerate(classes)}
+    splits = {
+        name: [Sample(p, index[d.name]) for d in _class_dirs(f) for p in list_images(d)] for name, f in folders.items()
+    }
+    return DatasetSpec("classify", "imagefolder", root, classes, splits)
+
+
+def _parse_labels(raw: list[Any], source: Path) -> tuple[list[str], list[int | list[int]], bool]:
+    """Turn raw label values (names, ints, lists or 'a;b' strings) into class names and indices."""
+    as_lists = [
+        v
+        if isinstance(v, list)
+        else [s.strip() for s in str(v).split(";") if s.strip()]
+        if isinstance(v, str) and ";" in v
+        else [v]
+        for v in raw
+    ]
+    multilabel = any(isinstance(v, list) for v in raw) or any(len(v) > 1 for v in as_lists)
+    flat = [str(x).strip() for v in as_lists for x in v]
+    if any(x == "" or x.lower() == "nan" for x in flat):
+        raise DataError(f"{source}: some rows have an empty label; fill them in or remove the rows")
+    numeric = bool(flat) and all(x.lstrip("-").isdigit() for x in flat)
+
+    def norm(x: Any) -> str:
+        return str(int(str(x).strip())) if numeric else str(x).strip()
+
+    if numeric:
+        top = max(int(x) for x in flat)
+        if min(int(x) for x in flat) < 0:
+            raise DataError(f"{source}: negative label; labels must be class names or ids >= 0")
+        classes = [str(i) for i in range(top + 1)]
+    else:
+        classes = sorted(set(flat))
+    index = {c: i for i, c in enumerate(classes)}
+    labels = [sorted({index[norm(x)] for x in v}) for v in as_lists]
+    return classes, [v if multilabel else v[0] for v in labels], multilabel
+
+
+def _resolve(root: Path, name: str, split: str | None = None) -> Path:
+    """Find an annotated file: absolute, relative to root, root/images, or the split folder."""
+    p = Path(name)
+    if p.is_absolute():
+        return p
+    candidates = [root / p, root / "images" / p]
+    if split:
+        candidates += [root / split / p, root / "images" / split / p]
+    return next((c for c in candidates if c.exists()), root / p)
+
+
+def _read_csv(root: Path, csv_file: Path | str | None = None) -> DatasetSpec:
+    if root.is_file():
+        root, table = root.parent, root
+    else:
+        table = (root / csv_file) if csv_file else _find_csv(root)
+        if table is None or not table.is_file():
+            raise DataError(f"{root}: no CSV annotation file found; pass data.csv_file")
+    with open(table, newline="", encoding="utf-8-sig") as f:
+        rows = list(csv.DictReader(f))
+    if not rows:
+        raise DataError(f"{table}: CSV has no rows; expected a header like 'path,label'")
+    cols = list(rows[0].keys())
+    path_col = next((c for c in cols if c.strip().lower() in PATH_KEYS), None)
+    if path_col is None:
+        raise DataError(f"{table}: no image column; name one of: {', '.join(PATH_KEYS)} (found {cols})")
+    split_col = next((c for c in cols if c.strip().lower() == "split"), None)
+    label_col = next((c for c in cols if c.strip().lower() in LABEL_KEYS), None)
+    if label_col is not None:
+        classes, labels, multilabel = _parse_labels([r[label_col] for r in rows], table)
+    else:  # one 0/1 column per label
+        classes = [c for c in cols if c not in (path_col, split_col)]
+        if not classes:
+            raise DataError(f"{table}: no label column; add 'label' or one 0/1 column per class")
+        labels, multilabel = [], True
+        for n, r in enumerate(rows, start=2):
+            bad = [c for c in classes if r[c].strip() not in ("0", "1", "0.0", "1.0")]
+            if bad:
+                raise DataError(f"{table}: line {n}: column {bad[0]!r} must be 0 or 1, got {r[bad[0]]!r}")
+            labels.append([i for i, c in enumerate(classes) if float(r[c]) == 1.0])
+    splits: dict[str, list[Sample]] = {}
+    for r, lab in zip(rows, labels, strict=False):
+        split = SPLIT_ALIASES.get(r[split_col].strip().lower(), "all") if split_col else "all"
+        splits.setdefault(split, []).append(Sample(_resolve(root, r[path_col].strip(), split), lab))
+    return DatasetSpec("classify", "csv", root, classes, splits, multilabel=multilabel)
+
+
+def _read_json(root: Path) -> DatasetSpec:
+    raw: dict[str, list[tuple[str, Any]]] = {}
+    for f in sorted((root / "annotations").glob("*_annotations.json")):
+        split = SPLIT_ALIASES.get(f.name.removesuffix("_annotations.json").lower())
+        if split is None:
+            continue
+        try:
+            data = json.loads(f.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise DataError(f"{f}: invalid JSON ({exc})") from None
+        if isinstance(data, dict):
+            data = data.get("annotations", data.get("images"))
+        if not isinstance(data, list):
+            raise DataError(f"{f}: expected a list of {{file_name, label}} objects")
+        items = []
+        for i, obj in enumerate(data):
+            pk = next((k for k in PATH_KEYS if isinstance(obj, dict) and k in obj), None)
+            lk = next((k for k in LABEL_KEYS if isinstance(obj, dict) and k in obj), None)
+            if pk is None or lk is None:
+                raise DataError(
+                    f"{f}: entry {i} needs a file key ({'/'.join(PATH_KEYS[:4])}) "
+                    f"and a label key ({'/'.join(LABEL_KEYS[:4])})"
+                )
+            items.append((str(obj[pk]), obj[lk]))
+        raw[split] = items
+    if not raw:
+        raise DataError(f"{root / 'annotations'}: no train/val/test_annotations.json files")
+    order = [s for s in raw]
+    classes, labels, multilabel = _parse_labels([lab for s in order for _, lab in raw[s]], root / "annotations")
+    splits, k = {}, 0
+    for s in order:
+        splits[s] = [Sample(_resolve(root, name, s), labels[k + i]) for i, (name, _) in enumerate(raw[s])]
+        k += len(raw[s])
+    if set(splits) == {"train"}:
+        splits = {"all": splits["train"]}
+    return DatasetSpec("classify", "json", root, classes, splits, multilabel=multilabel)
+
+
+def mask_key(path: Path, folder: Path) -> str:
+    """Matching key of an image or mask: relative path without extension or mask suffix."""
+    rel = path.relative_to(folder).with_suffix("").as_posix()
+    for suffix in MASK_SUFFIXES:
+        if rel.endswith(suffix):
+            return rel[: -len(suffix)]
+    return rel
+
+
+def segmentation_pairs(root: Path) -> dict[str, tuple[list[tuple[Path, Path]], list[Path], list[Path]]]:
+    """Per split: (image, mask) pairs, images without a mask, masks without an image."""
+    splits = _split_dirs(root)
+    groups: dict[str, tuple[Path, Path]] = {}
+    if splits and any(_seg_pairs(d) for d in splits.values()):
+        groups = {s: p for s, d in splits.items() if (p := _seg_pairs(d))}
+    elif (pair := _seg_pairs(root)) is not None:
+        img_splits, mask_splits = _split_dirs(pair[0]), _split_dirs(pair[1])
+        groups = (
+            {s: (d, mask_splits.get(s, pair[1] / d.name)) for s, d in img_splits.items()}
+            if img_splits
+            else {"all": pair}
+        )
+    if not groups:
+        raise DataError(f"{root}: expected images/ and masks/ folders (optionally inside train/ val/)")
+    out = {}
+    for split, (img_dir, mask_dir) in groups.items():
+        images = {mask_key(p, img_dir): p for p in list_images(img_dir)}
+        masks = {mask_key(p, mask_dir): p for p in list_images(mask_dir)} if mask_dir.is_dir() else {}
+        pairs = [(images[k], masks[k]) for k in sorted(images) if k in masks]
+        out[split] = (
+            pairs,
+            [images[k] for k in sorted(images) if k not in masks],
+            [masks[k] for k in sorted(masks) if k not in images],
+        )
+    return out
+
+
+def _read_segmentation(root: Path) -> DatasetSpec:
+    splits = {}
+    for split, (pairs, lonely_images, lonely_masks) in segmentation_pairs(root).items():
+        if lonely_images:
+            log.warning(
+                "%d image(s) in %s have no mask and are left out, e.g. %s",
+                len(lonely_images),
+                root,
+                lonely_images[0],
+            )
+        if lonely_masks:
+            log.warning("%d mask(s) in %s have no image, e.g. %s", len(lonely_masks), root, lonely_masks[0])
+        splits[split] = [Sample(img, mask) for img, mask in pairs]
+    return DatasetSpec("segment", "segmentation", root, [], splits)
+
+
+def _read_unlabelled(root: Path) -> DatasetSpec:
+    images = list_images(root)
+    if not images:
+        raise DataError(f"no images found under {root}")
+    return DatasetSpec("unlabelled", "unlabelled", root, [], {"all": [Sample(p) for p in images]})
+
+
+def stratified_split(keys: Sequence[Any], fractions: dict[str, float], seed: int) -> list[str]:
+    """Assign each item a split name so that every label key is spread in the given proportions.
+
+    Deterministic given the order of `keys` and `seed`; each group keeps at least one training item.
+    """
+    rng = np.random.default_rng(seed)
+    out = ["train"] * len(keys)
+    groups: dict[str, list[int]] = {}
+    for i, k in enumerate(keys):
+        groups.setdefault(repr(k), []).append(i)
+    for g in sorted(groups):
+        idx = groups[g]
+        order = [idx[j] for j in rng.permutation(len(idx))]
+        start = 0
+        for name, frac in fractions.items():
+            n = min(int(len(idx) * frac + 0.5), len(idx) - 1 - start)
+            for i in order[start : start + max(n, 0)]:
+                out[i] = name
+            start += max(n, 0)
+    return out
+
+
+def _apply_split(spec: DatasetSpec, val: float, test: float, seed: int, split_file: Path | None) -> DatasetSpec:
+    samples = sorted(spec.splits["all"], key=lambda s: str(s.path))
+    rel = [_rel(s.path, spec.root) for s in samples]
+    if split_file is not None and split_file.is_file():
+        try:
+            saved = json.loads(split_file.read_text(encoding="utf-8"))["splits"]
+        except (OSError, ValueError, KeyError, TypeError):
+            raise DataError(f"{split_file}: not a dinotune split file; delete it to recompute the split") from None
+        where = {p: name for name, paths in saved.items() for p in paths}
+        added = [r for r in rel if r not in where]
+        removed = len(where) - (len(rel) - len(added))
+        if added or removed:
+            raise DataError(
+                f"{split_file} was made for a different file list "
+                f"({len(added)} new, {removed} missing files); "
+                "delete it to re-split, or use a new run directory"
+            )
+        names = [where[r] for r in rel]
+    else:
+        keys = [s.label if spec.task == "classify" else 0 for s in samples]
+        names = stratified_split(keys, {"val": val, "test": test}, seed)
+        if split_file is not None:
+            payload = {
+                "seed": seed,
+                "val_fraction": val,
+                "test_fraction": test,
+                "root": str(spec.root),
+                "splits": {n: [r for r, m in zip(rel, names, strict=True) if m == n] for n in SPLITS},
+            }
+            split_file.parent.mkdir(parents=True, exist_ok=True)
+            tmp = split_file.with_suffix(".tmp")
+            tmp.write_text(json.dumps(payload, indent=1), encoding="utf-8")
+            tmp.replace(split_file)
+    spec.splits = {n: [s for s, m in zip(samples, names, strict=True) if m == n] for n in SPLITS}
+    spec.auto_split, spec.split_file = True, split_file
+    return spec
+
+
+def _rel(path: Path, root: Path) -> str:
+    try:
+        return path.relative_to(root).as_posix()
+    except ValueError:
+        return path.as_posix()
