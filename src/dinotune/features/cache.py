@@ -53,19 +53,26 @@ class Preprocessing:
         return build_transform(train=False, image_size=self.image_size, patch_size=patch_size, resize=self.resize,
                                augment="none", mean=self.mean, std=self.std, channels=self.channels)
 
+    def scaling_config(self):
+        """The 16-bit / multi-band scaling (None: the default divisor)."""
+        from dinotune.data.config import ScalingConfig
+
+        return ScalingConfig(**self.scaling) if self.scaling else None
+
 
 class _ImageFiles(Dataset):
     """Decodes images for extraction; a bad file yields ok=False instead of stopping the run."""
 
-    def __init__(self, paths: Sequence[Path], transform: Any, channels: int, size: int) -> None:
-        self.paths, self.transform, self.channels, self.size = list(paths), transform, channels, size
+    def __init__(self, paths: Sequence[Path], transform: Any, prep: Preprocessing) -> None:
+        self.paths, self.transform = list(paths), transform
+        self.channels, self.size, self.scaling = prep.channels, prep.image_size, prep.scaling_config()
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         try:
-            image = self.transform(read_image(self.paths[index], self.channels))["image"]
+            image = self.transform(read_image(self.paths[index], self.channels, self.scaling))["image"]
             return {"image": image, "index": index, "ok": True, "error": ""}
         except DataError as err:
             placeholder = torch.zeros(self.channels, self.size, self.size)
@@ -169,7 +176,7 @@ class FeatureCache:
 
         patch = self.backbone.input_multiple
         prep = self.preprocessing
-        dataset = _ImageFiles(paths, prep.transform(patch), prep.channels, prep.image_size)
+        dataset = _ImageFiles(paths, prep.transform(patch), prep)
         loader = DataLoader(dataset, batch_size=batch_size, num_workers=num_workers,
                             persistent_workers=False, pin_memory=torch.cuda.is_available())
         chunks: dict[str, list[Tensor]] = {}

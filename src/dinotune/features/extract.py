@@ -1,11 +1,13 @@
-"""Batched extraction of the features frozen-backbone heads use.
+"""The features frozen-backbone heads use, computed one way for the cache and for deployed models.
 
-Kinds: `cls` (normed class token), `patch_mean` (mean of normed patch tokens) and, for ViTs,
-`cls_last4` (normed class tokens of the last 4 blocks, concatenated) - the inputs of the official
-dinov3 linear protocol (class token + mean patch token, last 1 or 4 blocks).
+Kinds: `cls` (normed class token), `patch_mean` (mean of normed patch tokens) and, for ViTs with at
+least 4 blocks, `cls_last4` (normed class tokens of the last 4 blocks, concatenated) - the inputs of
+the official dinov3 linear protocol (class token + mean patch token, last 1 or 4 blocks).
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor
@@ -20,21 +22,28 @@ def feature_kinds(backbone: Backbone) -> tuple[str, ...]:
     return ("cls", "patch_mean")
 
 
+def compute_features(backbone: Backbone, images: Tensor, kinds: Sequence[str] | None = None) -> dict[str, Tensor]:
+    """Differentiable: used inside deployed models (and so by ONNX export) as well as for caching."""
+    kinds = tuple(kinds or feature_kinds(backbone))
+    unknown = set(kinds) - set(feature_kinds(backbone))
+    if unknown:
+        raise ValueError(f"feature kinds {sorted(unknown)} are not available for this backbone")
+    if "cls_last4" in kinds:
+        layers = backbone.get_intermediate_layers(images, n=4, return_class_token=True, norm=True)
+        patches, cls = layers[-1]
+        out = {"cls": cls, "patch_mean": patches.mean(dim=1),
+               "cls_last4": torch.cat([c for _, c in layers], dim=-1)}
+    else:
+        features = backbone.forward_features(images)
+        out = {"cls": features["x_norm_clstoken"], "patch_mean": features["x_norm_patchtokens"].mean(dim=1)}
+    return {k: out[k] for k in kinds}
+
+
 @torch.inference_mode()
 def extract_features(backbone: Backbone, images: Tensor) -> dict[str, Tensor]:
-    """One forward pass per batch gives every kind; returned as fp32 on the CPU."""
+    """Every kind in one forward pass, as fp32 on the CPU (bf16 autocast on CUDA)."""
     device = next(backbone.parameters()).device
     images = images.to(device, non_blocking=True)
     with autocast(device):
-        if "cls_last4" in feature_kinds(backbone):
-            layers = backbone.get_intermediate_layers(images, n=4, return_class_token=True, norm=True)
-            patches, cls = layers[-1]
-            out = {
-                "cls": cls,
-                "patch_mean": patches.mean(dim=1),
-                "cls_last4": torch.cat([c for _, c in layers], dim=-1),
-            }
-        else:
-            features = backbone.forward_features(images)
-            out = {"cls": features["x_norm_clstoken"], "patch_mean": features["x_norm_patchtokens"].mean(dim=1)}
+        out = compute_features(backbone, images)
     return {k: v.float().cpu() for k, v in out.items()}
