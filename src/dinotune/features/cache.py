@@ -13,7 +13,7 @@ import hashlib
 import json
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,38 +26,12 @@ from torch.utils.data import DataLoader, Dataset
 from dinotune.atomic import atomic_path, write_text
 from dinotune.backbones import Backbone
 from dinotune.data.decode import read_image
+from dinotune.data.preprocessing import Preprocessing
 from dinotune.errors import DataError
 from dinotune.features.extract import extract_features, feature_kinds
 
 log = logging.getLogger(__name__)
 CACHE_VERSION = 1
-
-
-@dataclass
-class Preprocessing:
-    """Everything that changes pixels before the backbone sees them (part of the cache key).
-
-    `resize` must give a fixed size (crop or pad) so images can be batched.
-    """
-
-    image_size: int
-    resize: str = "crop"
-    channels: int = 3
-    mean: tuple[float, ...] = ()
-    std: tuple[float, ...] = ()
-    scaling: dict[str, Any] = field(default_factory=dict)
-
-    def transform(self, patch_size: int):
-        from dinotune.data.transforms import build_transform
-
-        return build_transform(train=False, image_size=self.image_size, patch_size=patch_size, resize=self.resize,
-                               augment="none", mean=self.mean, std=self.std, channels=self.channels)
-
-    def scaling_config(self):
-        """The 16-bit / multi-band scaling (None: the default divisor)."""
-        from dinotune.data.config import ScalingConfig
-
-        return ScalingConfig(**self.scaling) if self.scaling else None
 
 
 class _ImageFiles(Dataset):

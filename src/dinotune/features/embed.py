@@ -13,9 +13,10 @@ from safetensors.torch import save_file
 from dinotune.atomic import atomic_path
 from dinotune.backbones import Backbone, load_backbone
 from dinotune.config import BackboneConfig, StrictModel, cache_home, to_yaml
+from dinotune.data.preprocessing import Preprocessing
 from dinotune.device import default_workers
 from dinotune.errors import DataError
-from dinotune.features.cache import FeatureCache, Preprocessing
+from dinotune.features.cache import FeatureCache
 
 
 class EmbedConfig(StrictModel):

@@ -1,0 +1,83 @@
+"""The deployable model: saved and loaded exactly, and equal to the head applied to cached features."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from dinotune import load_backbone
+from dinotune.data.preprocessing import Preprocessing
+from dinotune.errors import CheckpointError
+from dinotune.features.cache import FeatureCache
+from dinotune.model import Classifier, ModelCard, load_model, read_card, save_model
+from dinotune.tasks.probe import LinearHead, build_input
+
+
+def _classifier(arch: str = "vit_tiny16", choice: str = "last4_cls+patch_mean") -> Classifier:
+    backbone = load_backbone(f"random:{arch}", device="cpu")
+    torch.manual_seed(0)
+    widths = {"cls": 1, "cls+patch_mean": 2, "last4_cls+patch_mean": 5}
+    dim = widths[choice] * backbone.embed_dim
+    head = LinearHead(torch.randn(3, dim), torch.randn(3), torch.randn(dim), torch.rand(dim) + 0.5,
+                      feature_choice=choice)
+    return Classifier(backbone, head)
+
+
+def _card(model: Classifier) -> ModelCard:
+    info = model.backbone.info
+    return ModelCard(task="classify", classes=["a", "b", "c"],
+                     preprocessing=Preprocessing(image_size=32, mean=info.mean, std=info.std),
+                     backbone={"source": info.source, "in_chans": 3, "seed": 0, "identity": info.identity},
+                     head={}, license=info.license)
+
+
+@pytest.mark.parametrize(("arch", "choice"), [("vit_tiny16", "last4_cls+patch_mean"), ("convnext_test", "cls")])
+def test_save_load_round_trip(tmp_path: Path, arch: str, choice: str) -> None:
+    model = _classifier(arch, choice).eval()
+    save_model(tmp_path / "m", model, _card(model))
+    loaded, card = load_model(tmp_path / "m", device="cpu")
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), model(x))
+    assert card.classes == ["a", "b", "c"] and card.head["feature_choice"] == choice
+    assert json.loads((tmp_path / "m" / "model.json").read_text())["format"] == "dinotune-model/1"
+
+
+def test_changed_backbone_weights_are_saved_with_the_model(tmp_path: Path) -> None:
+    model = _classifier("vit_test16", "cls").eval()
+    with torch.no_grad():
+        model.backbone.hf.norm.weight.mul_(2)  # as fine-tuning would
+    save_model(tmp_path / "m", model, _card(model), save_backbone=True)
+    loaded, _ = load_model(tmp_path / "m", device="cpu")
+    x = torch.randn(1, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), model(x))
+
+
+def test_model_on_images_equals_head_on_cached_features(tmp_path: Path) -> None:
+    model = _classifier().eval()
+    rng = np.random.default_rng(0)
+    paths = []
+    for i in range(4):
+        paths.append(tmp_path / f"{i}.png")
+        Image.fromarray(rng.integers(0, 255, (40, 50, 3), dtype=np.uint8)).save(paths[-1])
+    info = model.backbone.info
+    prep = Preprocessing(image_size=32, mean=info.mean, std=info.std)
+    cached = FeatureCache(tmp_path / "cache", model.backbone, prep).get(paths, progress=False).features
+    with torch.no_grad():
+        from_cache = model.head(build_input(cached, model.head.feature_choice))
+        images = torch.stack([prep.load(p, 16) for p in paths])
+        torch.testing.assert_close(model(images), from_cache, atol=1e-4, rtol=1e-4)
+
+
+def test_not_a_model_folder(tmp_path: Path) -> None:
+    with pytest.raises(CheckpointError, match=r"no model\.json"):
+        read_card(tmp_path)
+    (tmp_path / "model.json").write_text('{"task": "classify"}')
+    with pytest.raises(CheckpointError, match="not a dinotune model card"):
+        read_card(tmp_path)
