@@ -12,6 +12,7 @@ from pathlib import Path
 
 import typer
 
+from dinotune.config import load_config
 from dinotune.errors import DinotuneError
 
 app = typer.Typer(
@@ -70,7 +71,6 @@ def embed(
     overrides: list[str] = OverridesArg,
 ) -> None:
     """Write CLS and mean-patch embeddings of every image in a folder to a safetensors file."""
-    from dinotune.config import load_config
     from dinotune.features.embed import EmbedConfig, run_embed
 
     base = {"data_dir": data_dir, "out": out, "backbone": {"source": backbone}, "image_size": image_size,
@@ -78,6 +78,99 @@ def embed(
     cfg = load_config(EmbedConfig, config, overrides, base=base)
     result = run_embed(cfg)
     typer.echo(f"wrote {result.path} ({result.count} images, dim {result.dim})")
+
+
+@app.command()
+def probe(
+    data: Path = typer.Argument(..., help="Labelled dataset (ImageFolder, CSV or JSON annotations)."),
+    backbone: str = typer.Option(None, "--backbone", "-b", help="Backbone source (default: $DINOTUNE_BACKBONE)."),
+    out: Path = typer.Option(None, "--out", "-o", help="Run folder (default: runs/probe-<time>)."),
+    image_size: int = typer.Option(None, help="Input side in pixels."),
+    config: Path = typer.Option(None, "--config", "-c", help="YAML config file."),
+    overrides: list[str] = OverridesArg,
+) -> None:
+    """Linear-probe sweep + kNN on frozen features; saves the best head as a model."""
+    from dinotune.verbs.probe import ProbeConfig, run_probe
+
+    base = {"data": {"root": data, "image_size": image_size}, "backbone": {"source": backbone}, "out": out}
+    result = run_probe(load_config(ProbeConfig, config, overrides, base=base))
+    typer.echo(f"run folder: {result.run_dir}")
+
+
+@app.command()
+def knn(
+    data: Path = typer.Argument(..., help="Labelled dataset."),
+    backbone: str = typer.Option(None, "--backbone", "-b", help="Backbone source."),
+    out: Path = typer.Option(None, "--out", "-o", help="Run folder (default: runs/knn-<time>)."),
+    image_size: int = typer.Option(None, help="Input side in pixels."),
+    config: Path = typer.Option(None, "--config", "-c", help="YAML config file."),
+    overrides: list[str] = OverridesArg,
+) -> None:
+    """Weighted kNN (k = 10, 20, 100, 200; T = 0.07) on frozen features."""
+    from dinotune.verbs.probe import ProbeConfig, run_probe
+    from dinotune.verbs.runs import new_run_dir
+
+    base = {"data": {"root": data, "image_size": image_size}, "backbone": {"source": backbone},
+            "out": out or new_run_dir("knn"), "sweep": {"enabled": False}}
+    result = run_probe(load_config(ProbeConfig, config, overrides, base=base))
+    typer.echo(f"run folder: {result.run_dir}")
+
+
+@app.command()
+def predict(
+    run: Path = typer.Argument(..., help="Run or model folder (with model.json)."),
+    images: list[Path] = typer.Argument(..., help="Image files or folders."),
+    top_k: int = typer.Option(3, help="Labels to show per image."),
+    out: Path = typer.Option(None, "--out", "-o", help="Also write the predictions to this CSV file."),
+) -> None:
+    """Classify images with a saved model."""
+    from dinotune.verbs.predict import predict as run_predict
+    from dinotune.verbs.predict import write_predictions_csv
+
+    predictions = run_predict(run, images, top_k=top_k)
+    for p in predictions:
+        others = ", ".join(f"{label} {prob:.3f}" for label, prob in p.top[1:])
+        typer.echo(f"{p.path}\t{p.label}\t{p.probability:.3f}" + (f"\t({others})" if others else ""))
+    if out:
+        write_predictions_csv(out, predictions)
+        typer.echo(f"wrote {out}")
+
+
+@app.command()
+def quickstart(
+    backbone: str = typer.Option(None, "--backbone", "-b", help="Backbone source; default: $DINOTUNE_BACKBONE, "
+                                 "a DINOv3 in the local Hugging Face cache, else a small random-weight ViT."),
+    per_class: int = typer.Option(300, help="Images per class taken from the bundled dataset."),
+    image_size: int = typer.Option(112, help="Input side in pixels."),
+    out: Path = typer.Option(None, "--out", "-o", help="Run folder (default: runs/quickstart-<time>)."),
+) -> None:
+    """The whole loop on a bundled real dataset: data check, features, probe, kNN, metrics, predictions."""
+    from dinotune.verbs.quickstart import quickstart as run_quickstart
+
+    run_quickstart(backbone, per_class=per_class, image_size=image_size, out=out)
+
+
+TRAIN_TASKS = {"probe": ("dinotune.verbs.probe", "ProbeConfig", "run_probe")}
+
+
+@app.command()
+def train(
+    config: Path = typer.Argument(..., help="YAML config whose `task` key names the job (probe, ...)."),
+    overrides: list[str] = OverridesArg,
+) -> None:
+    """Run the job a YAML config describes, e.g. `dinotune train configs/linear_probe.yaml data.root=DIR`."""
+    import importlib
+
+    from dinotune.config import apply_overrides, read_yaml
+    from dinotune.errors import ConfigError
+
+    task = apply_overrides(read_yaml(config), [o for o in overrides or [] if o.startswith("task=")]).get("task")
+    if task not in TRAIN_TASKS:
+        raise ConfigError(f"'{config}': key 'task' must be one of {', '.join(TRAIN_TASKS)} (got {task!r}).")
+    module, model_name, runner = TRAIN_TASKS[task]
+    module_ = importlib.import_module(module)
+    result = getattr(module_, runner)(load_config(getattr(module_, model_name), config, overrides))
+    typer.echo(f"run folder: {result.run_dir}")
 
 
 def _mount_subcommands() -> None:

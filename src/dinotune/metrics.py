@@ -57,12 +57,13 @@ def _check_probs(probs: Tensor, name: str = "probs") -> Tensor:
     if probs.ndim != 2:
         raise DataError(f"`{name}` must be a (N, C) matrix of probabilities, got shape {tuple(probs.shape)}.")
     probs = probs.detach().float().cpu()
-    if not torch.isfinite(probs).all() or probs.min() < 0 or probs.max() > 1:
+    tolerance = 1e-4  # normalised sums can overshoot 1 by rounding
+    if not torch.isfinite(probs).all() or probs.min() < -tolerance or probs.max() > 1 + tolerance:
         raise DataError(
             f"`{name}` must hold probabilities in [0, 1]; apply softmax (single-label) or sigmoid "
             "(multi-label) to logits first."
         )
-    return probs
+    return probs.clamp(0, 1)
 
 
 def _names(names: Sequence[str] | None, count: int, field: str) -> list[str]:

@@ -1,0 +1,133 @@
+"""The probe verb end to end on real (tiny) data: run folder contents, reuse of the cache, predict, train."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from dinotune.data.bundled import digits_imagefolder
+from dinotune.errors import ConfigError, DataError
+from dinotune.model import load_model
+from dinotune.verbs.predict import predict
+from dinotune.verbs.probe import probe
+
+FAST = {"sweep": {"epochs": 15, "lrs": [1e-3, 1e-2, 1e-1], "weight_decays": [0.0, 1e-3]}, "progress": False}
+
+
+@pytest.fixture(scope="module")
+def digits(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return digits_imagefolder(tmp_path_factory.mktemp("data") / "digits", size=16)
+
+
+@pytest.fixture(scope="module")
+def run(digits: Path, tmp_path_factory: pytest.TempPathFactory):
+    root = tmp_path_factory.mktemp("probe")
+    result = probe({"root": digits, "image_size": 16, "num_workers": 0}, backbone="random:vit_test16",
+                   out=root / "run", cache_dir=root / "cache", **FAST)
+    return result, root
+
+
+def test_run_folder_has_everything(run) -> None:
+    result, _ = run
+    files = {p.name for p in result.run_dir.iterdir()}
+    assert {"config.yaml", "model.json", "head.safetensors", "metrics.json", "predictions.csv", "sweep.csv",
+            "log.txt"} <= files
+    metrics = json.loads((result.run_dir / "metrics.json").read_text())
+    assert metrics["probe"]["heads_trained"] == 3 * 2 * 2  # lrs x wds x feature choices (vit_test16: no last4)
+    assert metrics["probe"]["test"]["accuracy"] > 0.5  # random features of real digits are far above 10% chance
+    assert set(metrics["knn"]["test"]) == {"k=10", "k=20", "k=100", "k=200"}
+    assert yaml.safe_load((result.run_dir / "config.yaml").read_text())["sweep"]["epochs"] == 15
+
+
+def test_predictions_csv_matches_the_reported_accuracy(run) -> None:
+    result, _ = run
+    with open(result.run_dir / "predictions.csv") as handle:
+        rows = list(csv.DictReader(handle))
+    accuracy = sum(r["true"] == r["predicted"] for r in rows) / len(rows)
+    assert len(rows) == result.metrics["counts"]["test"]
+    assert accuracy == pytest.approx(result.metrics["probe"]["test"]["accuracy"], abs=1e-6)
+
+
+def test_saved_model_reproduces_the_probe_on_images(run, digits: Path) -> None:
+    result, _ = run
+    with open(result.run_dir / "predictions.csv") as handle:
+        rows = list(csv.DictReader(handle))[:8]
+    predictions = predict(result.run_dir, [r["file"] for r in rows])
+    assert [p.label for p in predictions] == [r["predicted"] for r in rows]
+    _, card = load_model(result.run_dir)
+    assert card.classes == [str(i) for i in range(10)]
+    for p, r in zip(predictions, rows, strict=True):
+        assert p.probability == pytest.approx(float(r[f"p_{p.label}"]), abs=1e-3)
+
+
+def test_second_run_hits_the_cache(run, digits: Path, caplog: pytest.LogCaptureFixture) -> None:
+    _, root = run
+    caplog.set_level("INFO")
+    probe({"root": digits, "image_size": 16, "num_workers": 0}, backbone="random:vit_test16",
+          out=root / "run2", cache_dir=root / "cache", **FAST)
+    assert "train: 1259 images (0 newly extracted, 1259 cached)" in (root / "run2" / "log.txt").read_text()
+
+
+def test_unlabelled_folder_is_refused(tmp_path: Path) -> None:
+    from PIL import Image
+
+    for i in range(3):
+        Image.new("RGB", (16, 16)).save(tmp_path / f"{i}.png")
+    with pytest.raises(DataError):
+        probe({"root": tmp_path, "image_size": 16}, backbone="random:vit_test16", out=tmp_path / "run", **FAST)
+
+
+def test_unknown_sweep_key_is_named(digits: Path, tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"did you mean 'sweep\.epochs'"):
+        probe({"root": digits}, backbone="random:vit_test16", out=tmp_path / "r", sweep={"epocs": 3})
+
+
+def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "DINOTUNE_HOME": str(cwd / "home")}
+    return subprocess.run([sys.executable, "-m", "dinotune", *args], capture_output=True, text=True, cwd=cwd,
+                          env=env, timeout=600)
+
+
+def test_train_with_a_yaml_config_and_knn_command(digits: Path, tmp_path: Path) -> None:
+    config = tmp_path / "probe.yaml"
+    config.write_text(yaml.safe_dump({"task": "probe", "backbone": {"source": "random:vit_test16"},
+                                      "data": {"root": str(digits), "image_size": 16, "num_workers": 0},
+                                      "sweep": {"epochs": 5, "lrs": [0.01], "weight_decays": [0.0]}}))
+    result = _cli("train", str(config), "out=trained", "progress=false", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "trained" / "model.json").is_file()
+    result = _cli("knn", str(digits), "-b", "random:vit_test16", "--image-size", "16", "-o", "knnrun",
+                  "progress=false", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    knn_metrics = json.loads((tmp_path / "knnrun" / "metrics.json").read_text())
+    assert "knn" in knn_metrics and "probe" not in knn_metrics
+    bad = _cli("train", str(config), "task=nonsense", cwd=tmp_path)
+    assert bad.returncode == 2 and "task" in bad.stderr
+
+
+def test_predict_command(run, tmp_path: Path, digits: Path) -> None:
+    result, _ = run
+    out = _cli("predict", str(result.run_dir), str(digits / "test" / "3"), "-o", "p.csv", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert len((tmp_path / "p.csv").read_text().splitlines()) == 1 + len(list((digits / "test" / "3").iterdir()))
+    missing = _cli("predict", str(result.run_dir), "nope.png", cwd=tmp_path)
+    assert missing.returncode == 2 and "nope.png" in missing.stderr
+
+
+def test_quickstart_reduced(tmp_path: Path) -> None:
+    """The README's first command, at reduced size: real ELPV images, the whole loop."""
+    result = _cli("quickstart", "--per-class", "30", "--image-size", "32", "-o", "qs", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "RANDOM WEIGHTS" in result.stderr
+    assert "ELPV" in result.stderr and "data check: 0 errors" in result.stderr
+    metrics = json.loads((tmp_path / "qs" / "metrics.json").read_text())
+    assert metrics["classes"] == ["defective", "functional"]
+    assert "probe" in metrics and "knn" in metrics
+    assert sum(1 for line in result.stderr.splitlines() if line.startswith("predict ")) >= 3
