@@ -150,6 +150,36 @@ def quickstart(
     run_quickstart(backbone, per_class=per_class, image_size=image_size, out=out)
 
 
+@app.command()
+def evaluate(
+    run: Path = typer.Argument(..., help="Run or model folder (with model.json)."),
+    data: list[Path] = typer.Option(..., "--data", "-d", help="Dataset; repeat for a domain-shift table."),
+    split: str = typer.Option("test", help="Split to evaluate when the data has splits."),
+    out: Path = typer.Option(None, "--out", "-o", help="Output folder (default: RUN/evaluation)."),
+    robustness: bool = typer.Option(False, help="Accuracy under corruptions (5 severities) and FGSM/PGD."),
+    ood_data: Path = typer.Option(None, help="Folder of out-of-distribution images: OOD AUROC, FPR@95TPR."),
+    epsilon: float = typer.Option(0.035, help="Adversarial radius in normalised-pixel units."),
+) -> None:
+    """Metrics and a self-contained report.html: curves, calibration, mistakes, features, robustness, OOD."""
+    from dinotune.evaluation import evaluate as run_evaluate
+
+    result = run_evaluate(run, data=data if len(data) > 1 else data[0], split=split, out=out,
+                          robustness=robustness, ood_data=ood_data, epsilon=epsilon)
+    typer.echo(f"wrote {result.report_path}")
+
+
+@app.command()
+def compare(
+    runs: list[Path] = typer.Argument(..., help="Run folders to compare."),
+    out: Path = typer.Option(None, "--out", "-o", help="Also write comparison.json and comparison.html here."),
+) -> None:
+    """One table of the main metrics, training time and model size of several runs."""
+    from dinotune.evaluation import compare as run_compare
+    from dinotune.evaluation.compare import format_table
+
+    typer.echo(format_table(run_compare(runs, out=out)))
+
+
 TRAIN_TASKS = {"probe": ("dinotune.verbs.probe", "ProbeConfig", "run_probe")}
 
 

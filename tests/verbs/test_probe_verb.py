@@ -131,3 +131,17 @@ def test_quickstart_reduced(tmp_path: Path) -> None:
     assert metrics["classes"] == ["defective", "functional"]
     assert "probe" in metrics and "knn" in metrics
     assert sum(1 for line in result.stderr.splitlines() if line.startswith("predict ")) >= 3
+
+
+def test_evaluate_and_compare_commands(run, digits: Path, tmp_path: Path) -> None:
+    result, _ = run
+    out = _cli("evaluate", str(result.run_dir), "--data", str(digits), "-o", "ev", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    report = (tmp_path / "ev" / "report.html").read_text()
+    assert "<img" in report and "base64," in report
+    metrics = json.loads((tmp_path / "ev" / "metrics.json").read_text())
+    assert metrics  # the evaluation's own metrics file
+    assert oct((tmp_path / "ev" / "report.html").stat().st_mode & 0o777) != "0o600"
+    table = _cli("compare", str(result.run_dir), str(result.run_dir), cwd=tmp_path)
+    assert table.returncode == 0, table.stderr
+    assert result.run_dir.name in table.stdout

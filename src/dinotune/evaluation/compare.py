@@ -1,0 +1,107 @@
+"""`dinotune compare RUN1 RUN2 ...`: the main metrics, training time and model size of runs side by side.
+
+Values are read, never recomputed: first from `<run>/evaluation/metrics.json` (written by `evaluate`),
+then from the run's own `metrics.json` (the report split of a probe or training run), then from the
+metrics in `model.json`. A value no source has is shown as "-". Model size counts the files a model
+folder itself holds (model.json, head, a saved `backbone/`); a frozen backbone is named, not copied.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from dinotune.errors import DataError
+from dinotune.report import plots
+from dinotune.report.html import Report, figure, fmt, note, table
+
+__all__ = ["COLUMNS", "compare", "format_table", "read_run"]
+
+COLUMNS = {"run": "Run", "backbone": "Backbone", "accuracy": "Accuracy", "balanced_accuracy": "Balanced acc.",
+           "f1_macro": "Macro F1", "auroc": "AUROC", "map": "mAP", "ece": "ECE", "train_seconds": "Training time (s)",
+           "model_mb": "Model size (MB)"}
+METRICS = ("accuracy", "balanced_accuracy", "f1_macro", "auroc", "map", "ece")
+
+
+def _json(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _size_mb(paths: Sequence[Path]) -> float | None:
+    total = 0
+    for p in paths:
+        if p.is_file():
+            total += p.stat().st_size
+        elif p.is_dir():
+            total += sum(f.stat().st_size for f in p.rglob("*") if f.is_file())
+    return total / 1e6 if total else None
+
+
+def read_run(run: str | Path) -> dict[str, Any]:
+    """One comparison row for `run`; keys of COLUMNS, None where unknown."""
+    run = Path(run)
+    if not run.is_dir():
+        raise DataError(f"{run} is not a run folder; pass folders written by probe/train (with model.json).")
+    row: dict[str, Any] = dict.fromkeys(COLUMNS)
+    row["run"] = run.name
+    card = _json(run / "model.json")
+    trained = _json(run / "metrics.json")
+    evaluated = _json(run / "evaluation" / "metrics.json").get("summary", {})
+    split = trained.get("report_split", "test")
+    reported = next((v[split] for v in trained.values() if isinstance(v, dict) and isinstance(v.get(split), dict)),
+                    {})
+    card_metrics = {k.split("/")[-1]: v for k, v in card.get("metrics", {}).items() if k.startswith(f"{split}/")}
+    for key in METRICS:
+        for source in (evaluated, reported, card_metrics):
+            if isinstance(source.get(key), (int, float)):
+                row[key] = float(source[key])
+                break
+    seconds = next((trained[k] for k in ("train_seconds", "seconds") if isinstance(trained.get(k), (int, float))), None)
+    row["train_seconds"] = float(seconds) if seconds is not None else None
+    backbone = card.get("backbone", {})
+    row["backbone"] = backbone.get("arch") or backbone.get("source")
+    head_file = card.get("head", {}).get("file", "head.safetensors")
+    files = [run / "model.json", run / head_file]
+    if backbone.get("weights_dir"):
+        files.append(run / backbone["weights_dir"])
+    row["model_mb"] = _size_mb(files) if card else None
+    return row
+
+
+def format_table(rows: Sequence[dict[str, Any]]) -> str:
+    """A plain-text table for the terminal; columns nobody has are dropped, missing cells are '-'."""
+    keys = [k for k in COLUMNS if any(r.get(k) is not None for r in rows)]
+    cells = [[COLUMNS[k] for k in keys]] + [[fmt(r.get(k)) for k in keys] for r in rows]
+    widths = [max(len(c[i]) for c in cells) for i in range(len(keys))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)).rstrip() for line in cells)
+
+
+def compare(runs: Sequence[str | Path], *, out: str | Path | None = None) -> list[dict[str, Any]]:
+    """Rows of `read_run` for every run; with `out`, also writes comparison.json and comparison.html there."""
+    if not runs:
+        raise DataError("compare needs at least one run folder.")
+    rows = [read_run(r) for r in runs]
+    if out is not None:
+        out = Path(out)
+        out.mkdir(parents=True, exist_ok=True)
+        from dinotune.atomic import write_text
+
+        write_text(out / "comparison.json", json.dumps(rows, indent=2))
+        shown = [m for m in ("accuracy", "balanced_accuracy", "f1_macro", "auroc", "map")
+                 if any(r[m] is not None for r in rows)]
+        report = Report("Run comparison", f"{len(rows)} runs")
+        body = [table(rows, {k: v for k, v in COLUMNS.items() if k not in ("map",) or "map" in shown})]
+        if shown:
+            fig = plots.compare_figure([r["run"] for r in rows], {COLUMNS[m]: [r[m] for r in rows] for m in shown})
+            body.append(figure(plots.figure_png(fig), "runs compared", 900))
+        body.append(note("Metrics from <run>/evaluation/metrics.json, else the run's metrics.json (its report "
+                         "split), else model.json; '-' = not recorded. Model size: files in the model folder."))
+        report.add("comparison", "Comparison", *body)
+        report.write(out / "comparison.html")
+    return rows

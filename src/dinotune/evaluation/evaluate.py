@@ -1,0 +1,296 @@
+"""`dinotune evaluate`: one run, one or more datasets -> `metrics.json` + a self-contained `report.html`.
+
+The first dataset gets the full report; every dataset (domain shift: the same classes photographed
+elsewhere, another scanner, another season) gets a row in one comparison table. Data without split
+folders is split exactly as in training when the run's `splits.json` was made for that folder;
+otherwise all of its images are evaluated (the report says which).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from dinotune.atomic import write_text
+from dinotune.data.formats import DatasetSpec, Sample, list_images, load_dataset
+from dinotune.errors import DataError
+from dinotune.evaluation import calibration as cal
+from dinotune.evaluation import ood as ood_scores
+from dinotune.evaluation.predict import Predictions, predict, samples_for_model
+from dinotune.evaluation.robustness import DEFAULT_EPSILON, adversarial_accuracy, run_corruptions
+from dinotune.evaluation.views import display_images, feature_projections, patch_pca
+from dinotune.metrics import classification_metrics, multilabel_metrics
+from dinotune.model import Classifier, ModelCard, load_model
+
+__all__ = ["DatasetResult", "EvaluationResult", "evaluate", "read_training_curves"]
+
+log = logging.getLogger(__name__)
+SUMMARY_KEYS = ("accuracy", "balanced_accuracy", "f1_macro", "auroc", "map", "f1_micro", "auroc_macro")
+
+
+@dataclass
+class DatasetResult:
+    """One dataset's predictions, metrics and calibration."""
+
+    name: str
+    root: Path
+    split: str
+    note: str
+    predictions: Predictions
+    metrics: dict[str, Any]
+    calibration: dict[str, Any] | None = None
+    reliability: cal.Reliability | None = None
+    reliability_scaled: cal.Reliability | None = None
+
+
+@dataclass
+class EvaluationResult:
+    """Everything the report shows; `metrics` is exactly what `metrics.json` holds."""
+
+    run: Path
+    out: Path
+    card: ModelCard
+    datasets: list[DatasetResult]
+    metrics: dict[str, Any]
+    curves: dict[str, tuple[np.ndarray, np.ndarray]] | None = None
+    curve_x: str = "step"
+    projections: dict[str, np.ndarray] = field(default_factory=dict)
+    mistakes: list[tuple[np.ndarray, str, str, float]] = field(default_factory=list)
+    patches: tuple[list[np.ndarray], list[np.ndarray], list[str]] | None = None
+    ood_scores: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
+    report_path: Path | None = None
+
+
+def _split_file_for(run: Path, root: Path) -> Path | None:
+    """The run's splits.json if it was written for this dataset folder."""
+    path = run / "splits.json"
+    try:
+        saved = json.loads(path.read_text(encoding="utf-8"))
+        return path if Path(saved["root"]).resolve() == root.resolve() else None
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def _samples(run: Path, root: Path, split: str, classes: Sequence[str]) -> tuple[list[Sample], str, str]:
+    """(samples in the model's class order, split actually used, note for the report)."""
+    spec: DatasetSpec = load_dataset(root, task="classify", auto_split=False)
+    note = ""
+    if set(spec.splits) == {"all"}:
+        split_file = _split_file_for(run, root)
+        if split_file is None:
+            note = f"{root} has no split folders and no split from this run: all {len(spec.splits['all'])} images used."
+            return samples_for_model(spec, "all", classes), "all", note
+        saved = json.loads(split_file.read_text(encoding="utf-8"))
+        spec = load_dataset(root, task="classify", split_file=split_file, seed=saved.get("seed", 0),
+                            val_fraction=saved.get("val_fraction", 0.1), test_fraction=saved.get("test_fraction", 0.1))
+        note = f"split '{split}' as recorded in {split_file}."
+    return samples_for_model(spec, split, classes), split, note
+
+
+def _metrics(pred: Predictions, card: ModelCard) -> dict[str, Any]:
+    import torch
+
+    probs, labels = torch.from_numpy(pred.probs), torch.from_numpy(pred.labels)
+    if card.multilabel:
+        return multilabel_metrics(probs, labels, card.classes)
+    return classification_metrics(probs, labels, card.classes)
+
+
+def _calibrate(result: DatasetResult, val: Predictions | None, fit: bool) -> None:
+    pred = result.predictions
+    rel = cal.reliability(pred.probs, pred.labels)
+    result.reliability = rel
+    info: dict[str, Any] = {"ece": rel.ece, "bins": cal.N_BINS,
+                            "nll": cal.negative_log_likelihood(pred.logits, pred.labels)}
+    if fit and val is not None:
+        t = cal.fit_temperature(val.logits, val.labels)
+        result.reliability_scaled = cal.reliability(cal.softmax(pred.logits, t), pred.labels)
+        info.update(temperature=t, ece_scaled=result.reliability_scaled.ece,
+                    nll_scaled=cal.negative_log_likelihood(pred.logits, pred.labels, t))
+    result.calibration = info
+
+
+def read_training_curves(run: Path) -> tuple[dict[str, tuple[np.ndarray, np.ndarray]], str] | None:
+    """Curves from the run's Lightning CSV log (`logs/**/metrics.csv`), or None when there is none.
+
+    Lightning writes one sparse row per logging call; each column becomes a curve over the rows where
+    it has a value, against `step` (or `epoch` if the log has no steps).
+    """
+    files = sorted(Path(run).glob("logs/**/metrics.csv"))
+    if not files:
+        return None
+    with open(files[-1], newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    if not rows:
+        return None
+    x_key = "step" if "step" in rows[0] else "epoch"
+    curves = {}
+    for column in rows[0]:
+        if column in ("step", "epoch"):
+            continue
+        try:
+            points = [(float(r[x_key]), float(r[column])) for r in rows if r.get(column) not in ("", None)
+                      and r.get(x_key) not in ("", None)]
+        except ValueError:  # a text column (e.g. a logged name): not a curve
+            continue
+        if points:
+            xs, ys = zip(*points, strict=True)
+            curves[column] = (np.asarray(xs), np.asarray(ys))
+    return (curves, x_key) if curves else None
+
+
+def _few_per_class(samples: Sequence[Sample], count: int) -> list[Sample]:
+    """Up to `count` samples, round-robin over classes, so the picture shows several classes."""
+    by_class: dict[Any, list[Sample]] = {}
+    for s in samples:
+        by_class.setdefault(str(s.label), []).append(s)
+    picked: list[Sample] = []
+    for i in range(count):
+        for group in by_class.values():
+            if i < len(group) and len(picked) < count:
+                picked.append(group[i])
+    return picked
+
+
+def _summary(result: DatasetResult) -> dict[str, Any]:
+    row = {k: result.metrics[k] for k in SUMMARY_KEYS if k in result.metrics}
+    if result.calibration:
+        row["ece"] = result.calibration["ece"]
+    return {"dataset": result.name, "split": result.split, "images": len(result.predictions), **row}
+
+
+def evaluate(
+    run: str | Path,
+    *,
+    data: str | Path | Sequence[str | Path],
+    split: str = "test",
+    out: str | Path | None = None,
+    robustness: bool = False,
+    ood_data: str | Path | None = None,
+    temperature_scaling: bool = True,
+    epsilon: float = DEFAULT_EPSILON,
+    pgd_steps: int = 10,
+    max_robustness_images: int | None = 500,
+    max_reference_images: int = 5000,
+    batch_size: int = 64,
+    device: str | None = None,
+    progress: bool = True,
+    report: bool = True,
+) -> EvaluationResult:
+    """Evaluate the model in `run` on `data` (one folder, or several for a domain-shift table).
+
+    Writes `<out>/metrics.json` and `<out>/report.html` (out defaults to `<run>/evaluation`).
+    `epsilon` is the FGSM/PGD L-inf radius in normalised-pixel space (see evaluation/robustness.py).
+    Robustness uses at most `max_robustness_images` images of the split (None: all); the kNN OOD score
+    compares with at most `max_reference_images` training images.
+    """
+    from dinotune.report.classification import build_report
+
+    run = Path(run)
+    model, card = load_model(run, device=None if device in (None, "auto") else device)
+    if card.task != "classify":
+        raise DataError(f"{run}: evaluate supports classification models for now (this one is '{card.task}').")
+    roots = [Path(data)] if isinstance(data, (str, Path)) else [Path(d) for d in data]
+    if not roots:
+        raise DataError("evaluate needs at least one dataset folder (--data).")
+    out_dir = Path(out) if out is not None else run / "evaluation"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    single = not card.multilabel
+    results = []
+    for n, root in enumerate(roots):
+        samples, used, note = _samples(run, root, split, card.classes)
+        pred = predict(model, card, samples, batch_size=batch_size, progress=progress, desc=f"{root.name} {used}")
+        result = DatasetResult(root.name, root, used, note, pred, _metrics(pred, card))
+        if single:
+            val = None
+            if n == 0 and temperature_scaling and used not in ("val", "all"):
+                try:
+                    val_samples = _samples(run, root, "val", card.classes)[0]
+                    val = predict(model, card, val_samples, batch_size=batch_size, progress=progress, desc="val")
+                except DataError as err:
+                    log.warning("no temperature scaling: %s", err)
+            _calibrate(result, val, temperature_scaling)
+        results.append(result)
+    main = results[0]
+    ev = EvaluationResult(run, out_dir, card, results, {})
+    ev.metrics = {"run": str(run), "classes": card.classes, "multilabel": card.multilabel,
+                  "summary": _summary(main), "datasets": [
+                      {"name": r.name, "root": str(r.root), "split": r.split, "note": r.note,
+                       "metrics": r.metrics, "calibration": r.calibration} for r in results]}
+    if len(results) > 1:
+        ev.metrics["domain_shift"] = [_summary(r) for r in results]
+    main_samples = _samples(run, main.root, main.split, card.classes)[0]
+    if robustness and single:
+        subset = main_samples[:: max(1, -(-len(main_samples) // max_robustness_images))] \
+            if max_robustness_images else main_samples
+        ev.metrics["robustness"] = run_corruptions(model, card, subset, batch_size=batch_size, progress=progress)
+        ev.metrics["adversarial"] = adversarial_accuracy(model, card, subset, epsilon=epsilon, pgd_steps=pgd_steps,
+                                                         progress=progress)
+    if ood_data is not None:
+        ev.metrics["ood"] = _ood(ev, model, card, Path(ood_data), max_reference_images, batch_size, progress)
+    _pictures(ev, model, card, main_samples)
+    write_text(out_dir / "metrics.json", json.dumps(ev.metrics, indent=2, default=str))
+    if report:
+        ev.report_path = build_report(ev).write(out_dir / "report.html")
+    return ev
+
+
+def _ood(ev: EvaluationResult, model: Classifier, card: ModelCard, root: Path, max_reference: int, batch_size: int,
+         progress: bool) -> dict[str, Any]:
+    """Max-softmax, energy and kNN-distance scores of the main split (ID) against every image in `root`."""
+    images = list_images(root) if root.is_dir() else []
+    if not images:
+        raise DataError(f"--ood-data {root}: no images found; pass a folder of out-of-distribution images.")
+    main = ev.datasets[0]
+    ood = predict(model, card, [Sample(p, None) for p in images], batch_size=batch_size, progress=progress,
+                  desc="OOD images")
+    scores = {"maximum softmax": (ood_scores.max_softmax_score(main.predictions.logits),
+                                  ood_scores.max_softmax_score(ood.logits)),
+              "energy": (ood_scores.energy_score(main.predictions.logits), ood_scores.energy_score(ood.logits))}
+    result: dict[str, Any] = {"ood_root": str(root), "ood_images": len(ood), "id_images": len(main.predictions)}
+    try:
+        train = _samples(ev.run, main.root, "train", card.classes)[0]
+        if main.split == "all":
+            raise DataError("the in-distribution images are all of the folder; no separate training images")
+        train = train[:: max(1, -(-len(train) // max_reference))]
+        ref = predict(model, card, train, batch_size=batch_size, progress=progress, desc="kNN reference")
+        result["knn_reference_images"] = len(ref)
+        scores["kNN distance"] = (ood_scores.knn_distance_score(ref.features, main.predictions.features),
+                                  ood_scores.knn_distance_score(ref.features, ood.features))
+    except DataError as err:
+        result["knn_skipped"] = str(err)
+    result["methods"] = {name: ood_scores.ood_metrics(a, b) for name, (a, b) in scores.items()}
+    ev.ood_scores = scores
+    return result
+
+
+def _pictures(ev: EvaluationResult, model: Classifier, card: ModelCard, samples: list[Sample]) -> None:
+    """Arrays for the report's pictures: curves, feature projections, mistakes, patch PCA."""
+    main = ev.datasets[0]
+    curves = read_training_curves(ev.run)
+    if curves is not None:
+        ev.curves, ev.curve_x = curves
+    if len(main.predictions) >= 3:
+        ev.projections = feature_projections(main.predictions.features)
+    by_path = {str(s.path): s for s in samples}
+    if not card.multilabel:
+        pred = main.predictions
+        wrong = np.flatnonzero(pred.predicted != pred.labels)
+        wrong = wrong[np.argsort(-pred.probs[wrong].max(1), kind="stable")][:12]
+        picked = [by_path[pred.paths[i]] for i in wrong if pred.paths[i] in by_path]
+        images = display_images(model, card, picked)
+        ev.mistakes = [(img, card.classes[int(pred.labels[i])], card.classes[int(pred.predicted[i])],
+                        float(pred.probs[i].max())) for img, i in zip(images, wrong, strict=False)]
+    few = _few_per_class(samples, 8)
+    if few:
+        images, maps = patch_pca(model, card, few)
+        titles = [card.classes[s.label] if isinstance(s.label, int) and s.label >= 0 else Path(s.path).name
+                  for s in few]
+        ev.patches = (images, maps, titles)

@@ -1,0 +1,138 @@
+"""Run a model over a list of images: logits, probabilities, labels, pooled features and paths.
+
+Everything downstream (metrics, calibration, OOD, plots) works on these arrays, so the model runs once
+per split. Images go through the model card's own preprocessing, the same pixels the model saw in
+training. A file that cannot be decoded is logged and left out (not replaced by another image, which
+would count that image twice).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+from dinotune.data.datasets import ClassificationDataset
+from dinotune.data.formats import DatasetSpec, Sample
+from dinotune.device import autocast
+from dinotune.errors import DataError
+from dinotune.model import Classifier, ModelCard
+from dinotune.tasks.probe import build_input
+
+__all__ = ["Predictions", "batches", "model_transform", "predict", "samples_for_model"]
+
+log = logging.getLogger(__name__)
+UNLABELLED = -1
+
+
+@dataclass
+class Predictions:
+    """Model outputs over N images. `labels` are (N,) class indices (-1: unlabelled) or (N, C) multi-hot;
+    `features` are the head's input (N, D), the pooled backbone features the classifier sees."""
+
+    logits: np.ndarray
+    probs: np.ndarray
+    labels: np.ndarray
+    features: np.ndarray
+    paths: list[str]
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    @property
+    def predicted(self) -> np.ndarray:
+        return self.probs.argmax(1)
+
+    def subset(self, index: np.ndarray) -> Predictions:
+        return Predictions(self.logits[index], self.probs[index], self.labels[index], self.features[index],
+                           [self.paths[i] for i in np.asarray(index).tolist()])
+
+
+def samples_for_model(spec: DatasetSpec, split: str, classes: Sequence[str]) -> list[Sample]:
+    """The samples of `split` with labels renumbered to the model's class order (matched by name).
+
+    A dataset may hold a subset of the model's classes (or list them in another order); a class the
+    model does not know is an error, since no prediction could ever be right for it.
+    """
+    if split not in spec.splits:
+        raise DataError(f"{spec.root} has no '{split}' split (found: {', '.join(sorted(spec.splits))}); "
+                        "pass another split.")
+    index = {name: i for i, name in enumerate(classes)}
+    remap = [index.get(c, UNLABELLED) for c in spec.classes]
+    used = {lab for s in spec.splits[split] for lab in (s.label if isinstance(s.label, list) else [s.label])}
+    unknown = sorted({spec.classes[i] for i in used if remap[i] == UNLABELLED})
+    if unknown:
+        raise DataError(f"{spec.root}: classes {unknown} are not classes of this model ({list(classes)}); "
+                        "rename the folders/labels to the model's class names or remove those images.")
+    out = []
+    for s in spec.splits[split]:
+        label = [remap[i] for i in s.label] if isinstance(s.label, list) else remap[int(s.label)]
+        out.append(Sample(s.path, label))
+    return out
+
+
+def model_transform(model: Classifier, card: ModelCard, corruption: Any = None) -> Callable[..., dict[str, Any]]:
+    """The card's eval transform; `corruption` (an albumentations op) runs after resizing, before
+    normalisation, so it acts on the [0, 1] pixels at the resolution the model sees."""
+    transform = card.preprocessing.transform(model.backbone.input_multiple)
+    if corruption is None:
+        return transform
+    import albumentations as A
+
+    from dinotune.data.transforms import Transform
+
+    return Transform(A.Compose([transform.pipeline, corruption], seed=0), transform.mean, transform.std,
+                     transform.keep_size, transform.patch_size)
+
+
+def batches(samples: Sequence[Sample], transform: Callable[..., dict[str, Any]], card: ModelCard, *,
+            batch_size: int = 64, num_workers: int = 0, progress: bool = False,
+            desc: str = "evaluating") -> Iterator[dict[str, Any]]:
+    """Batches of {"image", "label", "path", "index"}; unreadable files are skipped (logged once)."""
+    labelled = [Sample(s.path, UNLABELLED if s.label is None else s.label) for s in samples]
+    dataset = ClassificationDataset(labelled, transform, card.preprocessing.channels, "skip",
+                                    num_classes=len(card.classes), multilabel=card.multilabel,
+                                    scaling=card.preprocessing.scaling_config())
+    loader = DataLoader(dataset, batch_size=batch_size, num_workers=num_workers, shuffle=False)
+    seen: set[int] = set()
+    for batch in tqdm(loader, desc=desc, disable=not progress, leave=False):
+        keep = [i for i, idx in enumerate(batch["index"].tolist()) if idx not in seen]
+        seen.update(batch["index"].tolist())
+        if len(keep) < len(batch["index"]):  # replacements for unreadable files: already counted
+            batch = {k: v[keep] if isinstance(v, torch.Tensor) else [v[i] for i in keep] for k, v in batch.items()}
+        if keep:
+            yield batch
+
+
+@torch.no_grad()
+def predict(model: Classifier, card: ModelCard, samples: Sequence[Sample], *, batch_size: int = 64,
+            corruption: Any = None, num_workers: int = 0, progress: bool = True,
+            desc: str = "evaluating") -> Predictions:
+    """Run `model` over `samples` (labels already in the model's class order, None if unlabelled)."""
+    if not samples:
+        raise DataError("there are no images to evaluate (the split is empty).")
+    device = next(model.parameters()).device
+    transform = model_transform(model, card, corruption)
+    logits, labels, feats, paths = [], [], [], []
+    for batch in batches(samples, transform, card, batch_size=batch_size, num_workers=num_workers,
+                         progress=progress, desc=desc):
+        with autocast(device):
+            features = model.forward_features(batch["image"].to(device))
+            out = model.forward_head(features)
+        logits.append(out.float().cpu())
+        feats.append(build_input(features, model.head.feature_choice).float().cpu())
+        labels.append(batch["label"])
+        paths.extend(batch["path"])
+    if not paths:
+        raise DataError(f"none of the {len(samples)} images could be read (first: {samples[0].path}).")
+    x = torch.cat(logits)
+    probs = torch.sigmoid(x) if card.multilabel else x.softmax(1)
+    return Predictions(x.numpy(), probs.numpy(), torch.cat(labels).numpy(), torch.cat(feats).numpy(),
+                       [str(Path(p)) for p in paths])
