@@ -101,6 +101,21 @@ def test_uncached_hub_id_fails_fast_with_instructions(monkeypatch: pytest.Monkey
     assert time.perf_counter() - start < 10
 
 
+def test_unreachable_hub_fails_fast_without_offline_mode(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    import socket
+
+    def refuse(*args, **kwargs):
+        raise OSError("Name or service not known")
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    monkeypatch.setenv("HF_HOME", str(tmp_path))
+    monkeypatch.setattr(socket, "create_connection", refuse)
+    start = time.perf_counter()
+    with pytest.raises(BackboneNotFoundError, match=r"cannot be reached.*gated"):
+        load_backbone("facebook/dinov3-vitb16-pretrain-lvd1689m", device="cpu")
+    assert time.perf_counter() - start < 10
+
+
 def test_missing_path_is_reported(tmp_path: Path) -> None:
     with pytest.raises(CheckpointError, match=r"does not exist"):
         load_backbone(tmp_path / "nope.pth")
@@ -120,3 +135,32 @@ def test_all_twelve_names_are_known() -> None:
     assert len(released) == 10  # 12 releases = 10 architectures + 2 satellite weight tags
     tags = sum(len(s.hub_ids) for s in ARCHS.values())
     assert tags == 12
+
+
+def test_cached_hub_model_loads_without_network(fixtures_dir: Path, tmp_path: Path,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    import shutil
+    import socket
+
+    from huggingface_hub import constants
+
+    from dinotune.backbones.convert import convert_checkpoint
+    from dinotune.verbs.quickstart import find_cached_dinov3
+
+    repo = tmp_path / "hub" / "models--facebook--dinov3-vits16-pretrain-lvd1689m"
+    snapshot = repo / "snapshots" / "0123abcd"
+    convert_checkpoint(fixtures_dir / "vits16_style_depth3" / "checkpoint.pth", tmp_path / "hf")
+    shutil.copytree(tmp_path / "hf", snapshot)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("0123abcd")
+
+    def no_network(*args, **kwargs):
+        raise AssertionError("network access attempted")
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setattr(socket, "create_connection", no_network)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    backbone = load_backbone("facebook/dinov3-vits16-pretrain-lvd1689m", device="cpu")
+    assert backbone.info.weights == "lvd1689m" and backbone.embed_dim == 192
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    assert find_cached_dinov3() == "facebook/dinov3-vits16-pretrain-lvd1689m"

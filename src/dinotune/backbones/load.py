@@ -216,19 +216,49 @@ def _from_pretrained(source: str, local_files_only: bool) -> nn.Module:
     return model
 
 
+def _cached_snapshot(hub_id: str) -> str | None:
+    """The local snapshot folder of a cached hub model, found without touching the network."""
+    from huggingface_hub import snapshot_download
+
+    try:
+        folder = snapshot_download(hub_id, local_files_only=True)
+    except Exception:  # LocalEntryNotFoundError, or an invalid repo id: not cached either way
+        return None
+    return folder if (Path(folder) / "config.json").is_file() else None
+
+
 def _load_hub(hub_id: str) -> Backbone:
     offline = os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes")
-    try:
-        hf_model = _from_pretrained(hub_id, local_files_only=True)
-    except OSError as cached_error:
-        if offline:
-            raise _hub_error(hub_id, "offline mode (HF_HUB_OFFLINE) and not in the local cache") from None
+    snapshot = _cached_snapshot(hub_id)
+    if snapshot:
+        # a local folder: transformers makes no hub requests for it (a hub id would, even with local_files_only)
+        hf_model = _from_pretrained(snapshot, local_files_only=True)
+    elif offline:
+        raise _hub_error(hub_id, "offline mode (HF_HUB_OFFLINE) and not in the local cache")
+    else:
+        unreachable = _hub_unreachable()
+        if unreachable:  # fail in seconds rather than after the hub client's retries
+            raise _hub_error(hub_id, f"not in the local cache and {unreachable}")
         try:
             hf_model = _from_pretrained(hub_id, local_files_only=False)
         except OSError as err:
-            reason = str(err).splitlines()[0][:160] if str(err) else type(cached_error).__name__
-            raise _hub_error(hub_id, reason) from None
+            raise _hub_error(hub_id, str(err).splitlines()[0][:160] or type(err).__name__) from None
     return _wrap_pretrained(hf_model, hub_id, f"hub:{hub_id}:{hf_model.config.to_json_string()}", hub_id)
+
+
+def _hub_unreachable(timeout: float = 3.0) -> str | None:
+    """Why the hub cannot be reached (DNS or TCP), or None when a connection opens."""
+    import socket
+    from urllib.parse import urlparse
+
+    from huggingface_hub import constants
+
+    host = urlparse(constants.ENDPOINT).hostname or "huggingface.co"
+    try:
+        socket.create_connection((host, 443), timeout=timeout).close()
+    except OSError as err:
+        return f"{host} cannot be reached ({err})"
+    return None
 
 
 def _hub_error(hub_id: str, reason: str) -> BackboneNotFoundError:
