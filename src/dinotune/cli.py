@@ -6,6 +6,7 @@ exception is a bug and keeps its traceback. `--verbose` shows tracebacks for use
 
 from __future__ import annotations
 
+import json
 import logging
 import sys
 from pathlib import Path
@@ -178,6 +179,40 @@ def compare(
     from dinotune.evaluation.compare import format_table
 
     typer.echo(format_table(run_compare(runs, out=out)))
+
+
+@app.command()
+def export(
+    run: Path = typer.Argument(..., help="Run or model folder (with model.json)."),
+    out: Path = typer.Option(None, "--out", "-o", help="Export folder (default: RUN/export)."),
+    fmt: str = typer.Option("onnx", "--format", help="Export format (onnx)."),
+    quantize: str = typer.Option(None, help="int8: also write an ONNX Runtime int8 model and compare it."),
+    static: bool = typer.Option(False, help="Static int8 quantisation with calibration images (default dynamic)."),
+    opset: int = typer.Option(None, help="ONNX opset (default: the exporter's)."),
+    backbone_only: bool = typer.Option(False, help="Export the backbone's embeddings, without the head."),
+    calibration: Path = typer.Option(None, help="Folder of images for verification and int8 calibration."),
+) -> None:
+    """Export to ONNX, verified against PyTorch (max abs difference), optionally int8-quantised."""
+    from dinotune.export import export_model
+
+    report = export_model(run, out or Path(run) / "export", fmt=fmt, quantize=quantize, static=static, opset=opset,
+                          backbone_only=backbone_only, calibration_images=calibration)
+    typer.echo(json.dumps(report, indent=2, default=str))
+
+
+@app.command()
+def serve(
+    model: Path = typer.Argument(..., help="Run/model folder, export folder, or exported .onnx with its model.json."),
+    host: str = typer.Option("127.0.0.1", help="Address to listen on (0.0.0.0 inside a container)."),
+    port: int = typer.Option(8000, help="Port."),
+    config: Path = typer.Option(None, "--config", "-c", help="YAML with ServeConfig fields."),
+    overrides: list[str] = OverridesArg,
+) -> None:
+    """HTTP server: /predict, /predict/batch, /health, /ready, /info, /metrics, with micro-batching."""
+    from dinotune.serve import ServeConfig
+    from dinotune.serve import serve as run_serve
+
+    run_serve(model, host=host, port=port, config=load_config(ServeConfig, config, overrides))
 
 
 TRAIN_TASKS = {"probe": ("dinotune.verbs.probe", "ProbeConfig", "run_probe")}

@@ -145,3 +145,40 @@ def test_evaluate_and_compare_commands(run, digits: Path, tmp_path: Path) -> Non
     table = _cli("compare", str(result.run_dir), str(result.run_dir), cwd=tmp_path)
     assert table.returncode == 0, table.stderr
     assert result.run_dir.name in table.stdout
+
+
+def test_export_and_serve_commands(run, digits: Path, tmp_path: Path) -> None:
+    import socket
+    import time
+    import urllib.request
+
+    result, _ = run
+    out = _cli("export", str(result.run_dir), "-o", "exported", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    report = json.loads(out.stdout)
+    assert report  # the verification report is printed
+    assert (tmp_path / "exported" / "model.onnx").is_file()
+    with socket.socket() as probe_socket:
+        probe_socket.bind(("127.0.0.1", 0))
+        port = probe_socket.getsockname()[1]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    server = subprocess.Popen([sys.executable, "-m", "dinotune", "serve", str(tmp_path / "exported"),
+                               "--port", str(port), "max_batch_size=4"], cwd=tmp_path, env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/ready", timeout=2) as response:
+                    if response.status == 200:
+                        break
+            except OSError:
+                time.sleep(0.5)
+        else:
+            pytest.fail("server did not become ready")
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/info", timeout=5) as response:
+            info = json.loads(response.read())
+        assert "classes" in json.dumps(info)
+    finally:
+        server.terminate()
+        server.wait(timeout=30)

@@ -1,0 +1,11 @@
+"""Serving: `create_app(model, config)` builds the FastAPI app, `serve(model, host=, port=, config=)` runs it.
+
+Importing this package needs the `[serve]` extra (fastapi, uvicorn, python-multipart, prometheus-client).
+"""
+
+from __future__ import annotations
+
+from dinotune.serve.app import ServeConfig, create_app, serve
+from dinotune.serve.runtime import Engine, load_engine
+
+__all__ = ["Engine", "ServeConfig", "create_app", "load_engine", "serve"]

@@ -1,0 +1,17 @@
+"""Fixtures of the serving tests (helpers live in tests/serve/helpers.py)."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import pytest
+
+from tests.serve.helpers import make_model_folder
+
+
+@pytest.fixture(scope="session")
+def model_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="RANDOM WEIGHTS")
+        return make_model_folder(tmp_path_factory.mktemp("serve") / "model")
