@@ -152,6 +152,18 @@ def quickstart(
 
 
 @app.command()
+def pretrain(
+    config: Path = typer.Argument(..., help="YAML config, e.g. configs/ssl_continuation.yaml."),
+    overrides: list[str] = OverridesArg,
+) -> None:
+    """Self-supervised continued pretraining (DINO + iBOT + KoLeo, optional Gram anchoring) on unlabelled images."""
+    from dinotune.verbs.pretrain import PretrainConfig, run_pretrain
+
+    run_dir = run_pretrain(load_config(PretrainConfig, config, overrides))
+    typer.echo(f"run folder: {run_dir} (continued backbone: {run_dir}/backbone_hf and {run_dir}/backbone.pth)")
+
+
+@app.command()
 def evaluate(
     run: Path = typer.Argument(..., help="Run or model folder (with model.json)."),
     data: list[Path] = typer.Option(..., "--data", "-d", help="Dataset; repeat for a domain-shift table."),
@@ -215,15 +227,19 @@ def serve(
     run_serve(model, host=host, port=port, config=load_config(ServeConfig, config, overrides))
 
 
-TRAIN_TASKS = {"probe": ("dinotune.verbs.probe", "ProbeConfig", "run_probe")}
+TRAIN_TASKS = {  # task key in the YAML -> (module, config model, runner)
+    "probe": ("dinotune.verbs.probe", "ProbeConfig", "run_probe"),
+    "finetune": ("dinotune.verbs.finetune", "FinetuneConfig", "run_finetune"),
+}
 
 
 @app.command()
 def train(
-    config: Path = typer.Argument(..., help="YAML config whose `task` key names the job (probe, ...)."),
+    config: Path = typer.Argument(..., help="YAML config whose `task` key names the job (probe, finetune)."),
     overrides: list[str] = OverridesArg,
+    resume: bool = typer.Option(False, help="Continue the run in `out` exactly where it stopped."),
 ) -> None:
-    """Run the job a YAML config describes, e.g. `dinotune train configs/linear_probe.yaml data.root=DIR`."""
+    """Run the job a YAML config describes, e.g. `dinotune train configs/finetune.yaml data.root=DIR`."""
     import importlib
 
     from dinotune.config import apply_overrides, read_yaml
@@ -232,9 +248,13 @@ def train(
     task = apply_overrides(read_yaml(config), [o for o in overrides or [] if o.startswith("task=")]).get("task")
     if task not in TRAIN_TASKS:
         raise ConfigError(f"'{config}': key 'task' must be one of {', '.join(TRAIN_TASKS)} (got {task!r}).")
-    module, model_name, runner = TRAIN_TASKS[task]
-    module_ = importlib.import_module(module)
-    result = getattr(module_, runner)(load_config(getattr(module_, model_name), config, overrides))
+    module_name, model_name, runner_name = TRAIN_TASKS[task]
+    module = importlib.import_module(module_name)
+    cfg = load_config(getattr(module, model_name), config, overrides)
+    runner = getattr(module, runner_name)
+    if resume and task == "probe":
+        raise ConfigError("--resume is for training jobs; a probe re-run reuses its cached features anyway.")
+    result = runner(cfg, resume=True) if resume else runner(cfg)
     typer.echo(f"run folder: {result.run_dir}")
 
 

@@ -182,3 +182,28 @@ def test_export_and_serve_commands(run, digits: Path, tmp_path: Path) -> None:
     finally:
         server.terminate()
         server.wait(timeout=30)
+
+
+def test_train_finetune_config_and_resume_guard(digits: Path, tmp_path: Path) -> None:
+    config = tmp_path / "ft.yaml"
+    config.write_text(yaml.safe_dump({
+        "task": "finetune", "backbone": {"source": "random:vit_test16"}, "mode": "lora",
+        "data": {"root": str(digits), "image_size": 16, "num_workers": 0, "augment": "none"},
+        "batch_size": 64, "trainer": {"max_epochs": 1, "max_steps": 3}, "out": "ft"}))
+    first = _cli("train", str(config), cwd=tmp_path)
+    assert first.returncode == 0, first.stderr
+    assert (tmp_path / "ft" / "model.json").is_file() and (tmp_path / "ft" / "backbone").is_dir()
+    again = _cli("train", str(config), cwd=tmp_path)
+    assert again.returncode == 2 and "--resume" in again.stderr  # never overwrites a run silently
+
+
+def test_pretrain_command_writes_a_loadable_backbone(digits: Path, tmp_path: Path) -> None:
+    from dinotune import load_backbone
+
+    config = Path(__file__).resolve().parents[2] / "configs" / "ssl_continuation.yaml"
+    result = _cli("pretrain", str(config), f"data.root={digits / 'train'}", "backbone.source=random:vit_test16",
+                  "data.batch_size=8", "data.num_workers=0", "crops.global_size=32", "crops.local_size=16",
+                  "crops.n_local=2", "trainer.max_steps=2", "trainer.max_epochs=1", "out=pt", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert load_backbone(tmp_path / "pt" / "backbone.pth").info.arch == "vit_test16"
+    assert load_backbone(tmp_path / "pt" / "backbone_hf").info.arch == "vit_test16"

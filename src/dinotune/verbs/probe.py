@@ -149,7 +149,7 @@ def run_probe(cfg: ProbeConfig, backbone: Backbone | None = None) -> ProbeResult
                          head={}, license=backbone.info.license, metrics=metrics["probe"]["summary"])
         save_model(run_dir, model, card)
         _write_sweep_table(run_dir / "sweep.csv", sweep)
-        _write_predictions(run_dir / "predictions.csv", paths[report_split], sets[report_split].labels,
+        write_predictions(run_dir / "predictions.csv", paths[report_split], sets[report_split].labels,
                            model.head.predict_proba(_inputs(sets[report_split], sweep)), spec)
     if cfg.knn.enabled:
         metrics["knn"] = _knn_metrics(cfg, sets, spec)
@@ -230,7 +230,7 @@ def _write_sweep_table(path: Path, sweep: SweepResult) -> None:
         writer.writerows(rows)
 
 
-def _write_predictions(path: Path, paths: list[Path], labels: torch.Tensor, probs: torch.Tensor,
+def write_predictions(path: Path, paths: list[Path], labels: torch.Tensor, probs: torch.Tensor,
                        spec: DatasetSpec) -> None:
     from dinotune.atomic import atomic_path
 

@@ -1,0 +1,86 @@
+"""The fine-tuning verb end to end on the digits: run folder, reload, distillation, and the proof that the
+loop learns (it beats the frozen linear probe of the same backbone on the same splits)."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from dinotune.model import load_model
+from dinotune.verbs.finetune import FinetuneResult, predict_split, run_finetune
+
+from .conftest import finetune_config
+
+
+def test_run_folder_holds_the_best_model_metrics_and_logs(finetuned: FinetuneResult) -> None:
+    run = finetuned.run_dir
+    assert {"config.yaml", "model.json", "head.safetensors", "backbone", "last", "metrics.json", "predictions.csv",
+            "log.txt", "logs", "checkpoints"} <= {p.name for p in run.iterdir()}
+    assert (run / "checkpoints" / "last.ckpt").is_file() and list((run / "logs").rglob("metrics.csv"))
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["best"]["value"] == pytest.approx(metrics["val"]["accuracy"], abs=1e-6)  # the best is what's saved
+    assert metrics["test"]["accuracy"] > 0.9 and metrics["train_seconds_this_session"] > 0
+    card = json.loads((run / "model.json").read_text())
+    assert card["backbone"]["weights_dir"] == "backbone" and card["head"]["feature_choice"] == "cls+patch_mean"
+    with open(run / "predictions.csv") as handle:
+        rows = list(csv.DictReader(handle))
+    assert sum(r["true"] == r["predicted"] for r in rows) / len(rows) == pytest.approx(
+        metrics["test"]["accuracy"], abs=1e-6)
+
+
+def test_fine_tuned_weights_differ_from_the_source_and_reload(finetuned: FinetuneResult) -> None:
+    from dinotune.backbones import load_backbone
+
+    model, card = load_model(finetuned.run_dir)
+    source = load_backbone(card.backbone["source"], device="cpu", seed=card.backbone["seed"])
+    tuned, original = model.backbone.hf.model.layer[0].mlp.up_proj.weight, source.hf.model.layer[0].mlp.up_proj.weight
+    assert not torch.equal(tuned, original)
+    _, last_card = load_model(finetuned.run_dir / "last")
+    assert last_card.metrics["step"] > 0
+
+
+def test_distillation_moves_the_student_toward_the_teacher(finetuned: FinetuneResult, digits: Path,
+                                                           tmp_path: Path) -> None:
+    """alpha=0: the student sees no labels, only the teacher; its agreement with the teacher must rise."""
+    from dinotune.data.datasets import build_datasets
+
+    cfg = finetune_config(digits, tmp_path / "student", mode="distill",
+                          distill={"teacher": str(finetuned.run_dir), "alpha": 0.0, "temperature": 2.0},
+                          backbone={"source": "random:vit_test16"},
+                          trainer={"max_epochs": 2, "seed": 1, "progress_bar": False})
+    teacher, _ = load_model(finetuned.run_dir)
+    _, sets = build_datasets(cfg.data, teacher.backbone.info.mean, teacher.backbone.info.std)
+    t_probs, _, _ = predict_split(teacher, sets["test"], 256)
+
+    def agreement_and_kl(model) -> tuple[float, float]:
+        s_probs, _, _ = predict_split(model, sets["test"], 256)
+        kl = (t_probs * (t_probs.clamp_min(1e-8).log() - s_probs.clamp_min(1e-8).log())).sum(1).mean()
+        return float((s_probs.argmax(1) == t_probs.argmax(1)).float().mean()), float(kl)
+
+    from dinotune.backbones import load_backbone
+    from dinotune.model import Classifier
+    from dinotune.verbs.finetune import new_head
+
+    fresh_backbone = load_backbone("random:vit_test16", device="cpu", seed=1)
+    before = agreement_and_kl(Classifier(fresh_backbone, new_head(fresh_backbone, 10, "cls+patch_mean", False, 1)))
+    result = run_finetune(cfg)
+    after = agreement_and_kl(load_model(result.run_dir)[0])
+    assert after[0] > 0.85 and after[0] > before[0] + 0.5, (before, after)
+    assert after[1] < 0.5 * before[1], (before, after)
+
+
+@pytest.mark.slow
+def test_fine_tuning_beats_the_linear_probe(finetuned: FinetuneResult, digits: Path, tmp_path: Path) -> None:
+    from dinotune.verbs.probe import probe
+
+    probed = probe({"root": digits, "image_size": 16, "num_workers": 0}, backbone="random:vit_test16",
+                   out=tmp_path / "probe", cache_dir=tmp_path / "cache", progress=False, knn={"enabled": False})
+    probe_test = probed.metrics["probe"]["test"]["accuracy"]
+    tuned_test = finetuned.metrics["test"]["accuracy"]
+    print(f"digits 16px, random:vit_test16: probe test {probe_test:.4f}, fine-tune test {tuned_test:.4f}")
+    assert probed.metrics["counts"] == finetuned.metrics["counts"]  # the same splits
+    assert tuned_test > probe_test
