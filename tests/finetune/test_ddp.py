@@ -8,7 +8,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 import torch
 
 from .conftest import SUBPROCESS_ENV
@@ -27,7 +26,6 @@ def _values(digits: Path, out: Path, devices: int) -> dict:
     }
 
 
-@pytest.mark.slow
 def test_two_process_ddp_matches_one_process(digits: Path, tmp_path: Path) -> None:
     single = subprocess.run([sys.executable, str(SCRIPT), json.dumps(_values(digits, tmp_path / "one", 1))],
                             env=SUBPROCESS_ENV, capture_output=True, text=True, timeout=600)

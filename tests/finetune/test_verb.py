@@ -73,7 +73,6 @@ def test_distillation_moves_the_student_toward_the_teacher(finetuned: FinetuneRe
     assert after[1] < 0.5 * before[1], (before, after)
 
 
-@pytest.mark.slow
 def test_fine_tuning_beats_the_linear_probe(finetuned: FinetuneResult, digits: Path, tmp_path: Path) -> None:
     from dinotune.verbs.probe import probe
 
