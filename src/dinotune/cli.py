@@ -122,9 +122,16 @@ def predict(
     run: Path = typer.Argument(..., help="Run or model folder (with model.json)."),
     images: list[Path] = typer.Argument(..., help="Image files or folders."),
     top_k: int = typer.Option(3, help="Labels to show per image."),
-    out: Path = typer.Option(None, "--out", "-o", help="Also write the predictions to this CSV file."),
+    out: Path = typer.Option(None, "--out", "-o", help="Also write the predictions to this CSV file "
+                             "(segmentation: the output folder, default ./masks)."),
 ) -> None:
-    """Classify images with a saved model."""
+    """Classify images with a saved model (or, for a segmentation run, write index-PNG masks and overlays)."""
+    if (run / "segmentation.json").is_file():
+        from dinotune.segmentation.verb import predict_masks
+
+        masks = predict_masks(run, images, out or Path("masks"))
+        typer.echo(f"wrote {len(masks)} masks and overlays to {out or Path('masks')}")
+        return
     from dinotune.verbs.predict import predict as run_predict
     from dinotune.verbs.predict import write_predictions_csv
 
@@ -230,12 +237,13 @@ def serve(
 TRAIN_TASKS = {  # task key in the YAML -> (module, config model, runner)
     "probe": ("dinotune.verbs.probe", "ProbeConfig", "run_probe"),
     "finetune": ("dinotune.verbs.finetune", "FinetuneConfig", "run_finetune"),
+    "segment": ("dinotune.segmentation.verb", "SegmentConfig", "run_segment"),
 }
 
 
 @app.command()
 def train(
-    config: Path = typer.Argument(..., help="YAML config whose `task` key names the job (probe, finetune)."),
+    config: Path = typer.Argument(..., help="YAML config whose `task` key names the job (probe, finetune, segment)."),
     overrides: list[str] = OverridesArg,
     resume: bool = typer.Option(False, help="Continue the run in `out` exactly where it stopped."),
 ) -> None:

@@ -207,3 +207,27 @@ def test_pretrain_command_writes_a_loadable_backbone(digits: Path, tmp_path: Pat
     assert result.returncode == 0, result.stderr
     assert load_backbone(tmp_path / "pt" / "backbone.pth").info.arch == "vit_test16"
     assert load_backbone(tmp_path / "pt" / "backbone_hf").info.arch == "vit_test16"
+
+
+def test_segmentation_train_and_predict_commands(tmp_path: Path) -> None:
+    from PIL import Image
+
+    from dinotune.data.bundled import make_segmentation_dataset
+
+    data = make_segmentation_dataset(tmp_path / "seg", n_images=24, size=32)
+    config = tmp_path / "seg.yaml"
+    config.write_text(yaml.safe_dump({
+        "task": "segment", "backbone": {"source": "random:vit_test16"},
+        "data": {"root": str(data), "image_size": 32, "num_workers": 0, "augment": "none"},
+        "trainer": {"max_epochs": 1}, "inference": {"crop": 32, "stride": 16}, "out": "segrun"}))
+    trained = _cli("train", str(config), cwd=tmp_path)
+    assert trained.returncode == 0, trained.stderr
+    images = sorted((data / "images").rglob("*.png"))[:2]
+    predicted = _cli("predict", "segrun", *map(str, images), "-o", "masks", cwd=tmp_path)
+    assert predicted.returncode == 0, predicted.stderr
+    mask = Image.open(tmp_path / "masks" / "masks" / f"{images[0].stem}.png")
+    assert mask.size == Image.open(images[0]).size and mask.mode == "P"
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(config.read_text().replace("augment: none", "augment: none\n  weighted_sampler: true"))
+    refused = _cli("train", str(bad), "out=other", cwd=tmp_path)
+    assert refused.returncode == 2 and "loss.class_weights" in refused.stderr
