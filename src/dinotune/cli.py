@@ -183,6 +183,13 @@ def evaluate(
     """Metrics and a self-contained report.html: curves, calibration, mistakes, features, robustness, OOD."""
     from dinotune.evaluation import evaluate as run_evaluate
 
+    if (run / "segmentation.json").is_file():
+        from dinotune.errors import DinotuneError
+
+        raise DinotuneError(f"'{run}' is a segmentation run: its report is {run / 'report.html'} (written at the end "
+                            "of training, with per-image IoU in per_image_iou.csv); evaluating it on new data is not "
+                            "supported yet - use `dinotune predict` for masks.")
+
     result = run_evaluate(run, data=data if len(data) > 1 else data[0], split=split, out=out,
                           robustness=robustness, ood_data=ood_data, epsilon=epsilon)
     typer.echo(f"wrote {result.report_path}")

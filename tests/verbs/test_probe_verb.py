@@ -222,6 +222,8 @@ def test_segmentation_train_and_predict_commands(tmp_path: Path) -> None:
         "trainer": {"max_epochs": 1}, "inference": {"crop": 32, "stride": 16}, "out": "segrun"}))
     trained = _cli("train", str(config), cwd=tmp_path)
     assert trained.returncode == 0, trained.stderr
+    report = (tmp_path / "segrun" / "report.html").read_text()
+    assert "Per-class IoU" in report and report.count("base64,") >= 2  # IoU bars + overlays embedded
     images = sorted((data / "images").rglob("*.png"))[:2]
     predicted = _cli("predict", "segrun", *map(str, images), "-o", "masks", cwd=tmp_path)
     assert predicted.returncode == 0, predicted.stderr

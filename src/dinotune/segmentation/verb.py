@@ -225,6 +225,9 @@ def run_segment(cfg: SegmentConfig, resume: bool = False, callbacks: Iterable[L.
         metrics |= {"parameters": counts, "train_seconds_this_session": round(time.perf_counter() - start, 2),
                     "epochs_run": trainer.current_epoch, "steps": trainer.global_step, "resumed_from": str(ckpt or "")}
         write_json(run_dir / "metrics.json", metrics)
+        from dinotune.segmentation.report import write_segmentation_report
+
+        write_segmentation_report(run_dir, metrics)
         run.info(" ".join(f"{k} {v:.4f}" for k, v in metrics["summary"].items()))
     return SegmentResult(run_dir, metrics)
 
