@@ -13,7 +13,7 @@ import json
 import logging
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 from torch import Tensor, nn
@@ -47,15 +47,23 @@ class ModelCard:
 
     @classmethod
     def from_json(cls, text: str, source: str) -> ModelCard:
-        try:
-            data = json.loads(text)
-            data["preprocessing"] = Preprocessing(**data["preprocessing"])
-            card = cls(**data)
-        except (ValueError, TypeError, KeyError) as err:
-            raise CheckpointError(f"{source} is not a dinotune model card ({err}).") from None
-        if card.format != FORMAT:
-            raise CheckpointError(f"{source} has format '{card.format}'; this dinotune reads '{FORMAT}'.")
-        return card
+        return card_from_json(cls, text, source, FORMAT, "model card")
+
+
+CardT = TypeVar("CardT")
+
+
+def card_from_json(cls: type[CardT], text: str, source: str, expected_format: str, kind: str) -> CardT:
+    """Parse a card dataclass (with a `Preprocessing` field) and check its format, naming the file on error."""
+    try:
+        data = json.loads(text)
+        data["preprocessing"] = Preprocessing(**data["preprocessing"])
+        card = cls(**data)
+    except (ValueError, TypeError, KeyError) as err:
+        raise CheckpointError(f"{source} is not a dinotune {kind} ({err}).") from None
+    if card.format != expected_format:  # type: ignore[attr-defined]
+        raise CheckpointError(f"{source} has format '{card.format}'; this dinotune reads '{expected_format}'.")  # type: ignore[attr-defined]
+    return card
 
 
 class Classifier(nn.Module):

@@ -96,15 +96,9 @@ class SegmentationCard:
 
     @classmethod
     def from_json(cls, text: str, source: str) -> SegmentationCard:
-        try:
-            data = json.loads(text)
-            data["preprocessing"] = Preprocessing(**data["preprocessing"])
-            card = cls(**data)
-        except (ValueError, TypeError, KeyError) as err:
-            raise CheckpointError(f"{source} is not a dinotune segmentation card ({err}).") from None
-        if card.format != FORMAT:
-            raise CheckpointError(f"{source} has format '{card.format}'; this dinotune reads '{FORMAT}'.")
-        return card
+        from dinotune.model import card_from_json
+
+        return card_from_json(cls, text, source, FORMAT, "segmentation card")
 
 
 def save_segmenter(folder: str | Path, model: Segmenter, card: SegmentationCard, save_backbone: bool) -> Path:

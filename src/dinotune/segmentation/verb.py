@@ -48,9 +48,9 @@ from dinotune.segmentation.metrics import confusion_matrix, scores
 from dinotune.segmentation.model import SegmentationCard, Segmenter, build_segmenter, load_segmenter, save_segmenter
 from dinotune.segmentation.task import SegmentationModule, SegMode
 from dinotune.tasks.classification import prepare_model
-from dinotune.training.trainer import TrainerConfig, build_trainer, resume_path
+from dinotune.training.trainer import TrainerConfig, build_trainer
 from dinotune.verbs.finetune import EarlyStoppingConfig, EpochSeeded, ResumableSampler, ShardAndResume
-from dinotune.verbs.runs import RunLog, new_run_dir, write_json
+from dinotune.verbs.runs import RunLog, training_run_dir, write_json
 
 
 class SegmentConfig(StrictModel):
@@ -153,13 +153,7 @@ class BestSegmenterExport(L.Callback):
 def run_segment(cfg: SegmentConfig, resume: bool = False, callbacks: Iterable[L.Callback] = ()) -> SegmentResult:
     """Train a segmentation head (and optionally the backbone), keep the best, evaluate it at full size."""
     start = time.perf_counter()
-    if resume and cfg.out is None:
-        raise ConfigError("--resume needs the run folder: set out=<the run folder to continue>.")
-    run_dir = Path(cfg.out or new_run_dir("segment"))
-    ckpt = resume_path(run_dir)
-    if ckpt is not None and not resume:
-        raise ConfigError(f"'{run_dir}' already holds a training run; pass --resume to continue it, or choose "
-                          "another out.")
+    run_dir, ckpt = training_run_dir(cfg.out, "segment", resume)
     if cfg.data.resize == "keep":
         raise ConfigError("data.resize=keep gives crops of different sizes; segmentation batches need crop or pad.")
     if cfg.data.class_weights or cfg.data.weighted_sampler:

@@ -47,8 +47,8 @@ from dinotune.model import Classifier, ModelCard, load_model, save_model
 from dinotune.optim import OptimConfig
 from dinotune.tasks.classification import ClassificationModule, Mode, RegularizationConfig, prepare_model
 from dinotune.tasks.probe import LinearHead, parse_feature_choice
-from dinotune.training.trainer import TrainerConfig, build_trainer, resume_path
-from dinotune.verbs.runs import RunLog, new_run_dir, write_json
+from dinotune.training.trainer import TrainerConfig, build_trainer
+from dinotune.verbs.runs import RunLog, training_run_dir, write_json
 
 log = logging.getLogger(__name__)
 
@@ -260,13 +260,7 @@ def _loaders(cfg: FinetuneConfig, spec: Any, sets: dict[str, Dataset]) -> tuple[
 def run_finetune(cfg: FinetuneConfig, resume: bool = False, callbacks: Iterable[L.Callback] = ()) -> FinetuneResult:
     """Train, keep the best model, evaluate it on val/test. `resume`: continue from checkpoints/last.ckpt."""
     start = time.perf_counter()
-    if resume and cfg.out is None:
-        raise ConfigError("--resume needs the run folder: set out=<the run folder to continue>.")
-    run_dir = Path(cfg.out or new_run_dir("finetune"))
-    ckpt = resume_path(run_dir)
-    if ckpt is not None and not resume:
-        raise ConfigError(f"'{run_dir}' already holds a training run; pass --resume to continue it, or choose "
-                          "another out.")
+    run_dir, ckpt = training_run_dir(cfg.out, "finetune", resume)
     run = RunLog(run_dir)
     save_resolved(cfg, run_dir)
     backbone = load_backbone(cfg.backbone.source, arch=cfg.backbone.arch, in_chans=cfg.backbone.in_chans,

@@ -47,3 +47,18 @@ class RunLog:
 
 def write_json(path: Path, data: Any) -> None:
     write_text(path, json.dumps(data, indent=2, default=str))
+
+
+def training_run_dir(out: str | Path | None, kind: str, resume: bool) -> tuple[Path, Path | None]:
+    """(run folder, checkpoint to resume from): never silently trains over an existing run."""
+    from dinotune.errors import ConfigError
+    from dinotune.training import resume_path
+
+    if resume and out is None:
+        raise ConfigError("--resume needs the run folder: set out=<the run folder to continue>.")
+    run_dir = Path(out or new_run_dir(kind))
+    ckpt = resume_path(run_dir)
+    if ckpt is not None and not resume:
+        raise ConfigError(f"'{run_dir}' already holds a training run; pass --resume to continue it, or choose "
+                          "another out.")
+    return run_dir, ckpt
