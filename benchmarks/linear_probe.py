@@ -127,7 +127,7 @@ def main() -> None:
     }
     for key, value in result.items():
         print(f"{key:42s} {value:.4f}" if isinstance(value, float) else f"{key:42s} {value}")
-    write_result("linear_probe", result)
+    write_result(f"linear_probe_{args.backbone.split(':')[-1]}", result)
 
 
 if __name__ == "__main__":
