@@ -32,3 +32,14 @@ def _quiet_random_weight_warning():
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="RANDOM WEIGHTS")
         yield
+
+
+@pytest.fixture
+def one_torch_thread():
+    """Training tests run with one torch thread: on 2 shared cores, more threads only spin against each other."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

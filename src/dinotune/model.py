@@ -114,17 +114,22 @@ def read_card(folder: str | Path) -> ModelCard:
     return ModelCard.from_json(path.read_text(), str(path))
 
 
-def load_model(folder: str | Path, device: str | torch.device | None = None) -> tuple[Classifier, ModelCard]:
-    """The model of a run or model folder, in eval mode, and its card."""
-    folder = Path(folder)
-    card = read_card(folder)
-    spec = card.backbone
+def load_card_backbone(folder: Path, spec: dict[str, Any]) -> Backbone:
+    """The backbone a card names: saved weights beside it, or its source (warning if that changed since)."""
     weights_dir = spec.get("weights_dir")
     source = str(folder / weights_dir) if weights_dir else spec["source"]
     backbone = load_backbone(source, in_chans=spec.get("in_chans", 3), device="cpu", seed=spec.get("seed", 0))
     if not weights_dir and spec.get("identity") and backbone.info.identity != spec["identity"]:
         log.warning("backbone %s changed since this model was trained (identity %s, now %s)",
                     source, spec["identity"], backbone.info.identity)
+    return backbone
+
+
+def load_model(folder: str | Path, device: str | torch.device | None = None) -> tuple[Classifier, ModelCard]:
+    """The model of a run or model folder, in eval mode, and its card."""
+    folder = Path(folder)
+    card = read_card(folder)
+    backbone = load_card_backbone(folder, card.backbone)
     head = LinearHead.load(folder / card.head.get("file", "head.safetensors"))
     model = Classifier(backbone, head)
     from dinotune.device import resolve_device

@@ -16,11 +16,8 @@ from dinotune.segmentation.verb import SegmentConfig, SegmentResult, run_segment
 
 
 @pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
+def _one_thread(one_torch_thread):
     yield
-    torch.set_num_threads(before)
 
 
 def segment_config(root: Path, out: Path, **overrides: Any) -> SegmentConfig:

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from dinotune.backbones import Backbone, load_backbone
+from dinotune.backbones import Backbone
 from dinotune.data.preprocessing import Preprocessing
 from dinotune.errors import CheckpointError
 from dinotune.segmentation.heads import HeadConfig, build_head
@@ -136,16 +136,11 @@ def load_segmenter(folder: str | Path, device: str | torch.device | None = None)
     from safetensors.torch import load_file
 
     from dinotune.device import resolve_device
+    from dinotune.model import load_card_backbone
 
     folder = Path(folder)
     card = read_segmentation_card(folder)
-    spec = card.backbone
-    weights_dir = spec.get("weights_dir")
-    source = str(folder / weights_dir) if weights_dir else spec["source"]
-    backbone = load_backbone(source, in_chans=spec.get("in_chans", 3), device="cpu", seed=spec.get("seed", 0))
-    if not weights_dir and spec.get("identity") and backbone.info.identity != spec["identity"]:
-        log.warning("backbone %s changed since this model was trained (identity %s, now %s)",
-                    source, spec["identity"], backbone.info.identity)
+    backbone = load_card_backbone(folder, card.backbone)
     head_cfg = HeadConfig(**card.head)
     head = build_head(head_cfg, feature_dims(backbone, card.layers), len(card.classes))
     path = folder / "head.safetensors"

@@ -33,7 +33,6 @@ from pydantic import Field
 from torch.utils.data import DataLoader
 
 from dinotune.atomic import atomic_dir, atomic_path
-from dinotune.backbones import load_backbone
 from dinotune.backbones.lora import LoraConfig, has_lora, merge_lora
 from dinotune.config import BackboneConfig, StrictModel, save_resolved
 from dinotune.data.config import DataConfig
@@ -50,7 +49,7 @@ from dinotune.segmentation.task import SegmentationModule, SegMode
 from dinotune.tasks.classification import prepare_model
 from dinotune.training.trainer import TrainerConfig, build_trainer
 from dinotune.verbs.finetune import EarlyStoppingConfig, EpochSeeded, ResumableSampler, ShardAndResume
-from dinotune.verbs.runs import RunLog, training_run_dir, write_json
+from dinotune.verbs.runs import RunLog, load_training_backbone, training_run_dir, write_json
 
 
 class SegmentConfig(StrictModel):
@@ -162,11 +161,7 @@ def run_segment(cfg: SegmentConfig, resume: bool = False, callbacks: Iterable[L.
     data_cfg = cfg.data.model_copy(update={"task": "segment"})
     run = RunLog(run_dir)
     save_resolved(cfg, run_dir)
-    backbone = load_backbone(cfg.backbone.source, arch=cfg.backbone.arch, in_chans=cfg.backbone.in_chans,
-                             device="cpu", seed=cfg.trainer.seed)
-    if cfg.data.channels != backbone.info.in_chans:
-        raise ConfigError(f"data.channels={cfg.data.channels} but backbone.in_chans={backbone.info.in_chans}; "
-                          "make them equal.")
+    backbone = load_training_backbone(cfg.backbone, cfg.data.channels, cfg.trainer.seed)
     if cfg.data.image_size % backbone.input_multiple:
         raise ConfigError(f"data.image_size={cfg.data.image_size} must be a multiple of "
                           f"{backbone.input_multiple} for this backbone.")

@@ -34,7 +34,7 @@ from pydantic import Field, model_validator
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from dinotune.atomic import atomic_dir
-from dinotune.backbones import Backbone, load_backbone
+from dinotune.backbones import Backbone
 from dinotune.backbones.lora import LoraConfig, has_lora, merge_lora
 from dinotune.config import BackboneConfig, StrictModel, save_resolved
 from dinotune.data.config import DataConfig
@@ -48,7 +48,7 @@ from dinotune.optim import OptimConfig
 from dinotune.tasks.classification import ClassificationModule, Mode, RegularizationConfig, prepare_model
 from dinotune.tasks.probe import LinearHead, parse_feature_choice
 from dinotune.training.trainer import TrainerConfig, build_trainer
-from dinotune.verbs.runs import RunLog, training_run_dir, write_json
+from dinotune.verbs.runs import RunLog, load_training_backbone, training_run_dir, write_json
 
 log = logging.getLogger(__name__)
 
@@ -263,11 +263,7 @@ def run_finetune(cfg: FinetuneConfig, resume: bool = False, callbacks: Iterable[
     run_dir, ckpt = training_run_dir(cfg.out, "finetune", resume)
     run = RunLog(run_dir)
     save_resolved(cfg, run_dir)
-    backbone = load_backbone(cfg.backbone.source, arch=cfg.backbone.arch, in_chans=cfg.backbone.in_chans,
-                             device="cpu", seed=cfg.trainer.seed)
-    if cfg.data.channels != backbone.info.in_chans:
-        raise ConfigError(f"data.channels={cfg.data.channels} but backbone.in_chans={backbone.info.in_chans}; "
-                          "make them equal.")
+    backbone = load_training_backbone(cfg.backbone, cfg.data.channels, cfg.trainer.seed)
     prep = preprocessing_for(cfg, backbone)
     spec, sets = build_datasets(cfg.data, prep.mean, prep.std, run_dir)
     if spec.task != "classify":

@@ -62,3 +62,16 @@ def training_run_dir(out: str | Path | None, kind: str, resume: bool) -> tuple[P
         raise ConfigError(f"'{run_dir}' already holds a training run; pass --resume to continue it, or choose "
                           "another out.")
     return run_dir, ckpt
+
+
+def load_training_backbone(backbone_cfg: Any, channels: int, seed: int) -> Any:
+    """The backbone a training config names, on the CPU (Lightning moves it), checked against data.channels."""
+    from dinotune.backbones import load_backbone
+    from dinotune.errors import ConfigError
+
+    backbone = load_backbone(backbone_cfg.source, arch=backbone_cfg.arch, in_chans=backbone_cfg.in_chans,
+                             device="cpu", seed=seed)
+    if channels != backbone.info.in_chans:
+        raise ConfigError(f"data.channels={channels} but backbone.in_chans={backbone.info.in_chans}; "
+                          "make them equal.")
+    return backbone
