@@ -19,7 +19,7 @@ from _common import matmul_flops, sample_images, write_result
 from PIL import Image
 
 from dinotune import load_backbone
-from dinotune.features.embed import EmbedConfig, run_embed
+from dinotune.verbs.embed import EmbedConfig, run_embed
 
 GFLOP_PER_IMAGE = {"vits16": 9.2}  # ViT-S/16 at 224 (forward pass)
 

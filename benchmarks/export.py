@@ -25,9 +25,9 @@ from _common import sample_images, write_result
 
 from dinotune import load_backbone
 from dinotune.data.preprocessing import Preprocessing
-from dinotune.export import export_model
+from dinotune.export.onnx import export_model
+from dinotune.heads.linear import LinearHead
 from dinotune.model import Classifier, ModelCard, save_model
-from dinotune.tasks.probe import LinearHead
 
 
 def model_folder(folder: Path, arch: str, size: int, classes: int = 10) -> Path:

@@ -37,19 +37,19 @@ def measure(name: str, steps: int, batch: int, size: int, threads: int) -> dict:
     import torch.nn.functional as F
 
     from dinotune.backbones import load_backbone
+    from dinotune.heads.linear import new_linear_head
     from dinotune.model import Classifier
-    from dinotune.optim import OptimConfig, build_optimizer, param_groups
-    from dinotune.tasks.classification import prepare_model
-    from dinotune.verbs.finetune import new_head
+    from dinotune.tasks.classify import prepare_model
+    from dinotune.training.optim import OptimConfig, build_optimizer, param_groups
 
     warnings.simplefilter("ignore")
     if threads > 0:
         torch.set_num_threads(threads)
     cfg = CONFIGS[name]
     backbone = load_backbone("random:vits16", device="cpu")
-    model = Classifier(backbone, new_head(backbone, 10, "cls+patch_mean", False, 0))
+    model = Classifier(backbone, new_linear_head(backbone.feature_widths, 10, "cls+patch_mean", False, 0))
     counts = prepare_model(model, cfg["mode"], activation_checkpointing=cfg["checkpointing"])
-    groups = param_groups(backbone, backbone.n_blocks, [model.head], lr=1e-5, head_lr=1e-3, layer_decay=0.9,
+    groups = param_groups(backbone, [model.head], lr=1e-5, head_lr=1e-3, layer_decay=0.9,
                           weight_decay=0.05)
     optimizer = build_optimizer(groups, OptimConfig())
     model.train()

@@ -25,7 +25,8 @@ from dinotune import load_backbone
 from dinotune.data.bundled import elpv_imagefolder
 from dinotune.data.datasets import ClassificationDataset
 from dinotune.data.formats import load_dataset
-from dinotune.tasks.probe import build_input, sweep_linear_heads
+from dinotune.heads.linear import build_input
+from dinotune.tasks.probe import sweep_linear_heads
 from dinotune.verbs.probe import probe
 
 
@@ -92,8 +93,9 @@ def main() -> None:
     ours_acc = ours.metrics["probe"]["test"]["accuracy"]
 
     # the same features again, from the cache, for the sweep-cost and scikit-learn comparisons
-    from dinotune.verbs.probe import ProbeConfig, _preprocessing, extract_splits
     from dinotune.verbs.runs import RunLog
+
+    from dinotune.verbs.probe import ProbeConfig, _preprocessing, extract_splits
 
     cfg = ProbeConfig(data={"root": root, "image_size": args.image_size}, cache_dir=work / "cache", progress=False)
     spec = load_dataset(root, task="classify")

@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import sample_images, write_result
 from export import model_folder
 
-from dinotune.export import export_model
+from dinotune.export.onnx import export_model
 
 SERVER = """
 import sys

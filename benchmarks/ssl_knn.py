@@ -46,7 +46,7 @@ def settings(root: Path, out: Path, source: str, steps: int, minutes: float, **o
                   "global_scale": [0.4, 1.0], "local_scale": [0.1, 0.4]},
         "heads": {"out_dim": 256, "hidden_dim": 256, "bottleneck_dim": 64},
         "loss": {"koleo_weight": 0.1, "ibot_weight": 1.0, "teacher_temp_warmup": 0.2},
-        "optim": {"lr": 2e-3, "min_lr": 1e-5, "warmup": 0.1, "layer_decay": 1.0, "head_warmup": 0.0,
+        "optim": {"lr": 2e-3, "min_lr_ratio": 0.005, "warmup": 0.1, "layer_decay": 1.0, "head_warmup": 0.0,
                   "momentum_start": 0.99},
         "trainer": {"max_steps": steps, "max_time_minutes": minutes, "progress_bar": False, "log_every_n_steps": 10},
         "out": str(out),

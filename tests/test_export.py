@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 
 from dinotune.errors import ConfigError
-from dinotune.export import export_model
+from dinotune.export.onnx import export_model
 from dinotune.model import load_model, read_card
 from tests.serve.helpers import CLASSES, make_model_folder
 
@@ -112,14 +112,14 @@ def test_export_refuses_bad_arguments_and_foreign_folders(exported, tmp_path: Pa
     folder = exported["vit"][0]
     with pytest.raises(ConfigError, match="quantize"):
         export_model(folder, tmp_path / "x", quantize="int4")  # type: ignore[arg-type]
-    with pytest.raises(ConfigError, match="fmt"):
+    with pytest.raises(ConfigError, match="--format"):
         export_model(folder, tmp_path / "x", fmt="tflite")  # type: ignore[arg-type]
-    with pytest.raises(ConfigError, match="calibration_images"):
+    with pytest.raises(ConfigError, match="--calibration"):
         export_model(folder, tmp_path / "x", quantize="int8", static=True)
     precious = tmp_path / "data"
     precious.mkdir()
     (precious / "keep.txt").write_text("mine")
-    with pytest.raises(ConfigError, match="not a dinotune export"):
+    with pytest.raises(ConfigError, match="--overwrite"):  # an existing folder is never replaced silently
         export_model(folder, precious)
     assert (precious / "keep.txt").read_text() == "mine"
 

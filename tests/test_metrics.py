@@ -1,4 +1,4 @@
-"""dinotune.metrics must agree with scikit-learn on fixed random predictions."""
+"""dinotune.metrics.classification must agree with scikit-learn on fixed random predictions."""
 
 from __future__ import annotations
 

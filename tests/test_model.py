@@ -14,8 +14,8 @@ from dinotune import load_backbone
 from dinotune.data.preprocessing import Preprocessing
 from dinotune.errors import CheckpointError
 from dinotune.features.cache import FeatureCache
+from dinotune.heads.linear import LinearHead, build_input
 from dinotune.model import Classifier, ModelCard, load_model, read_card, save_model
-from dinotune.tasks.probe import LinearHead, build_input
 
 
 def _classifier(arch: str = "vit_tiny16", choice: str = "last4_cls+patch_mean") -> Classifier:

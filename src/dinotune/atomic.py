@@ -42,13 +42,23 @@ def atomic_dir(path: str | os.PathLike, overwrite: bool = False) -> Iterator[Pat
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
     try:
         yield tmp
-        os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700
+        _normal_permissions(tmp)
         if target.exists() and overwrite:
             shutil.rmtree(target)
         os.replace(tmp, target)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _normal_permissions(folder: Path) -> None:
+    """mkdtemp makes 0700 and some writers (safetensors, mkstemp) 0600: give everything the umask's
+    permissions, so a server running as another user can read what a training run wrote."""
+    mask = _umask()
+    os.chmod(folder, 0o777 & ~mask)
+    for path in folder.rglob("*"):
+        if not path.is_symlink():
+            os.chmod(path, (0o777 if path.is_dir() else 0o666) & ~mask)
 
 
 def write_text(path: str | os.PathLike, text: str) -> None:

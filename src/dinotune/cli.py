@@ -13,8 +13,26 @@ from pathlib import Path
 
 import typer
 
-from dinotune.config import load_config
-from dinotune.errors import DinotuneError
+from dinotune.backbones.specs import ARCHS
+from dinotune.cli_data import data_app
+from dinotune.config import apply_overrides, load_config, read_yaml
+from dinotune.errors import ConfigError, DinotuneError
+from dinotune.evaluation.compare import format_table
+from dinotune.model import read_card
+from dinotune.run_folder import new_run_dir
+from dinotune.serve import ServeConfig
+from dinotune.serve import serve as run_serve
+from dinotune.verbs.compare import run_compare
+from dinotune.verbs.convert import convert_checkpoint
+from dinotune.verbs.embed import EmbedConfig, run_embed
+from dinotune.verbs.evaluate import run_evaluate
+from dinotune.verbs.export import run_export
+from dinotune.verbs.finetune import FinetuneConfig, run_finetune
+from dinotune.verbs.predict import run_predict
+from dinotune.verbs.pretrain import PretrainConfig, run_pretrain
+from dinotune.verbs.probe import ProbeConfig, run_probe
+from dinotune.verbs.quickstart import quickstart as run_quickstart
+from dinotune.verbs.segment import SegmentConfig, run_segment
 
 app = typer.Typer(
     name="dinotune",
@@ -26,6 +44,7 @@ app = typer.Typer(
 _state = {"verbose": False}
 
 OverridesArg = typer.Argument(None, help="Config overrides as key=value, e.g. data.image_size=112.")
+OverwriteOpt = typer.Option(False, "--overwrite", help="Replace the output folder if it exists.")
 
 
 @app.callback()
@@ -40,8 +59,6 @@ def _main(verbose: bool = typer.Option(False, "--verbose", "-v", help="Show trac
 @app.command()
 def archs() -> None:
     """List the DINOv3 architectures and their Hugging Face ids."""
-    from dinotune.backbones.specs import ARCHS
-
     for spec in ARCHS.values():
         ids = ", ".join(spec.hub_ids.values()) or "(test size, random weights only)"
         typer.echo(f"{spec.name:16s} {spec.family:9s} {ids}")
@@ -54,7 +71,6 @@ def convert(
     overwrite: bool = typer.Option(False, help="Replace DST if it exists."),
 ) -> None:
     """Convert an official DINOv3 checkpoint to a Hugging Face folder, or back (lossless)."""
-    from dinotune.backbones.convert import convert_checkpoint
 
     out = convert_checkpoint(src, dst, overwrite=overwrite)
     typer.echo(f"wrote {out}")
@@ -70,15 +86,14 @@ def embed(
     num_workers: int = typer.Option(None, help="DataLoader worker processes."),
     config: Path = typer.Option(None, "--config", "-c", help="YAML config file."),
     overrides: list[str] = OverridesArg,
+    overwrite: bool = OverwriteOpt,
 ) -> None:
     """Write CLS and mean-patch embeddings of every image in a folder to a safetensors file."""
-    from dinotune.features.embed import EmbedConfig, run_embed
-
     base = {"data_dir": data_dir, "out": out, "backbone": {"source": backbone}, "image_size": image_size,
             "batch_size": batch_size, "num_workers": num_workers}
     cfg = load_config(EmbedConfig, config, overrides, base=base)
-    result = run_embed(cfg)
-    typer.echo(f"wrote {result.path} ({result.count} images, dim {result.dim})")
+    result = run_embed(cfg, overwrite=overwrite)
+    typer.echo(f"wrote {result.run_dir} ({result.metrics['count']} images, dim {result.metrics['dim']})")
 
 
 @app.command()
@@ -89,12 +104,11 @@ def probe(
     image_size: int = typer.Option(None, help="Input side in pixels."),
     config: Path = typer.Option(None, "--config", "-c", help="YAML config file."),
     overrides: list[str] = OverridesArg,
+    overwrite: bool = OverwriteOpt,
 ) -> None:
     """Linear-probe sweep + kNN on frozen features; saves the best head as a model."""
-    from dinotune.verbs.probe import ProbeConfig, run_probe
-
     base = {"data": {"root": data, "image_size": image_size}, "backbone": {"source": backbone}, "out": out}
-    result = run_probe(load_config(ProbeConfig, config, overrides, base=base))
+    result = run_probe(load_config(ProbeConfig, config, overrides, base=base), overwrite=overwrite)
     typer.echo(f"run folder: {result.run_dir}")
 
 
@@ -106,41 +120,31 @@ def knn(
     image_size: int = typer.Option(None, help="Input side in pixels."),
     config: Path = typer.Option(None, "--config", "-c", help="YAML config file."),
     overrides: list[str] = OverridesArg,
+    overwrite: bool = OverwriteOpt,
 ) -> None:
-    """Weighted kNN (k = 10, 20, 100, 200; T = 0.07) on frozen features."""
-    from dinotune.verbs.probe import ProbeConfig, run_probe
-    from dinotune.verbs.runs import new_run_dir
-
+    """Weighted kNN on frozen features (k and the temperature chosen on validation)."""
     base = {"data": {"root": data, "image_size": image_size}, "backbone": {"source": backbone},
             "out": out or new_run_dir("knn"), "sweep": {"enabled": False}}
-    result = run_probe(load_config(ProbeConfig, config, overrides, base=base))
+    result = run_probe(load_config(ProbeConfig, config, overrides, base=base), overwrite=overwrite)
     typer.echo(f"run folder: {result.run_dir}")
 
 
 @app.command()
 def predict(
-    run: Path = typer.Argument(..., help="Run or model folder (with model.json)."),
+    run: Path = typer.Argument(..., help="Run, model or export folder (with model.json)."),
     images: list[Path] = typer.Argument(..., help="Image files or folders."),
     top_k: int = typer.Option(3, help="Labels to show per image."),
     out: Path = typer.Option(None, "--out", "-o", help="Also write the predictions to this CSV file "
                              "(segmentation: the output folder, default ./masks)."),
 ) -> None:
-    """Classify images with a saved model (or, for a segmentation run, write index-PNG masks and overlays)."""
-    if (run / "segmentation.json").is_file():
-        from dinotune.segmentation.verb import predict_masks
-
-        masks = predict_masks(run, images, out or Path("masks"))
-        typer.echo(f"wrote {len(masks)} masks and overlays to {out or Path('masks')}")
-        return
-    from dinotune.verbs.predict import predict as run_predict
-    from dinotune.verbs.predict import write_predictions_csv
-
-    predictions = run_predict(run, images, top_k=top_k)
+    """Classify images with a run, model or export folder (a segmenter writes index-PNG masks and overlays)."""
+    result, predictions = run_predict(run, images, out=out, top_k=top_k)
     for p in predictions:
         others = ", ".join(f"{label} {prob:.3f}" for label, prob in p.top[1:])
         typer.echo(f"{p.path}\t{p.label}\t{p.probability:.3f}" + (f"\t({others})" if others else ""))
-    if out:
-        write_predictions_csv(out, predictions)
+    if "masks" in result.metrics:
+        typer.echo(f"wrote {result.metrics['masks']} masks and overlays to {result.run_dir}")
+    elif out:
         typer.echo(f"wrote {out}")
 
 
@@ -153,8 +157,6 @@ def quickstart(
     out: Path = typer.Option(None, "--out", "-o", help="Run folder (default: runs/quickstart-<time>)."),
 ) -> None:
     """The whole loop on a bundled real dataset: data check, features, probe, kNN, metrics, predictions."""
-    from dinotune.verbs.quickstart import quickstart as run_quickstart
-
     run_quickstart(backbone, per_class=per_class, image_size=image_size, out=out)
 
 
@@ -162,55 +164,47 @@ def quickstart(
 def pretrain(
     config: Path = typer.Argument(..., help="YAML config, e.g. configs/ssl_continuation.yaml."),
     overrides: list[str] = OverridesArg,
+    resume: bool = typer.Option(False, "--resume", help="Continue the run in `out` exactly where it stopped."),
 ) -> None:
     """Self-supervised continued pretraining (DINO + iBOT + KoLeo, optional Gram anchoring) on unlabelled images."""
-    from dinotune.verbs.pretrain import PretrainConfig, run_pretrain
-
-    run_dir = run_pretrain(load_config(PretrainConfig, config, overrides))
+    run_dir = run_pretrain(load_config(PretrainConfig, config, overrides), resume=resume).run_dir
     typer.echo(f"run folder: {run_dir} (continued backbone: {run_dir}/backbone_hf and {run_dir}/backbone.pth)")
 
 
 @app.command()
 def evaluate(
-    run: Path = typer.Argument(..., help="Run or model folder (with model.json)."),
-    data: list[Path] = typer.Option(..., "--data", "-d", help="Dataset; repeat for a domain-shift table."),
+    run: Path = typer.Argument(..., help="Run, model or export folder (with model.json)."),
+    data: list[Path] = typer.Option(None, "--data", "-d", help="Dataset (default: the run's own); repeat for a "
+                                    "domain-shift table."),
     split: str = typer.Option("test", help="Split to evaluate when the data has splits."),
     out: Path = typer.Option(None, "--out", "-o", help="Output folder (default: RUN/evaluation)."),
+    overwrite: bool = OverwriteOpt,
     robustness: bool = typer.Option(False, help="Accuracy under corruptions (5 severities) and FGSM/PGD."),
     ood_data: Path = typer.Option(None, help="Folder of out-of-distribution images: OOD AUROC, FPR@95TPR."),
     epsilon: float = typer.Option(0.035, help="Adversarial radius in normalised-pixel units."),
 ) -> None:
-    """Metrics and a self-contained report.html: curves, calibration, mistakes, features, robustness, OOD."""
-    from dinotune.evaluation import evaluate as run_evaluate
-
-    if (run / "segmentation.json").is_file():
-        from dinotune.errors import DinotuneError
-
-        raise DinotuneError(f"'{run}' is a segmentation run: its report is {run / 'report.html'} (written at the end "
-                            "of training, with per-image IoU in per_image_iou.csv); evaluating it on new data is not "
-                            "supported yet - use `dinotune predict` for masks.")
-
-    result = run_evaluate(run, data=data if len(data) > 1 else data[0], split=split, out=out,
-                          robustness=robustness, ood_data=ood_data, epsilon=epsilon)
-    typer.echo(f"wrote {result.report_path}")
+    """Metrics and a self-contained report.html for classifiers and segmenters alike."""
+    options = {"robustness": robustness, "ood_data": ood_data, "epsilon": epsilon}
+    if read_card(run).task == "segment":
+        options = {}
+    result = run_evaluate(run, data or None, split=split, out=out, overwrite=overwrite, **options)
+    typer.echo(f"wrote {result.run_dir / 'report.html'}")
 
 
 @app.command()
 def compare(
-    runs: list[Path] = typer.Argument(..., help="Run folders to compare."),
+    runs: list[Path] = typer.Argument(..., help="Run folders to compare (probe, knn, finetune, segment, ...)."),
     out: Path = typer.Option(None, "--out", "-o", help="Also write comparison.json and comparison.html here."),
 ) -> None:
-    """One table of the main metrics, training time and model size of several runs."""
-    from dinotune.evaluation import compare as run_compare
-    from dinotune.evaluation.compare import format_table
-
-    typer.echo(format_table(run_compare(runs, out=out)))
+    """One table of the main metric, training time, parameters and model size of several runs."""
+    typer.echo(format_table(run_compare(runs, out=out).metrics["rows"]))
 
 
 @app.command()
 def export(
     run: Path = typer.Argument(..., help="Run or model folder (with model.json)."),
     out: Path = typer.Option(None, "--out", "-o", help="Export folder (default: RUN/export)."),
+    overwrite: bool = OverwriteOpt,
     fmt: str = typer.Option("onnx", "--format", help="Export format (onnx)."),
     quantize: str = typer.Option(None, help="int8: also write an ONNX Runtime int8 model and compare it."),
     static: bool = typer.Option(False, help="Static int8 quantisation with calibration images (default dynamic)."),
@@ -219,11 +213,9 @@ def export(
     calibration: Path = typer.Option(None, help="Folder of images for verification and int8 calibration."),
 ) -> None:
     """Export to ONNX, verified against PyTorch (max abs difference), optionally int8-quantised."""
-    from dinotune.export import export_model
-
-    report = export_model(run, out or Path(run) / "export", fmt=fmt, quantize=quantize, static=static, opset=opset,
-                          backbone_only=backbone_only, calibration_images=calibration)
-    typer.echo(json.dumps(report, indent=2, default=str))
+    result = run_export(run, out, fmt=fmt, quantize=quantize, static=static, opset=opset,
+                        backbone_only=backbone_only, calibration_images=calibration, overwrite=overwrite)
+    typer.echo(json.dumps(result.metrics, indent=2, default=str))
 
 
 @app.command()
@@ -235,51 +227,40 @@ def serve(
     overrides: list[str] = OverridesArg,
 ) -> None:
     """HTTP server: /predict, /predict/batch, /health, /ready, /info, /metrics, with micro-batching."""
-    from dinotune.serve import ServeConfig
-    from dinotune.serve import serve as run_serve
-
     run_serve(model, host=host, port=port, config=load_config(ServeConfig, config, overrides))
 
 
-TRAIN_TASKS = {  # task key in the YAML -> (module, config model, runner)
-    "probe": ("dinotune.verbs.probe", "ProbeConfig", "run_probe"),
-    "finetune": ("dinotune.verbs.finetune", "FinetuneConfig", "run_finetune"),
-    "segment": ("dinotune.segmentation.verb", "SegmentConfig", "run_segment"),
+TRAIN_TASKS = {  # the YAML's `task` key -> (config model, verb)
+    "probe": (ProbeConfig, run_probe),
+    "finetune": (FinetuneConfig, run_finetune),
+    "segment": (SegmentConfig, run_segment),
+    "pretrain": (PretrainConfig, run_pretrain),
 }
 
 
 @app.command()
 def train(
-    config: Path = typer.Argument(..., help="YAML config whose `task` key names the job (probe, finetune, segment)."),
+    config: Path = typer.Argument(..., help="YAML config whose `task` key names the job "
+                                  f"({', '.join(TRAIN_TASKS)})."),
     overrides: list[str] = OverridesArg,
-    resume: bool = typer.Option(False, help="Continue the run in `out` exactly where it stopped."),
+    resume: bool = typer.Option(False, "--resume", help="Continue the run in `out` exactly where it stopped."),
 ) -> None:
     """Run the job a YAML config describes, e.g. `dinotune train configs/finetune.yaml data.root=DIR`."""
-    import importlib
-
-    from dinotune.config import apply_overrides, read_yaml
-    from dinotune.errors import ConfigError
-
     task = apply_overrides(read_yaml(config), [o for o in overrides or [] if o.startswith("task=")]).get("task")
     if task not in TRAIN_TASKS:
         raise ConfigError(f"'{config}': key 'task' must be one of {', '.join(TRAIN_TASKS)} (got {task!r}).")
-    module_name, model_name, runner_name = TRAIN_TASKS[task]
-    module = importlib.import_module(module_name)
-    cfg = load_config(getattr(module, model_name), config, overrides)
-    runner = getattr(module, runner_name)
-    if resume and task == "probe":
-        raise ConfigError("--resume is for training jobs; a probe re-run reuses its cached features anyway.")
-    result = runner(cfg, resume=True) if resume else runner(cfg)
+    model, runner = TRAIN_TASKS[task]
+    cfg = load_config(model, config, overrides)
+    if task == "probe":
+        if resume:
+            raise ConfigError("--resume is for training jobs; a probe re-run reuses its cached features anyway.")
+        result = run_probe(cfg)  # type: ignore[arg-type]
+    else:
+        result = runner(cfg, resume=resume)  # type: ignore[operator]
     typer.echo(f"run folder: {result.run_dir}")
 
 
-def _mount_subcommands() -> None:
-    from dinotune.cli_data import data_app
-
-    app.add_typer(data_app, name="data", help="Check datasets and compute their statistics.")
-
-
-_mount_subcommands()
+app.add_typer(data_app, name="data", help="Check datasets and compute their statistics.")
 
 
 def main() -> None:

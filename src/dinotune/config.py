@@ -34,7 +34,7 @@ class BackboneConfig(StrictModel):
         description="Hugging Face id, local Hugging Face folder, official .pth, or random:<arch>.",
     )
     arch: str | None = Field(None, description="Expected architecture of a .pth (checked, not required).")
-    in_chans: int = Field(3, ge=1, description="Input channels; 1 for grayscale, N for multi-band.")
+    in_chans: int | None = Field(None, ge=1, description="Input channels; default: data.channels, else 3.")
 
 
 def cache_home() -> Path:

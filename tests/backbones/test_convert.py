@@ -8,8 +8,9 @@ import pytest
 import torch
 
 from dinotune import load_backbone
-from dinotune.backbones.convert import DROPPED_FILE, convert_checkpoint
+from dinotune.backbones.convert import DROPPED_FILE
 from dinotune.errors import CheckpointError
+from dinotune.verbs.convert import convert_checkpoint
 from tests.conftest import FIXTURE_NAMES
 
 

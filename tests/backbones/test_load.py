@@ -144,7 +144,7 @@ def test_cached_hub_model_loads_without_network(fixtures_dir: Path, tmp_path: Pa
 
     from huggingface_hub import constants
 
-    from dinotune.backbones.convert import convert_checkpoint
+    from dinotune.verbs.convert import convert_checkpoint
     from dinotune.verbs.quickstart import find_cached_dinov3
 
     repo = tmp_path / "hub" / "models--facebook--dinov3-vits16-pretrain-lvd1689m"

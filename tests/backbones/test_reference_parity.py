@@ -10,7 +10,7 @@ import torch
 from safetensors.torch import load_file
 
 from dinotune import load_backbone
-from dinotune.backbones.convert import convert_checkpoint
+from dinotune.verbs.convert import convert_checkpoint
 from tests.conftest import FIXTURE_NAMES
 
 TOLERANCE = 1e-4

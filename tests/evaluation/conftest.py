@@ -11,8 +11,8 @@ from PIL import Image
 
 from dinotune import load_backbone
 from dinotune.data.preprocessing import Preprocessing
+from dinotune.heads.linear import LinearHead
 from dinotune.model import Classifier, ModelCard, save_model
-from dinotune.tasks.probe import LinearHead
 
 PER_SPLIT = {"train": 6, "val": 3, "test": 4}
 _ENDS = {"train": 6, "val": 9, "test": 13}  # cumulative counts per class

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from dinotune.errors import DataError
 from dinotune.evaluation.compare import compare, format_table, read_run
 
 
@@ -27,16 +28,16 @@ def test_compare_reads_evaluation_then_run_metrics(tmp_path: Path) -> None:
     (b / "evaluation").mkdir()
     (b / "evaluation" / "metrics.json").write_text(json.dumps({"summary": {"accuracy": 0.9, "ece": 0.05}}))
     c = tmp_path / "c"
-    c.mkdir()  # a folder with nothing recorded
-    rows = compare([a, b, c], out=tmp_path / "cmp")
+    c.mkdir()  # a folder with nothing recorded (e.g. a dataset passed by mistake): one clear error
+    with pytest.raises(DataError, match="not a run folder"):
+        compare([a, c])
+    rows = compare([a, b], out=tmp_path / "cmp")
     assert rows[0]["accuracy"] == 0.8 and rows[0]["f1_macro"] == 0.7 and rows[0]["ece"] is None
     assert rows[1]["accuracy"] == 0.9 and rows[1]["ece"] == 0.05 and rows[1]["balanced_accuracy"] == 0.75
     assert rows[0]["train_seconds"] == 12.5 and rows[0]["model_mb"] == pytest.approx(2.0, abs=0.01)
     assert rows[0]["backbone"] == "vit_test16"
-    assert all(rows[2][k] is None for k in rows[2] if k != "run")
     text = format_table(rows)
     assert text.splitlines()[0].split()[:2] == ["Run", "Backbone"]
-    assert text.splitlines()[3].split() == ["c"] + ["-"] * 7  # 8 columns have a value somewhere
     html = (tmp_path / "cmp" / "comparison.html").read_text()
     assert "data:image/png;base64," in html and json.loads((tmp_path / "cmp" / "comparison.json").read_text())
 

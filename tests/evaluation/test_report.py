@@ -16,9 +16,8 @@ import pytest
 from PIL import Image
 
 from dinotune.errors import DataError
-from dinotune.evaluation import evaluate
-from dinotune.evaluation.evaluate import EvaluationResult, read_training_curves
-from dinotune.report.classification import SECTIONS
+from dinotune.evaluation.evaluate import EvaluationResult, evaluate, read_training_curves
+from dinotune.evaluation.report import SECTIONS
 
 
 class _Parsed(HTMLParser):
@@ -129,8 +128,8 @@ def test_report_renders_in_headless_chromium(evaluation: EvaluationResult, tmp_p
 def test_multilabel_model_gets_a_report_with_reasons(small_digits: Path, tmp_path: Path) -> None:
     import torch
 
+    from dinotune.heads.linear import LinearHead
     from dinotune.model import Classifier, ModelCard, load_model, save_model
-    from dinotune.tasks.probe import LinearHead
 
     images = sorted((small_digits / "test").rglob("*.png"))[:12]
     names = ("a;b", "c", "a")
@@ -142,8 +141,8 @@ def test_multilabel_model_gets_a_report_with_reasons(small_digits: Path, tmp_pat
     model, card = load_model(base, device="cpu")
     dim = model.backbone.embed_dim
     head = LinearHead(torch.randn(3, dim), torch.zeros(3), torch.zeros(dim), torch.ones(dim), multilabel=True)
-    card = ModelCard(task="classify", classes=["a", "b", "c"], preprocessing=card.preprocessing,
-                     backbone=card.backbone, head={}, multilabel=True)
+    card = ModelCard(task="multilabel", classes=["a", "b", "c"], preprocessing=card.preprocessing,
+                     backbone=card.backbone, head={})
     save_model(tmp_path / "ml", Classifier(model.backbone, head), card)
     result = evaluate(tmp_path / "ml", data=tmp_path / "labels.csv", out=tmp_path / "out", progress=False)
     assert result.metrics["datasets"][0]["split"] == "all"

@@ -10,8 +10,8 @@ import torch
 from PIL import Image
 
 from dinotune import load_backbone
-from dinotune.features.embed import make_cache
 from dinotune.features.extract import extract_features
+from dinotune.verbs.embed import make_cache
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,8 @@ import torch
 
 from dinotune.config import validate
 from dinotune.data.bundled import digits_imagefolder
-from dinotune.verbs.finetune import FinetuneConfig, FinetuneResult, run_finetune
+from dinotune.verbs.common import Result
+from dinotune.verbs.finetune import FinetuneConfig, run_finetune
 
 SUBPROCESS_ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1",
                   "PYTHONWARNINGS": "ignore"}
@@ -42,7 +43,7 @@ def digits(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def finetuned(digits: Path, tmp_path_factory: pytest.TempPathFactory) -> FinetuneResult:
+def finetuned(digits: Path, tmp_path_factory: pytest.TempPathFactory) -> Result:
     torch.set_num_threads(1)
     out = tmp_path_factory.mktemp("finetune") / "run"
     shutil.rmtree(out, ignore_errors=True)

@@ -8,11 +8,11 @@ import pytest
 import torch
 
 from dinotune.backbones import load_backbone
-from dinotune.backbones.lora import LoraConfig, apply_lora, has_lora, merge_lora
+from dinotune.backbones.lora import LoraConfig, has_lora, merge_lora
 from dinotune.errors import ConfigError
+from dinotune.heads.linear import new_linear_head
 from dinotune.model import Classifier
-from dinotune.tasks.classification import prepare_model
-from dinotune.verbs.finetune import new_head
+from dinotune.training.modes import prepare_model
 
 
 def _perturb_adapters(module: torch.nn.Module) -> None:
@@ -33,7 +33,7 @@ def test_merged_weights_give_the_adapter_outputs(source: str) -> None:
                 param.fill_(1.0)
     reference = copy.deepcopy(backbone).eval()
     reference_keys = {k: v.shape for k, v in backbone.hf.state_dict().items()}
-    apply_lora(backbone, LoraConfig(rank=4, alpha=8, dropout=0.1))
+    backbone.apply_lora(LoraConfig(rank=4, alpha=8, dropout=0.1))
     _perturb_adapters(backbone)
     backbone.eval()
     x = torch.randn(2, 3, 64, 64)
@@ -50,7 +50,7 @@ def test_merged_weights_give_the_adapter_outputs(source: str) -> None:
 
 def test_lora_trains_under_two_percent_of_a_vit_s() -> None:
     backbone = load_backbone("random:vits16", device="cpu")
-    model = Classifier(backbone, new_head(backbone, 10, "cls+patch_mean", False, 0))
+    model = Classifier(backbone, new_linear_head(backbone.feature_widths, 10, "cls+patch_mean", False, 0))
     counts = prepare_model(model, "lora", lora=LoraConfig())
     fraction = counts["trainable"] / counts["total"]
     assert 0.005 < fraction < 0.02, fraction
@@ -62,7 +62,7 @@ def test_lora_trains_under_two_percent_of_a_vit_s() -> None:
 
 def test_lora_targets_are_configurable_and_checked() -> None:
     backbone = load_backbone("random:vit_test16", device="cpu")
-    count = apply_lora(backbone, LoraConfig(rank=2, targets=["q_proj", "v_proj"]))
+    count = backbone.apply_lora(LoraConfig(rank=2, targets=["q_proj", "v_proj"]))
     assert count == 2 * 2 * 2 * (64 + 64)  # 2 blocks x 2 targets x (A: r x 64 + B: 64 x r)
     with pytest.raises(ConfigError, match="not linear layers"):
-        apply_lora(load_backbone("random:vit_test16", device="cpu"), LoraConfig(targets=["qkv"]))
+        load_backbone("random:vit_test16", device="cpu").apply_lora(LoraConfig(targets=["qkv"]))

@@ -10,19 +10,20 @@ import torch
 import torch.nn.functional as F
 
 from dinotune.backbones import load_backbone
+from dinotune.heads.linear import new_linear_head
 from dinotune.model import Classifier
-from dinotune.optim import OptimConfig, build_optimizer, param_groups
-from dinotune.tasks.classification import RegularizationConfig, mix_batch, prepare_model, size_at
-from dinotune.verbs.finetune import new_head
+from dinotune.tasks.classify import RegularizationConfig, mix_batch, size_at
+from dinotune.training.modes import prepare_model
+from dinotune.training.optim import OptimConfig, build_optimizer, param_groups
 
 
 def _model(source: str = "random:vit_tiny16") -> Classifier:
     backbone = load_backbone(source, device="cpu")
-    return Classifier(backbone, new_head(backbone, 5, "cls+patch_mean", False, 0))
+    return Classifier(backbone, new_linear_head(backbone.feature_widths, 5, "cls+patch_mean", False, 0))
 
 
 def _train(model: Classifier, steps: int = 3) -> None:
-    groups = param_groups(model.backbone, model.backbone.n_blocks, [model.head], lr=1e-2, head_lr=1e-2,
+    groups = param_groups(model.backbone, [model.head], lr=1e-2, head_lr=1e-2,
                           layer_decay=0.9, weight_decay=0.5)
     optimizer = build_optimizer(groups, OptimConfig())
     gen = torch.Generator().manual_seed(0)

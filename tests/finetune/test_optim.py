@@ -10,16 +10,8 @@ import torch
 
 from dinotune.backbones import load_backbone
 from dinotune.errors import ConfigError
-from dinotune.optim import (
-    OptimConfig,
-    build_optimizer,
-    build_scheduler,
-    cosine_restarts,
-    layer_depth,
-    param_groups,
-    step_decay,
-    warmup_cosine,
-)
+from dinotune.training.optim import OptimConfig, build_optimizer, build_scheduler, param_groups
+from dinotune.training.schedules import cosine_restarts, cosine_schedule, step_decay
 
 
 def _lr_by_name(groups: list[dict]) -> dict[str, tuple[float, float]]:
@@ -29,7 +21,7 @@ def _lr_by_name(groups: list[dict]) -> dict[str, tuple[float, float]]:
 def test_layer_decay_gives_each_vit_block_its_lr() -> None:
     backbone = load_backbone("random:vit_tiny16", device="cpu")  # 6 blocks
     head = torch.nn.Linear(backbone.embed_dim, 3)
-    groups = param_groups(backbone, backbone.n_blocks, [head], lr=1e-4, head_lr=1e-2, layer_decay=0.5,
+    groups = param_groups(backbone, [head], lr=1e-4, head_lr=1e-2, layer_decay=0.5,
                           weight_decay=0.05)
     lrs = _lr_by_name(groups)
     assert lrs["hf.embeddings.patch_embeddings.weight"][0] == pytest.approx(1e-4 * 0.5**7)
@@ -43,23 +35,23 @@ def test_layer_decay_gives_each_vit_block_its_lr() -> None:
 
 def test_layer_decay_follows_convnext_stages() -> None:
     backbone = load_backbone("random:convnext_test", device="cpu")  # 4 stages
-    groups = param_groups(backbone, backbone.n_blocks, [], lr=1.0, head_lr=1.0, layer_decay=0.5, weight_decay=0.1)
+    groups = param_groups(backbone, [], lr=1.0, head_lr=1.0, layer_decay=0.5, weight_decay=0.1)
     lrs = _lr_by_name(groups)
     for stage in range(4):
         assert lrs[f"hf.model.stages.{stage}.layers.0.pointwise_conv1.weight"][0] == pytest.approx(0.5 ** (4 - stage))
     assert lrs["hf.layer_norm.weight"][0] == pytest.approx(1.0)
-    assert layer_depth("hf.model.stages.2.downsample_layers.1.weight", 4) == 3
+    assert backbone.layer_id("hf.model.stages.2.downsample_layers.1.weight") == 3
 
 
 def test_no_weight_decay_on_norms_biases_tokens_and_layer_scales() -> None:
     for source in ("random:vit_test16", "random:convnext_test"):
         backbone = load_backbone(source, device="cpu")
-        lrs = _lr_by_name(param_groups(backbone, backbone.n_blocks, [], lr=1.0, head_lr=1.0, layer_decay=1.0,
+        lrs = _lr_by_name(param_groups(backbone, [], lr=1.0, head_lr=1.0, layer_decay=1.0,
                                        weight_decay=0.05))
         for name, param in backbone.named_parameters():
             no_decay = param.ndim <= 1 or name.endswith(("cls_token", "register_tokens", "mask_token"))
             assert lrs[name][1] == (0.0 if no_decay else 0.05), name
-    vit = _lr_by_name(param_groups(load_backbone("random:vit_test16", device="cpu"), 2, [], lr=1, head_lr=1,
+    vit = _lr_by_name(param_groups(load_backbone("random:vit_test16", device="cpu"), [], lr=1, head_lr=1,
                                    layer_decay=1, weight_decay=0.05))
     assert vit["hf.embeddings.cls_token"][1] == vit["hf.embeddings.register_tokens"][1] == 0.0
     assert vit["hf.model.layer.0.layer_scale1.lambda1"][1] == 0.0
@@ -69,15 +61,15 @@ def test_no_weight_decay_on_norms_biases_tokens_and_layer_scales() -> None:
 def test_frozen_parameters_are_not_in_any_group() -> None:
     backbone = load_backbone("random:vit_test16", device="cpu")
     backbone.hf.model.layer[0].requires_grad_(False)
-    names = set(_lr_by_name(param_groups(backbone, 2, [], lr=1, head_lr=1, layer_decay=1, weight_decay=0)))
+    names = set(_lr_by_name(param_groups(backbone, [], lr=1, head_lr=1, layer_decay=1, weight_decay=0)))
     assert not any(n.startswith("hf.model.layer.0.") for n in names) and "hf.model.layer.1.norm1.weight" in names
     backbone.requires_grad_(False)
     with pytest.raises(ConfigError, match="Nothing to train"):
-        param_groups(backbone, 2, [], lr=1, head_lr=1, layer_decay=1, weight_decay=0)
+        param_groups(backbone, [], lr=1, head_lr=1, layer_decay=1, weight_decay=0)
 
 
 def test_schedules() -> None:
-    cos = warmup_cosine(100, 10, min_ratio=0.1)
+    cos = cosine_schedule(100, 10, min_ratio=0.1)
     assert cos(0) == pytest.approx(1 / 11) and cos(9) == pytest.approx(10 / 11) and cos(10) == pytest.approx(1.0)
     assert cos(55) == pytest.approx(0.1 + 0.9 * 0.5) and cos(100) == pytest.approx(0.1)
     sgdr = cosine_restarts(20, mult=2.0)

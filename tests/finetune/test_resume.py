@@ -61,7 +61,7 @@ def test_sigkill_mid_epoch_then_resume_matches_uninterrupted(digits: Path, tmp_p
     with pytest.raises(ConfigError, match="--resume"):
         run_finetune(validate(FinetuneConfig, _values(digits, killed)))
     resumed = run_finetune(validate(FinetuneConfig, _values(digits, killed)), resume=True)
-    assert resumed.metrics["resumed_from"].endswith("last.ckpt")
+    assert resumed.metrics["resumed"] is True
     expected, got = _weights(reference.run_dir), _weights(killed)
     assert expected.keys() == got.keys() and any(k.startswith("ema.") for k in got)
     worst = max((expected[k].float() - got[k].float()).abs().max().item() for k in expected)

@@ -12,7 +12,8 @@ import torch
 
 from dinotune.config import validate
 from dinotune.data.bundled import make_segmentation_dataset
-from dinotune.segmentation.verb import SegmentConfig, SegmentResult, run_segment
+from dinotune.verbs.common import Result
+from dinotune.verbs.segment import SegmentConfig, run_segment
 
 
 @pytest.fixture(autouse=True)
@@ -37,7 +38,7 @@ def seg_root(tmp_path_factory) -> Path:
     return make_segmentation_dataset(tmp_path_factory.mktemp("segdata") / "digits", 80, size=64)
 
 
-def _run(root: Path, out: Path, **overrides: Any) -> SegmentResult:
+def _run(root: Path, out: Path, **overrides: Any) -> Result:
     before = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
@@ -49,11 +50,11 @@ def _run(root: Path, out: Path, **overrides: Any) -> SegmentResult:
 
 
 @pytest.fixture(scope="session")
-def linear_run(seg_root: Path, tmp_path_factory) -> SegmentResult:
+def linear_run(seg_root: Path, tmp_path_factory) -> Result:
     return _run(seg_root, tmp_path_factory.mktemp("seg") / "linear", head={"type": "linear"})
 
 
 @pytest.fixture(scope="session")
-def decoder_run(seg_root: Path, tmp_path_factory) -> SegmentResult:
+def decoder_run(seg_root: Path, tmp_path_factory) -> Result:
     return _run(seg_root, tmp_path_factory.mktemp("seg") / "decoder", head={"type": "decoder", "width": 64},
                 trainer={"max_epochs": 12, "progress_bar": False})

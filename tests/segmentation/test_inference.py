@@ -10,9 +10,9 @@ import torch
 from torch import nn
 
 from dinotune.backbones import load_backbone
-from dinotune.segmentation.heads import HeadConfig
-from dinotune.segmentation.inference import InferenceConfig, predict_probs, sliding_window, window_starts
-from dinotune.segmentation.model import build_segmenter
+from dinotune.heads.segment import HeadConfig
+from dinotune.model.inference import InferenceConfig, predict_probs, sliding_window, window_starts
+from dinotune.model.segmenter import build_segmenter
 
 
 @pytest.fixture(scope="module")

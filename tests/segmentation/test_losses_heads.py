@@ -8,22 +8,16 @@ import torch.nn.functional as F
 
 from dinotune.backbones import load_backbone
 from dinotune.errors import CheckpointError
-from dinotune.segmentation.heads import HeadConfig, LinearSegHead, MultiScaleDecoder, layer_indices
-from dinotune.segmentation.losses import LossConfig, SegmentationLoss, dice_loss, pixel_class_weights
-from dinotune.segmentation.model import (
-    SegmentationCard,
-    build_segmenter,
-    load_segmenter,
-    read_segmentation_card,
-    save_segmenter,
-)
+from dinotune.heads.segment import HeadConfig, LinearSegHead, MultiScaleDecoder, layer_indices
+from dinotune.losses.segmentation import SegmentationLoss, SegmentationLossConfig, dice_loss, pixel_class_weights
+from dinotune.model import ModelCard, build_segmenter, load_model, read_card, save_model
 
 
 def test_ce_ignores_ignore_pixels() -> None:
     logits = torch.randn(2, 3, 4, 4, requires_grad=True)
     target = torch.randint(0, 3, (2, 4, 4))
     target[:, :2] = 255
-    loss = SegmentationLoss(LossConfig(kind="ce"))(logits, target)
+    loss = SegmentationLoss(SegmentationLossConfig(kind="ce"))(logits, target)
     keep = target != 255
     expected = F.cross_entropy(logits.permute(0, 2, 3, 1)[keep], target[keep])
     torch.testing.assert_close(loss, expected)
@@ -34,7 +28,7 @@ def test_ce_ignores_ignore_pixels() -> None:
 def test_all_ignored_batch_gives_zero_not_nan() -> None:
     logits = torch.randn(1, 3, 2, 2, requires_grad=True)
     for kind in ("ce", "dice", "ce_dice"):
-        loss = SegmentationLoss(LossConfig(kind=kind))(logits, torch.full((1, 2, 2), 255))
+        loss = SegmentationLoss(SegmentationLossConfig(kind=kind))(logits, torch.full((1, 2, 2), 255))
         assert torch.isfinite(loss)
     loss.backward()
 
@@ -53,11 +47,11 @@ def test_dice_perfect_and_wrong() -> None:
 
 def test_ce_dice_is_sum_and_class_weights_apply() -> None:
     logits, target = torch.randn(2, 3, 5, 5), torch.randint(0, 3, (2, 5, 5))
-    ce = SegmentationLoss(LossConfig(kind="ce"))(logits, target)
-    both = SegmentationLoss(LossConfig(kind="ce_dice", dice_weight=0.5))(logits, target)
+    ce = SegmentationLoss(SegmentationLossConfig(kind="ce"))(logits, target)
+    both = SegmentationLoss(SegmentationLossConfig(kind="ce_dice", dice_weight=0.5))(logits, target)
     torch.testing.assert_close(both, ce + 0.5 * dice_loss(logits, target))
     w = torch.tensor([0.0, 1.0, 2.0])
-    weighted = SegmentationLoss(LossConfig(), class_weights=w)(logits, target)
+    weighted = SegmentationLoss(SegmentationLossConfig(), class_weights=w)(logits, target)
     torch.testing.assert_close(weighted, F.cross_entropy(logits, target, weight=w))
 
 
@@ -98,20 +92,20 @@ def test_segmenter_any_size_and_folder_round_trip(tmp_path, source: str, head: s
     with torch.no_grad():
         out = model(image)
     assert out.shape == (1, 4, 50, 70)
-    card = SegmentationCard(classes=list("abcd"), colours=[[0, 0, 0]] * 4, preprocessing=Preprocessing(64),
-                            backbone={"source": source, "in_chans": 3, "seed": 0}, head=cfg.model_dump(),
-                            layers=model.layers)
-    save_segmenter(tmp_path, model, card, save_backbone=False)
-    loaded, loaded_card = load_segmenter(tmp_path, device="cpu")
+    card = ModelCard(task="segment", classes=list("abcd"), colours=[[0, 0, 0]] * 4, preprocessing=Preprocessing(64),
+                     backbone={"source": source, "in_chans": 3, "seed": 0},
+                     head={"type": cfg.type, "config": cfg.model_dump()})
+    save_model(tmp_path, model, card, save_backbone=False)
+    loaded, loaded_card = load_model(tmp_path, device="cpu")
     assert loaded_card.classes == list("abcd") and loaded.layers == model.layers
     with torch.no_grad():
         torch.testing.assert_close(loaded(image), out)
-    assert read_segmentation_card(tmp_path).head["type"] == head
+    assert read_card(tmp_path).head["type"] == head and read_card(tmp_path).task == "segment"
 
 
 def test_not_a_model_folder(tmp_path) -> None:
-    with pytest.raises(CheckpointError, match=r"segmentation\.json"):
-        load_segmenter(tmp_path)
-    (tmp_path / "segmentation.json").write_text('{"classes": []}')
-    with pytest.raises(CheckpointError, match="not a dinotune segmentation card"):
-        load_segmenter(tmp_path)
+    with pytest.raises(CheckpointError, match=r"model\.json"):
+        load_model(tmp_path)
+    (tmp_path / "model.json").write_text('{"classes": []}')
+    with pytest.raises(CheckpointError, match="not a dinotune model card"):
+        load_model(tmp_path)

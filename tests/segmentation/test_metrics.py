@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from dinotune.segmentation.metrics import ConfusionMeter, confusion_matrix, scores
+from dinotune.metrics import ConfusionMeter, confusion_matrix, scores
 
 
 def test_confusion_matrix_counts_and_ignores_pixels() -> None:

@@ -15,9 +15,11 @@ from PIL import Image
 from dinotune.data.decode import read_mask
 from dinotune.data.formats import load_dataset
 from dinotune.errors import ConfigError
-from dinotune.segmentation.metrics import confusion_matrix, scores
-from dinotune.segmentation.model import load_segmenter
-from dinotune.segmentation.verb import SegmentResult, predict_masks, run_segment
+from dinotune.evaluation.segment import predict_masks
+from dinotune.metrics import confusion_matrix, scores
+from dinotune.model import load_model
+from dinotune.verbs.common import Result
+from dinotune.verbs.segment import run_segment
 
 from .conftest import segment_config
 
@@ -31,7 +33,7 @@ def constant_miou(root: Path) -> float:
 
 @pytest.mark.parametrize("run_name", ["linear_run", "decoder_run"])
 def test_frozen_random_backbone_learns(run_name: str, seg_root: Path, request: pytest.FixtureRequest) -> None:
-    run: SegmentResult = request.getfixturevalue(run_name)
+    run: Result = request.getfixturevalue(run_name)
     const = constant_miou(seg_root)
     miou = run.metrics["val"]["miou"]
     assert const < 0.1  # background IoU / 11 classes
@@ -39,7 +41,7 @@ def test_frozen_random_backbone_learns(run_name: str, seg_root: Path, request: p
     assert run.metrics["parameters"]["trainable"] < run.metrics["parameters"]["total"] / 2  # backbone frozen
 
 
-def test_run_folder_outputs(linear_run: SegmentResult, seg_root: Path) -> None:
+def test_run_folder_outputs(linear_run: Result, seg_root: Path) -> None:
     run_dir = linear_run.run_dir
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["report_split"] == "val" and len(metrics["val"]["iou"]) == 11
@@ -54,7 +56,7 @@ def test_run_folder_outputs(linear_run: SegmentResult, seg_root: Path) -> None:
         assert np.asarray(mask).max() < 11
         assert Image.open(run_dir / "predictions" / "overlays" / f"{sample.path.stem}.png").mode == "RGB"
     # the saved model reproduces the reported metric through the folder format alone
-    _, card = load_segmenter(run_dir, device="cpu")
+    _, card = load_model(run_dir, device="cpu")
     assert card.classes[0] == "background" and card.backbone.get("weights_dir") is None  # frozen: not copied
     preds = [np.asarray(Image.open(run_dir / "predictions" / "masks" / f"{s.path.stem}.png")) for s in val]
     total = sum(confusion_matrix(torch.from_numpy(p.astype(np.int64)),
@@ -63,7 +65,7 @@ def test_run_folder_outputs(linear_run: SegmentResult, seg_root: Path) -> None:
     assert scores(total)["miou"] == pytest.approx(metrics["val"]["miou"])
 
 
-def test_predict_masks_matches_run_predictions(linear_run: SegmentResult, seg_root: Path, tmp_path: Path) -> None:
+def test_predict_masks_matches_run_predictions(linear_run: Result, seg_root: Path, tmp_path: Path) -> None:
     folder = seg_root / "images" / "val"
     written = predict_masks(linear_run.run_dir, [folder], tmp_path / "pred", device="cpu")
     assert len(written) == len(list(folder.iterdir()))
@@ -74,7 +76,7 @@ def test_predict_masks_matches_run_predictions(linear_run: SegmentResult, seg_ro
         assert (tmp_path / "pred" / "overlays" / path.name).is_file()
 
 
-def test_existing_run_needs_resume(linear_run: SegmentResult, seg_root: Path) -> None:
+def test_existing_run_needs_resume(linear_run: Result, seg_root: Path) -> None:
     with pytest.raises(ConfigError, match="--resume"):
         run_segment(segment_config(seg_root, linear_run.run_dir))
 
@@ -98,16 +100,16 @@ def test_resume_continues_the_run(seg_root: Path, tmp_path: Path) -> None:
     from .conftest import _run
 
     first = _run(seg_root, tmp_path / "run", trainer={"max_epochs": 1, "progress_bar": False})
-    assert first.metrics["epochs_run"] == 1 and not first.metrics["resumed_from"]
+    assert first.metrics["epochs_run"] == 1 and not first.metrics["resumed"]
     cfg = segment_config(seg_root, tmp_path / "run", trainer={"max_epochs": 2, "progress_bar": False})
     second = run_segment(cfg, resume=True)
-    assert second.metrics["epochs_run"] == 2 and second.metrics["resumed_from"].endswith("last.ckpt")
+    assert second.metrics["epochs_run"] == 2 and second.metrics["resumed"]
     assert second.metrics["steps"] == 2 * first.metrics["steps"]
 
 
 def test_shipped_config_loads(seg_root: Path) -> None:
     from dinotune.config import load_config
-    from dinotune.segmentation.verb import SegmentConfig
+    from dinotune.verbs.segment import SegmentConfig
 
     repo = Path(__file__).resolve().parents[2]
     cfg = load_config(SegmentConfig, repo / "configs" / "segmentation_linear.yaml", [f"data.root={seg_root}"])

@@ -20,8 +20,8 @@ from PIL import Image
 
 from dinotune import load_backbone
 from dinotune.data.preprocessing import Preprocessing
+from dinotune.heads.linear import LinearHead
 from dinotune.model import Classifier, ModelCard, save_model
-from dinotune.tasks.probe import LinearHead
 
 CLASSES = ["cat", "dog", "fox"]
 

@@ -158,7 +158,7 @@ class _SlowEngine:
     def __init__(self, engine) -> None:
         self.engine = engine
         self.card, self.name, self.runtime = engine.card, engine.name, "slow"
-        self.input_multiple, self.reference = engine.input_multiple, engine.reference
+        self.input_multiple, self.reference, self.segments = engine.input_multiple, engine.reference, False
 
     def run(self, images: np.ndarray):
         time.sleep(0.3)

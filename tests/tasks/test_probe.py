@@ -16,14 +16,8 @@ from sklearn.preprocessing import StandardScaler
 from threadpoolctl import threadpool_limits
 
 from dinotune.errors import ConfigError, DataError
-from dinotune.tasks.probe import (
-    FeatureSet,
-    HeadBank,
-    LinearHead,
-    available_feature_choices,
-    build_input,
-    sweep_linear_heads,
-)
+from dinotune.heads.linear import LinearHead, available_feature_choices, build_input
+from dinotune.tasks.probe import FeatureSet, HeadBank, sweep_linear_heads
 
 
 @pytest.fixture(autouse=True, scope="module")

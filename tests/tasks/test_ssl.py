@@ -15,8 +15,8 @@ from dinotune.backbones import load_backbone
 from dinotune.config import load_config, validate
 from dinotune.data.multicrop import MultiCrop, MultiCropConfig, block_mask
 from dinotune.errors import ConfigError
-from dinotune.optim import param_groups
-from dinotune.tasks.ssl import HeadsConfig, LossConfig, OptimConfig, SSLModule
+from dinotune.tasks.ssl import HeadsConfig, SSLLossConfig, SSLModule, SSLOptimConfig
+from dinotune.training.optim import param_groups
 from dinotune.training.schedules import cosine, warmup_cosine
 from dinotune.training.trainer import AtomicCheckpointIO, TrainerConfig, _loggers, resolve_precision
 from dinotune.verbs.pretrain import PretrainConfig, run_pretrain
@@ -27,7 +27,7 @@ TINY_HEADS = {"out_dim": 32, "hidden_dim": 16, "bottleneck_dim": 8}
 
 def _module(**loss) -> SSLModule:
     backbone = load_backbone("random:vit_test16", device="cpu")
-    return SSLModule(backbone, HeadsConfig(**TINY_HEADS), LossConfig(**loss), OptimConfig(head_warmup=0.5))
+    return SSLModule(backbone, HeadsConfig(**TINY_HEADS), SSLLossConfig(**loss), SSLOptimConfig(head_warmup=0.5))
 
 
 def test_ema_update():
@@ -61,7 +61,7 @@ def test_layer_decay_scales_as_ssl_uses_them():
     """SSL builds its groups with unit rates, so lr / weight_decay are the scales it multiplies by."""
     backbone = load_backbone("random:vit_test16", device="cpu")  # 2 blocks
     head = nn.Linear(4, 4)
-    groups = param_groups(backbone, backbone.n_blocks, [head], lr=1.0, head_lr=1.0, layer_decay=0.5,
+    groups = param_groups(backbone, [head], lr=1.0, head_lr=1.0, layer_decay=0.5,
                           weight_decay=1.0)
     by_name = {name: g for g in groups for name in g["param_names"]}
     assert by_name["hf.embeddings.patch_embeddings.weight"]["lr"] == pytest.approx(0.125)
@@ -188,8 +188,8 @@ def _teacher_student(ckpt: Path) -> tuple[dict, dict]:
 
 def test_run_pretrain_exports_the_teacher_in_both_formats(images, tmp_path):
     monitor = {"val_root": str(images / "labelled"), "batch_size": 8}
-    run = run_pretrain(_cfg(images, tmp_path / "run", 3, monitor=monitor))
-    for name in ("config.yaml", "backbone.pth", "backbone_hf/config.json", "checkpoints/last.ckpt", "summary.json"):
+    run = run_pretrain(_cfg(images, tmp_path / "run", 3, monitor=monitor)).run_dir
+    for name in ("config.yaml", "backbone.pth", "backbone_hf/config.json", "checkpoints/last.ckpt", "metrics.json"):
         assert (run / name).exists(), name
     metrics = (next(run.glob("logs/version_*/metrics.csv"))).read_text().splitlines()[0]
     for key in ("loss/dino", "loss/ibot", "loss/koleo", "loss/gram", "monitor/agreement", "monitor/knn_top1"):
@@ -223,11 +223,13 @@ class _StopAt(L.Callback):
 
 def test_resume_is_exact(images, tmp_path):
     """16 images / batch 4 = 4 steps per epoch: stopping after step 3 resumes in mid-epoch."""
-    full = run_pretrain(_cfg(images, tmp_path / "full", 5, loss={"gram_weight": 1.0, "centering": "center"}))
+    full = run_pretrain(_cfg(images, tmp_path / "full", 5, loss={"gram_weight": 1.0, "centering": "center"})).run_dir
     split_cfg = _cfg(images, tmp_path / "split", 5, loss={"gram_weight": 1.0, "centering": "center"})
     run_pretrain(split_cfg, callbacks=[_StopAt(3)])
     assert torch.load(tmp_path / "split/checkpoints/last.ckpt", weights_only=False)["global_step"] == 3
-    split = run_pretrain(split_cfg)
+    with pytest.raises(ConfigError, match="--resume"):  # an existing run is never trained over silently
+        run_pretrain(split_cfg)
+    split = run_pretrain(split_cfg, resume=True).run_dir
     a = torch.load(full / "checkpoints/last.ckpt", weights_only=False)
     b = torch.load(split / "checkpoints/last.ckpt", weights_only=False)
     assert a["global_step"] == b["global_step"] == 5

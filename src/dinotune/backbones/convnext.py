@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import functools
+import types
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 
+from dinotune.backbones.base import BackboneBase
 from dinotune.backbones.info import BackboneInfo
 
 
-class ConvNeXtBackbone(nn.Module):
+class ConvNeXtBackbone(BackboneBase):
     """Semantics of `dinov3.models.convnext.ConvNeXt`: the class token is the global average of the last
     feature map, normalised together with the patches; only the last stage has a norm."""
 
@@ -27,9 +31,31 @@ class ConvNeXtBackbone(nn.Module):
         # None as in the official code: intermediate maps keep their native resolution.
         self.patch_size = patch_size
 
+    lora_targets = ("pointwise_conv1", "pointwise_conv2")
+
     @property
     def stages(self) -> nn.ModuleList:
         return self.hf.model.stages
+
+    @property
+    def units(self) -> nn.ModuleList:
+        return self.stages
+
+    def set_drop_path(self, rate: float) -> None:
+        """Stochastic depth growing linearly with depth, as ConvNeXt trains."""
+        if rate <= 0:
+            return
+        from transformers.models.dinov3_convnext.modeling_dinov3_convnext import Dinov3ConvnextDropPath
+
+        self.hf.config.drop_path_rate = rate
+        layers = [layer for stage in self.stages for layer in stage.layers]
+        for index, layer in enumerate(layers):
+            layer.drop_path = Dinov3ConvnextDropPath(rate * index / max(1, len(layers) - 1))
+
+    def enable_checkpointing(self) -> None:
+        for stage in self.stages:
+            # a bound method as instance attribute: names and state_dict unchanged, and deepcopy (EMA) rebinds it
+            stage.forward = types.MethodType(_checkpointed_forward, stage)
 
     @property
     def input_multiple(self) -> int:
@@ -91,3 +117,8 @@ class ConvNeXtBackbone(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         return self.forward_features(x)["x_norm_clstoken"]
 
+
+
+def _checkpointed_forward(stage: nn.Module, x: Tensor) -> Tensor:
+    plain = functools.partial(type(stage).forward, stage)
+    return checkpoint(plain, x, use_reentrant=False) if stage.training and torch.is_grad_enabled() else plain(x)

@@ -17,14 +17,16 @@ import torch
 from torch import nn
 
 from dinotune.backbones import convert
+from dinotune.backbones.base import BackboneBase
 from dinotune.backbones.channels import adapt_stats, adapt_stem_weight
 from dinotune.backbones.convnext import ConvNeXtBackbone
 from dinotune.backbones.info import BackboneInfo
 from dinotune.backbones.specs import ARCHS, DINOV3_LICENSE, ArchSpec, arch_from_hub_id, get_arch, norm_stats
 from dinotune.backbones.vit import ViTBackbone
+from dinotune.device import resolve_device
 from dinotune.errors import BackboneNotFoundError, CheckpointError
 
-Backbone = ViTBackbone | ConvNeXtBackbone
+Backbone = BackboneBase
 log = logging.getLogger(__name__)
 _CHECKPOINT_SUFFIXES = {".pth", ".pt", ".bin", ".safetensors"}
 
@@ -58,13 +60,8 @@ def load_backbone(
             backbone = _load_hub(text)
     if in_chans != backbone.info.in_chans:
         _adapt_channels(backbone, in_chans)
-    return backbone.to(_resolve_device(device)).eval()
+    return backbone.to(resolve_device(device)).eval()
 
-
-def _resolve_device(device: str | torch.device | None) -> torch.device:
-    if device is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
 
 
 def _wrap(hf_model: nn.Module, info: BackboneInfo) -> Backbone:
@@ -193,7 +190,7 @@ def _load_hf_folder(path: Path, source: str) -> Backbone:
         pth = sorted(p.name for p in path.glob("*.pth"))
         hint = f" It contains {pth[0]}: pass that file instead." if pth else ""
         raise CheckpointError(f"Folder '{path}' has no config.json, so it is not a Hugging Face model folder.{hint}")
-    hf_model = _from_pretrained(str(path), local_files_only=True)
+    hf_model = from_pretrained(str(path), local_files_only=True)
     identity = (path / "config.json").read_text() + "".join(
         f"{p.name}:{p.stat().st_size}:{p.stat().st_mtime_ns}" for p in sorted(path.glob("*.safetensors")))
     return _wrap_pretrained(hf_model, source, identity, path.name)
@@ -207,7 +204,7 @@ def _wrap_pretrained(hf_model: nn.Module, source: str, identity: str, name_hint:
     return _wrap(hf_model, info)
 
 
-def _from_pretrained(source: str, local_files_only: bool) -> nn.Module:
+def from_pretrained(source: str, local_files_only: bool) -> nn.Module:
     from transformers import AutoModel
 
     model = AutoModel.from_pretrained(source, local_files_only=local_files_only)
@@ -232,7 +229,7 @@ def _load_hub(hub_id: str) -> Backbone:
     snapshot = _cached_snapshot(hub_id)
     if snapshot:
         # a local folder: transformers makes no hub requests for it (a hub id would, even with local_files_only)
-        hf_model = _from_pretrained(snapshot, local_files_only=True)
+        hf_model = from_pretrained(snapshot, local_files_only=True)
     elif offline:
         raise _hub_error(hub_id, "offline mode (HF_HUB_OFFLINE) and not in the local cache")
     else:
@@ -240,7 +237,7 @@ def _load_hub(hub_id: str) -> Backbone:
         if unreachable:  # fail in seconds rather than after the hub client's retries
             raise _hub_error(hub_id, f"not in the local cache and {unreachable}")
         try:
-            hf_model = _from_pretrained(hub_id, local_files_only=False)
+            hf_model = from_pretrained(hub_id, local_files_only=False)
         except OSError as err:
             raise _hub_error(hub_id, str(err).splitlines()[0][:160] or type(err).__name__) from None
     return _wrap_pretrained(hf_model, hub_id, f"hub:{hub_id}:{hf_model.config.to_json_string()}", hub_id)

@@ -12,13 +12,8 @@ from __future__ import annotations
 from pydantic import Field
 from torch import nn
 
-from dinotune.backbones import Backbone, ViTBackbone
 from dinotune.config import StrictModel
 from dinotune.errors import ConfigError
-
-#: Linear layers of HF DINOv3 blocks: ViT attention + (gated) MLP, ConvNeXt pointwise MLP.
-VIT_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "up_proj", "down_proj", "gate_proj")
-CONVNEXT_TARGETS = ("pointwise_conv1", "pointwise_conv2")
 
 
 class LoraConfig(StrictModel):
@@ -31,19 +26,16 @@ class LoraConfig(StrictModel):
         None, description="Linear module names to adapt (None: all attention and MLP linears of the backbone).")
 
 
-def default_targets(backbone: Backbone) -> list[str]:
-    names = VIT_TARGETS if isinstance(backbone, ViTBackbone) else CONVNEXT_TARGETS
-    present = {name.rsplit(".", 1)[-1] for name, m in backbone.hf.named_modules() if isinstance(m, nn.Linear)}
-    return [n for n in names if n in present]
+def apply_lora(backbone: nn.Module, cfg: LoraConfig, default_targets: tuple[str, ...]) -> int:
+    """Freeze the backbone and add trainable adapters; returns the number of adapter parameters.
 
-
-def apply_lora(backbone: Backbone, cfg: LoraConfig) -> int:
-    """Freeze the backbone and add trainable adapters; returns the number of adapter parameters."""
+    `default_targets` (the family's attention and MLP linears) are used where `cfg.targets` is unset.
+    """
     from peft import LoraConfig as PeftLoraConfig
     from peft import inject_adapter_in_model
 
-    targets = cfg.targets or default_targets(backbone)
     linear_names = {n.rsplit(".", 1)[-1] for n, m in backbone.hf.named_modules() if isinstance(m, nn.Linear)}
+    targets = cfg.targets or [n for n in default_targets if n in linear_names]
     unknown = sorted(set(targets) - linear_names)
     if unknown:
         raise ConfigError(f"lora.targets {unknown} are not linear layers of this backbone; "
@@ -64,7 +56,7 @@ def has_lora(module: nn.Module) -> bool:
     return any(isinstance(m, LoraLayer) for m in module.modules())
 
 
-def merge_lora(backbone: Backbone) -> Backbone:
+def merge_lora(backbone: nn.Module) -> nn.Module:
     """Fold every adapter into its base weight and restore plain modules, in place; returns `backbone`.
 
     The merged backbone computes the same function as the adapted one (up to float rounding) and has

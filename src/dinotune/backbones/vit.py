@@ -10,10 +10,11 @@ from typing import Any
 
 from torch import Tensor, nn
 
+from dinotune.backbones.base import BackboneBase
 from dinotune.backbones.info import BackboneInfo
 
 
-class ViTBackbone(nn.Module):
+class ViTBackbone(BackboneBase):
     """`forward_features` / `get_intermediate_layers` with the semantics of `dinov3.models.vision_transformer`."""
 
     def __init__(self, hf_model: nn.Module, info: BackboneInfo) -> None:
@@ -27,9 +28,41 @@ class ViTBackbone(nn.Module):
         self.n_blocks: int = config.num_hidden_layers
         self.num_heads: int = config.num_attention_heads
 
+    lora_targets = ("q_proj", "k_proj", "v_proj", "o_proj", "up_proj", "down_proj", "gate_proj")
+    supports_masking = True
+
     @property
     def blocks(self) -> nn.ModuleList:
         return self.hf.model.layer
+
+    @property
+    def units(self) -> nn.ModuleList:
+        return self.blocks
+
+    @property
+    def embeddings(self) -> nn.Module:
+        return self.hf.embeddings
+
+    @property
+    def feature_kinds(self) -> tuple[str, ...]:
+        return ("cls", "patch_mean", "cls_last4") if self.n_blocks >= 4 else ("cls", "patch_mean")
+
+    def set_trainable(self, trainable: bool) -> None:
+        super().set_trainable(trainable)
+        self.hf.embeddings.mask_token.requires_grad_(False)  # only masked-image pretraining uses it
+
+    def set_drop_path(self, rate: float) -> None:
+        """Uniform stochastic depth on every block, as DINOv3 trains its ViTs."""
+        if rate <= 0:
+            return
+        from transformers.models.dinov3_vit.modeling_dinov3_vit import Dinov3ViTDropPath
+
+        self.hf.config.drop_path_rate = rate
+        for block in self.blocks:
+            block.drop_path = Dinov3ViTDropPath(rate)
+
+    def enable_checkpointing(self) -> None:
+        self.hf.activation_checkpointing_enable()
 
     @property
     def input_multiple(self) -> int:

@@ -67,7 +67,8 @@ class DataConfig(BaseModel):
     csv_file: Path | None = Field(None, description="CSV annotation file (relative to root) if not auto-detected.")
     image_size: int = Field(224, gt=0, description="Side of the square network input (a multiple of patch_size).")
     patch_size: int = Field(16, gt=0, description="Backbone patch size; image sizes are rounded to multiples of it.")
-    channels: int = Field(3, ge=1, le=64, description="Input channels: 3 (RGB), 1 (grayscale) or N bands.")
+    channels: int | None = Field(None, ge=1, le=64, description="Input channels: 3 (RGB), 1 (grayscale) or N "
+                                 "bands; default: the backbone's in_chans, else 3.")
     resize: ResizeMode = Field("crop", description="crop: shorter side + crop; pad: letterbox; keep: keep aspect.")
     augment: AugmentPreset = Field("default", description="Training augmentation preset.")
     hflip: bool | None = Field(None, description="Override the preset's horizontal flip (medical: off by default).")
@@ -103,7 +104,7 @@ class DataConfig(BaseModel):
             raise ValueError("val_fraction + test_fraction must be below 1 (something must be left to train on)")
         for name in ("mean", "std"):
             values = getattr(self, name)
-            if values is not None and len(values) != self.channels:
+            if values is not None and self.channels is not None and len(values) != self.channels:
                 raise ValueError(f"{name} has {len(values)} values but channels={self.channels}")
         if self.std is not None and any(s <= 0 for s in self.std):
             raise ValueError("every std value must be positive")

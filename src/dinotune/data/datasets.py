@@ -244,7 +244,7 @@ def build_datasets(
         class_map=cfg.class_map,
     )
     common = {
-        "channels": cfg.channels,
+        "channels": cfg.channels or 3,
         "on_bad_file": cfg.on_bad_file,
         "scaling": cfg.scaling,
         "max_pixels": cfg.max_pixels,

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +26,7 @@ import albumentations as A
 import numpy as np
 import torch
 from pydantic import Field, model_validator
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import Dataset
 
 from dinotune.config import StrictModel
 from dinotune.data.decode import read_image
@@ -103,66 +103,6 @@ def block_mask(grid: tuple[int, int], n_masked: int, rng: np.random.Generator, m
         free = np.flatnonzero(~mask.ravel())
         mask.ravel()[rng.choice(free, size=missing, replace=False)] = True
     return mask
-
-
-def _rank_world() -> tuple[int, int]:
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        return torch.distributed.get_rank(), torch.distributed.get_world_size()
-    return 0, 1
-
-
-class EpochSampler(Sampler[int]):
-    """Shuffles with `seed + epoch`, shards across DDP ranks itself, and yields `epoch * n + index`
-    so datasets know the epoch. Lightning calls `set_epoch` at each epoch start; build the Trainer with
-    `use_distributed_sampler=False` so it does not wrap this sampler.
-    """
-
-    def __init__(self, n: int, seed: int = 0, shuffle: bool = True) -> None:
-        self.n, self.seed, self.shuffle, self.epoch = n, seed, shuffle, 0
-        self.skip = 0  # indices of this rank to drop once, to resume mid-epoch (see ResumableLoader)
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __len__(self) -> int:
-        return self.n // _rank_world()[1]
-
-    def __iter__(self) -> Iterator[int]:
-        rank, world = _rank_world()
-        order = torch.arange(self.n)
-        if self.shuffle:
-            order = torch.randperm(self.n, generator=torch.Generator().manual_seed(self.seed + self.epoch))
-        keys = (self.epoch * self.n + order)[: len(self) * world][rank::world].tolist()[self.skip:]
-        self.skip = 0
-        return iter(keys)
-
-
-class ResumableLoader(DataLoader):
-    """A DataLoader over an `EpochSampler` whose position Lightning checkpoints and restores.
-
-    Lightning restarts a plain DataLoader at its first batch (replaying part of an interrupted epoch)
-    and creates the resumed epoch's iterator before calling `set_epoch`. Lightning saves `state_dict()`
-    in checkpoints and calls `load_state_dict` before creating the iterator, so restoring the epoch and
-    skipping the batches already consumed makes resume exact, with any number of workers or ranks.
-    """
-
-    _consumed = 0
-
-    def __iter__(self) -> Iterator[Any]:
-        self._consumed = 0
-        for batch in super().__iter__():
-            self._consumed += 1
-            yield batch
-
-    def state_dict(self) -> dict[str, int]:
-        return {"epoch": self.sampler.epoch, "batches": self._consumed}
-
-    def load_state_dict(self, state: dict[str, int]) -> None:
-        epoch, batches = int(state["epoch"]), int(state["batches"])
-        if batches >= len(self):  # saved after an epoch's last batch: the next epoch starts fresh
-            epoch, batches = epoch + 1, 0
-        self.sampler.set_epoch(epoch)
-        self.sampler.skip = batches * (self.batch_size or 1)
 
 
 class MultiCrop:

@@ -8,7 +8,7 @@ torchvision and N-band means work.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -209,7 +209,23 @@ def transform_from_config(
         augment=cfg.augment,
         mean=cfg.mean if cfg.mean is not None else mean,
         std=cfg.std if cfg.std is not None else std,
-        channels=cfg.channels,
+        channels=cfg.channels or 3,
         hflip=cfg.hflip,
         ignore_index=cfg.ignore_index,
     )
+
+
+class FullSize:
+    """Eval transform: normalise only, keep the image's own size (a class, so workers can pickle it)."""
+
+    def __init__(self, mean: Iterable[float], std: Iterable[float]) -> None:
+        self.mean = np.asarray(list(mean), dtype=np.float32)
+        self.std = np.asarray(list(std), dtype=np.float32)
+
+    def __call__(self, image: np.ndarray, mask: np.ndarray | None = None) -> dict[str, Any]:
+        image = image[:, :, None] if image.ndim == 2 else image
+        img = (image.astype(np.float32) - self.mean) / self.std
+        out: dict[str, Any] = {"image": torch.from_numpy(np.ascontiguousarray(img.transpose(2, 0, 1)))}
+        if mask is not None:
+            out["mask"] = torch.from_numpy(mask.astype(np.int64))
+        return out

@@ -1,8 +1,9 @@
 """`dinotune compare RUN1 RUN2 ...`: the main metrics, training time and model size of runs side by side.
 
-Values are read, never recomputed: first from `<run>/evaluation/metrics.json` (written by `evaluate`),
-then from the run's own `metrics.json` (the report split of a probe or training run), then from the
-metrics in `model.json`. A value no source has is shown as "-". Model size counts the files a model
+Values are read, never recomputed, from the run's own `metrics.json` (the report split of a probe, kNN,
+fine-tuning or segmentation run: every run type writes `task`, `summary`, `report_split`, `parameters`
+and `train_seconds`), overridden by `<run>/evaluation/metrics.json` when `evaluate` wrote one; the
+metrics in `model.json` are the last resort. A value no source has is shown as "-". Model size counts the files a model
 folder itself holds (model.json, head, a saved `backbone/`); a frozen backbone is named, not copied.
 """
 
@@ -13,16 +14,19 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from dinotune.atomic import write_text
 from dinotune.errors import DataError
 from dinotune.report import plots
 from dinotune.report.html import Report, figure, fmt, note, table
 
 __all__ = ["COLUMNS", "compare", "format_table", "read_run"]
 
-COLUMNS = {"run": "Run", "backbone": "Backbone", "accuracy": "Accuracy", "balanced_accuracy": "Balanced acc.",
-           "f1_macro": "Macro F1", "auroc": "AUROC", "map": "mAP", "ece": "ECE", "train_seconds": "Training time (s)",
-           "model_mb": "Model size (MB)"}
-METRICS = ("accuracy", "balanced_accuracy", "f1_macro", "auroc", "map", "ece")
+COLUMNS = {"run": "Run", "task": "Task", "backbone": "Backbone", "metric": "Main metric", "value": "Value",
+           "accuracy": "Accuracy", "balanced_accuracy": "Balanced acc.", "f1_macro": "Macro F1", "auroc": "AUROC",
+           "map": "mAP", "miou": "mIoU", "ece": "ECE", "train_seconds": "Training time (s)",
+           "trainable": "Trainable params", "total": "Total params", "model_mb": "Model size (MB)"}
+METRICS = ("accuracy", "balanced_accuracy", "f1_macro", "auroc", "map", "miou", "ece")
+MAIN_METRIC = {"classify": "accuracy", "multilabel": "map", "segment": "miou"}
 
 
 def _json(path: Path) -> dict[str, Any]:
@@ -43,31 +47,46 @@ def _size_mb(paths: Sequence[Path]) -> float | None:
     return total / 1e6 if total else None
 
 
+def _split_metrics(metrics: dict[str, Any]) -> dict[str, Any]:
+    """The report split's metrics, unprefixed, from any run's or evaluation's metrics.json."""
+    split = metrics.get("report_split", "test")
+    found: dict[str, Any] = {}
+    for source in (metrics.get("probe", {}), metrics):
+        detail = source.get(split)
+        if isinstance(detail, dict):
+            found |= {k: v for k, v in detail.items() if isinstance(v, (int, float))}
+    summary = metrics.get("summary", {})
+    found |= {k.split("/", 1)[1]: v for k, v in summary.items() if k.startswith(f"{split}/")}
+    found |= {k: v for k, v in summary.items() if "/" not in k and isinstance(v, (int, float))}
+    return found
+
+
 def read_run(run: str | Path) -> dict[str, Any]:
-    """One comparison row for `run`; keys of COLUMNS, None where unknown."""
+    """One comparison row for `run` (any run type); keys of COLUMNS, None where unknown."""
     run = Path(run)
-    if not run.is_dir():
-        raise DataError(f"{run} is not a run folder; pass folders written by probe/train (with model.json).")
+    if not run.is_dir() or not ((run / "metrics.json").is_file() or (run / "model.json").is_file()):
+        raise DataError(f"'{run}' is not a run folder (no metrics.json or model.json); pass folders written by "
+                        "probe, knn or train.")
     row: dict[str, Any] = dict.fromkeys(COLUMNS)
     row["run"] = run.name
     card = _json(run / "model.json")
     trained = _json(run / "metrics.json")
-    evaluated = _json(run / "evaluation" / "metrics.json").get("summary", {})
+    row["task"] = trained.get("task") or card.get("task")
     split = trained.get("report_split", "test")
-    reported = next((v[split] for v in trained.values() if isinstance(v, dict) and isinstance(v.get(split), dict)),
-                    {})
-    card_metrics = {k.split("/")[-1]: v for k, v in card.get("metrics", {}).items() if k.startswith(f"{split}/")}
+    from_card = _split_metrics({"summary": card.get("metrics", {}), "report_split": split})
+    found = from_card | _split_metrics(trained) | _split_metrics(_json(run / "evaluation" / "metrics.json"))
     for key in METRICS:
-        for source in (evaluated, reported, card_metrics):
-            if isinstance(source.get(key), (int, float)):
-                row[key] = float(source[key])
-                break
+        if isinstance(found.get(key), (int, float)):
+            row[key] = float(found[key])
+    row["metric"] = MAIN_METRIC.get(row["task"] or "", "accuracy")
+    row["value"] = row.get(row["metric"])
     seconds = next((trained[k] for k in ("train_seconds", "seconds") if isinstance(trained.get(k), (int, float))), None)
     row["train_seconds"] = float(seconds) if seconds is not None else None
+    params = trained.get("parameters", {})
+    row["trainable"], row["total"] = params.get("trainable"), params.get("total")
     backbone = card.get("backbone", {})
     row["backbone"] = backbone.get("arch") or backbone.get("source")
-    head_file = card.get("head", {}).get("file", "head.safetensors")
-    files = [run / "model.json", run / head_file]
+    files = [run / "model.json", run / card.get("head", {}).get("file", "head.safetensors")]
     if backbone.get("weights_dir"):
         files.append(run / backbone["weights_dir"])
     row["model_mb"] = _size_mb(files) if card else None
@@ -90,13 +109,11 @@ def compare(runs: Sequence[str | Path], *, out: str | Path | None = None) -> lis
     if out is not None:
         out = Path(out)
         out.mkdir(parents=True, exist_ok=True)
-        from dinotune.atomic import write_text
-
         write_text(out / "comparison.json", json.dumps(rows, indent=2))
-        shown = [m for m in ("accuracy", "balanced_accuracy", "f1_macro", "auroc", "map")
+        shown = [m for m in ("accuracy", "balanced_accuracy", "f1_macro", "auroc", "map", "miou")
                  if any(r[m] is not None for r in rows)]
         report = Report("Run comparison", f"{len(rows)} runs")
-        body = [table(rows, {k: v for k, v in COLUMNS.items() if k not in ("map",) or "map" in shown})]
+        body = [table(rows, {k: v for k, v in COLUMNS.items() if any(r.get(k) is not None for r in rows)})]
         if shown:
             fig = plots.compare_figure([r["run"] for r in rows], {COLUMNS[m]: [r[m] for r in rows] for m in shown})
             body.append(figure(plots.figure_png(fig), "runs compared", 900))

@@ -12,18 +12,19 @@ import csv
 import json
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from dinotune.atomic import write_text
-from dinotune.data.formats import DatasetSpec, Sample, list_images, load_dataset
+from dinotune.atomic import atomic_path, write_text
+from dinotune.data.formats import Sample, list_images
 from dinotune.errors import DataError
 from dinotune.evaluation import calibration as cal
 from dinotune.evaluation import ood as ood_scores
-from dinotune.evaluation.predict import Predictions, predict, samples_for_model
+from dinotune.evaluation.predict import Predictions, load_run_dataset, predict, samples_for_model
+from dinotune.evaluation.report import build_report
+from dinotune.evaluation.results import DatasetResult, EvaluationResult
 from dinotune.evaluation.robustness import DEFAULT_EPSILON, adversarial_accuracy, run_corruptions
 from dinotune.evaluation.views import display_images, feature_projections, patch_pca
 from dinotune.metrics import classification_metrics, multilabel_metrics
@@ -35,62 +36,11 @@ log = logging.getLogger(__name__)
 SUMMARY_KEYS = ("accuracy", "balanced_accuracy", "f1_macro", "auroc", "map", "f1_micro", "auroc_macro")
 
 
-@dataclass
-class DatasetResult:
-    """One dataset's predictions, metrics and calibration."""
-
-    name: str
-    root: Path
-    split: str
-    note: str
-    predictions: Predictions
-    metrics: dict[str, Any]
-    calibration: dict[str, Any] | None = None
-    reliability: cal.Reliability | None = None
-    reliability_scaled: cal.Reliability | None = None
-
-
-@dataclass
-class EvaluationResult:
-    """Everything the report shows; `metrics` is exactly what `metrics.json` holds."""
-
-    run: Path
-    out: Path
-    card: ModelCard
-    datasets: list[DatasetResult]
-    metrics: dict[str, Any]
-    curves: dict[str, tuple[np.ndarray, np.ndarray]] | None = None
-    curve_x: str = "step"
-    projections: dict[str, np.ndarray] = field(default_factory=dict)
-    mistakes: list[tuple[np.ndarray, str, str, float]] = field(default_factory=list)
-    patches: tuple[list[np.ndarray], list[np.ndarray], list[str]] | None = None
-    ood_scores: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
-    report_path: Path | None = None
-
-
-def _split_file_for(run: Path, root: Path) -> Path | None:
-    """The run's splits.json if it was written for this dataset folder."""
-    path = run / "splits.json"
-    try:
-        saved = json.loads(path.read_text(encoding="utf-8"))
-        return path if Path(saved["root"]).resolve() == root.resolve() else None
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
-
-
 def _samples(run: Path, root: Path, split: str, classes: Sequence[str]) -> tuple[list[Sample], str, str]:
     """(samples in the model's class order, split actually used, note for the report)."""
-    spec: DatasetSpec = load_dataset(root, task="classify", auto_split=False)
-    note = ""
+    spec, note = load_run_dataset(run, root, "classify")
     if set(spec.splits) == {"all"}:
-        split_file = _split_file_for(run, root)
-        if split_file is None:
-            note = f"{root} has no split folders and no split from this run: all {len(spec.splits['all'])} images used."
-            return samples_for_model(spec, "all", classes), "all", note
-        saved = json.loads(split_file.read_text(encoding="utf-8"))
-        spec = load_dataset(root, task="classify", split_file=split_file, seed=saved.get("seed", 0),
-                            val_fraction=saved.get("val_fraction", 0.1), test_fraction=saved.get("test_fraction", 0.1))
-        note = f"split '{split}' as recorded in {split_file}."
+        return samples_for_model(spec, "all", classes), "all", note
     return samples_for_model(spec, split, classes), split, note
 
 
@@ -184,62 +134,86 @@ def evaluate(
     progress: bool = True,
     report: bool = True,
 ) -> EvaluationResult:
-    """Evaluate the model in `run` on `data` (one folder, or several for a domain-shift table).
+    """Evaluate the classifier in `run` (a run, model or export folder) on `data` (one folder, or
+    several for a domain-shift table); writes `<out>/metrics.json`, `<out>/predictions_<n>.csv` and
+    `<out>/report.html` (default out: RUN/evaluation; `dinotune evaluate` stages it so it is never half written).
 
-    Writes `<out>/metrics.json` and `<out>/report.html` (out defaults to `<run>/evaluation`).
     `epsilon` is the FGSM/PGD L-inf radius in normalised-pixel space (see evaluation/robustness.py).
     Robustness uses at most `max_robustness_images` images of the split (None: all); the kNN OOD score
-    compares with at most `max_reference_images` training images.
+    compares with at most `max_reference_images` training images. An ONNX export has no gradients and no
+    patch tokens: its report leaves out the adversarial and patch-PCA sections and says so.
     """
-    from dinotune.report.classification import build_report
-
     run = Path(run)
+    out_dir = Path(out) if out is not None else run / "evaluation"
+    out_dir.mkdir(parents=True, exist_ok=True)
     model, card = load_model(run, device=None if device in (None, "auto") else device)
-    if card.task != "classify":
-        raise DataError(f"{run}: evaluate supports classification models for now (this one is '{card.task}').")
+    if card.task not in ("classify", "multilabel"):
+        raise DataError(f"{run}: this evaluation is for classifiers (this model's task is '{card.task}').")
     roots = [Path(data)] if isinstance(data, (str, Path)) else [Path(d) for d in data]
     if not roots:
         raise DataError("evaluate needs at least one dataset folder (--data).")
-    out_dir = Path(out) if out is not None else run / "evaluation"
-    out_dir.mkdir(parents=True, exist_ok=True)
-    single = not card.multilabel
-    results = []
-    for n, root in enumerate(roots):
-        samples, used, note = _samples(run, root, split, card.classes)
-        pred = predict(model, card, samples, batch_size=batch_size, progress=progress, desc=f"{root.name} {used}")
-        result = DatasetResult(root.name, root, used, note, pred, _metrics(pred, card))
-        if single:
-            val = None
-            if n == 0 and temperature_scaling and used not in ("val", "all"):
-                try:
-                    val_samples = _samples(run, root, "val", card.classes)[0]
-                    val = predict(model, card, val_samples, batch_size=batch_size, progress=progress, desc="val")
-                except DataError as err:
-                    log.warning("no temperature scaling: %s", err)
-            _calibrate(result, val, temperature_scaling)
-        results.append(result)
+    results = [_dataset_result(run, model, card, root, split, n == 0 and temperature_scaling, batch_size, progress)
+               for n, root in enumerate(roots)]
     main = results[0]
     ev = EvaluationResult(run, out_dir, card, results, {})
-    ev.metrics = {"run": str(run), "classes": card.classes, "multilabel": card.multilabel,
-                  "summary": _summary(main), "datasets": [
+    ev.metrics = {"run": str(run), "task": card.task, "classes": card.classes, "multilabel": card.multilabel,
+                  "report_split": main.split, "summary": _summary(main), "datasets": [
                       {"name": r.name, "root": str(r.root), "split": r.split, "note": r.note,
                        "metrics": r.metrics, "calibration": r.calibration} for r in results]}
     if len(results) > 1:
         ev.metrics["domain_shift"] = [_summary(r) for r in results]
     main_samples = _samples(run, main.root, main.split, card.classes)[0]
-    if robustness and single:
+    torch_model = isinstance(model, Classifier)
+    if robustness and not card.multilabel:
         subset = main_samples[:: max(1, -(-len(main_samples) // max_robustness_images))] \
             if max_robustness_images else main_samples
         ev.metrics["robustness"] = run_corruptions(model, card, subset, batch_size=batch_size, progress=progress)
-        ev.metrics["adversarial"] = adversarial_accuracy(model, card, subset, epsilon=epsilon, pgd_steps=pgd_steps,
-                                                         progress=progress)
+        if torch_model:
+            ev.metrics["adversarial"] = adversarial_accuracy(model, card, subset, epsilon=epsilon,
+                                                             pgd_steps=pgd_steps, progress=progress)
     if ood_data is not None:
         ev.metrics["ood"] = _ood(ev, model, card, Path(ood_data), max_reference_images, batch_size, progress)
-    _pictures(ev, model, card, main_samples)
+    _pictures(ev, model, card, main_samples, patches=torch_model)
     write_text(out_dir / "metrics.json", json.dumps(ev.metrics, indent=2, default=str))
+    for n, result in enumerate(results):
+        _write_predictions(out_dir / f"predictions_{n}_{result.name}.csv", result, card)
     if report:
         ev.report_path = build_report(ev).write(out_dir / "report.html")
     return ev
+
+
+def _dataset_result(run: Path, model: Any, card: ModelCard, root: Path, split: str, fit_temperature: bool,
+                    batch_size: int, progress: bool) -> DatasetResult:
+    """Predictions, metrics and calibration of one dataset (temperature fitted on its val split)."""
+    samples, used, note = _samples(run, root, split, card.classes)
+    pred = predict(model, card, samples, batch_size=batch_size, progress=progress, desc=f"{root.name} {used}")
+    result = DatasetResult(root.name, root, used, note, pred, _metrics(pred, card))
+    if not card.multilabel:
+        val = None
+        if fit_temperature and used not in ("val", "all"):
+            try:
+                val_samples = _samples(run, root, "val", card.classes)[0]
+                val = predict(model, card, val_samples, batch_size=batch_size, progress=progress, desc="val")
+            except DataError as err:
+                log.warning("no temperature scaling: %s", err)
+        _calibrate(result, val, fit_temperature)
+    return result
+
+
+def _write_predictions(path: Path, result: DatasetResult, card: ModelCard) -> None:
+    """Per-image true and predicted labels with probabilities, so every figure can be audited."""
+    pred = result.predictions
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["file", "true", "predicted", *[f"p_{c}" for c in card.classes]])
+        for i, file in enumerate(pred.paths):
+            if card.multilabel:
+                true = ";".join(card.classes[j] for j in np.flatnonzero(pred.labels[i] > 0))
+                guess = ";".join(card.classes[j] for j in np.flatnonzero(pred.probs[i] > 0.5))
+            else:
+                label = int(pred.labels[i])
+                true, guess = card.classes[label] if label >= 0 else "", card.classes[int(pred.predicted[i])]
+            writer.writerow([file, true, guess, *[f"{p:.6f}" for p in pred.probs[i]]])
 
 
 def _ood(ev: EvaluationResult, model: Classifier, card: ModelCard, root: Path, max_reference: int, batch_size: int,
@@ -271,7 +245,7 @@ def _ood(ev: EvaluationResult, model: Classifier, card: ModelCard, root: Path, m
     return result
 
 
-def _pictures(ev: EvaluationResult, model: Classifier, card: ModelCard, samples: list[Sample]) -> None:
+def _pictures(ev: EvaluationResult, model: Any, card: ModelCard, samples: list[Sample], patches: bool) -> None:
     """Arrays for the report's pictures: curves, feature projections, mistakes, patch PCA."""
     main = ev.datasets[0]
     curves = read_training_curves(ev.run)
@@ -289,7 +263,7 @@ def _pictures(ev: EvaluationResult, model: Classifier, card: ModelCard, samples:
         ev.mistakes = [(img, card.classes[int(pred.labels[i])], card.classes[int(pred.predicted[i])],
                         float(pred.probs[i].max())) for img, i in zip(images, wrong, strict=False)]
     few = _few_per_class(samples, 8)
-    if few:
+    if few and patches:
         images, maps = patch_pca(model, card, few)
         titles = [card.classes[s.label] if isinstance(s.label, int) and s.label >= 0 else Path(s.path).name
                   for s in few]

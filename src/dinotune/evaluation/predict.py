@@ -8,6 +8,7 @@ would count that image twice).
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -20,13 +21,12 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from dinotune.data.datasets import ClassificationDataset
-from dinotune.data.formats import DatasetSpec, Sample
+from dinotune.data.formats import DatasetSpec, Sample, load_dataset
 from dinotune.device import autocast
 from dinotune.errors import DataError
-from dinotune.model import Classifier, ModelCard
-from dinotune.tasks.probe import build_input
+from dinotune.model import Classifier, ModelCard, model_device
 
-__all__ = ["Predictions", "batches", "model_transform", "predict", "samples_for_model"]
+__all__ = ["Predictions", "batches", "load_run_dataset", "model_transform", "predict", "samples_for_model"]
 
 log = logging.getLogger(__name__)
 UNLABELLED = -1
@@ -35,7 +35,8 @@ UNLABELLED = -1
 @dataclass
 class Predictions:
     """Model outputs over N images. `labels` are (N,) class indices (-1: unlabelled) or (N, C) multi-hot;
-    `features` are the head's input (N, D), the pooled backbone features the classifier sees."""
+    `features` are the head's input (N, D), the pooled backbone features the classifier sees (for an
+    ONNX export: the embedding it carries, the normed class token)."""
 
     logits: np.ndarray
     probs: np.ndarray
@@ -53,6 +54,26 @@ class Predictions:
     def subset(self, index: np.ndarray) -> Predictions:
         return Predictions(self.logits[index], self.probs[index], self.labels[index], self.features[index],
                            [self.paths[i] for i in np.asarray(index).tolist()])
+
+
+def load_run_dataset(run: Path, root: Path, task: str) -> tuple[DatasetSpec, str]:
+    """The dataset under `root`, split as the run split it when its splits.json was made for this folder
+    (so evaluation never scores training images); (spec, a note for the report)."""
+    spec = load_dataset(root, task=task, auto_split=False)
+    if set(spec.splits) != {"all"}:
+        return spec, ""
+    split_file = run / "splits.json"
+    try:
+        saved = json.loads(split_file.read_text(encoding="utf-8"))
+        same = Path(saved["root"]).resolve() == root.resolve()
+    except (OSError, ValueError, KeyError, TypeError):
+        same = False
+    if not same:
+        count = len(spec.splits["all"])
+        return spec, f"{root} has no split folders and no split from this run: all {count} images used."
+    spec = load_dataset(root, task=task, split_file=split_file, seed=saved.get("seed", 0),
+                        val_fraction=saved.get("val_fraction", 0.1), test_fraction=saved.get("test_fraction", 0.1))
+    return spec, f"split as recorded in {split_file}."
 
 
 def samples_for_model(spec: DatasetSpec, split: str, classes: Sequence[str]) -> list[Sample]:
@@ -81,7 +102,7 @@ def samples_for_model(spec: DatasetSpec, split: str, classes: Sequence[str]) -> 
 def model_transform(model: Classifier, card: ModelCard, corruption: Any = None) -> Callable[..., dict[str, Any]]:
     """The card's eval transform; `corruption` (an albumentations op) runs after resizing, before
     normalisation, so it acts on the [0, 1] pixels at the resolution the model sees."""
-    transform = card.preprocessing.transform(model.backbone.input_multiple)
+    transform = card.preprocessing.transform(model.input_multiple)
     if corruption is None:
         return transform
     import albumentations as A
@@ -118,16 +139,15 @@ def predict(model: Classifier, card: ModelCard, samples: Sequence[Sample], *, ba
     """Run `model` over `samples` (labels already in the model's class order, None if unlabelled)."""
     if not samples:
         raise DataError("there are no images to evaluate (the split is empty).")
-    device = next(model.parameters()).device
+    device = model_device(model)
     transform = model_transform(model, card, corruption)
     logits, labels, feats, paths = [], [], [], []
     for batch in batches(samples, transform, card, batch_size=batch_size, num_workers=num_workers,
                          progress=progress, desc=desc):
         with autocast(device):
-            features = model.forward_features(batch["image"].to(device))
-            out = model.forward_head(features)
+            out, features = model.logits_and_features(batch["image"].to(device))
         logits.append(out.float().cpu())
-        feats.append(build_input(features, model.head.feature_choice).float().cpu())
+        feats.append(features.float().cpu())
         labels.append(batch["label"])
         paths.extend(batch["path"])
     if not paths:

@@ -12,14 +12,12 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from dinotune.backbones import Backbone, ViTBackbone
+from dinotune.backbones import Backbone
 from dinotune.device import autocast
 
 
 def feature_kinds(backbone: Backbone) -> tuple[str, ...]:
-    if isinstance(backbone, ViTBackbone) and backbone.n_blocks >= 4:
-        return ("cls", "patch_mean", "cls_last4")
-    return ("cls", "patch_mean")
+    return backbone.feature_kinds
 
 
 def compute_features(backbone: Backbone, images: Tensor, kinds: Sequence[str] | None = None) -> dict[str, Tensor]:

@@ -18,8 +18,6 @@ import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.figure import Figure
 
-from dinotune.evaluation.calibration import Reliability
-
 __all__ = [
     "compare_figure",
     "confusion_matrix_figure",
@@ -125,9 +123,11 @@ def roc_pr_figure(probs: np.ndarray, onehot: np.ndarray, class_names: Sequence[s
     return fig
 
 
-def reliability_figure(before: Reliability, after: Reliability | None = None,
-                       temperature: float | None = None) -> Figure:
-    """Accuracy per confidence bin against the diagonal (perfect calibration), with bin counts below."""
+def reliability_figure(before: Any, after: Any | None = None, temperature: float | None = None) -> Figure:
+    """Accuracy per confidence bin against the diagonal (perfect calibration), with bin counts below.
+
+    `before` / `after`: binned statistics with `edges`, `accuracy`, `confidence`, `counts` and `ece`
+    (an `evaluation.calibration.Reliability`; plots stay below evaluation in the import layers)."""
     fig, (ax, ax_n) = plt.subplots(2, 1, figsize=(6, 6.2), height_ratios=(3, 1), sharex=True)
     centres = (before.edges[:-1] + before.edges[1:]) / 2
     width = before.edges[1] - before.edges[0]

@@ -25,12 +25,14 @@ from pydantic import Field
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 
-from dinotune import __version__
 from dinotune.config import StrictModel
+from dinotune.data.transforms import FullSize
+from dinotune.model.inference import index_png
 from dinotune.serve.batching import MicroBatcher, Overloaded
 from dinotune.serve.images import UploadError, decode_upload
 from dinotune.serve.monitoring import Monitor
 from dinotune.serve.runtime import Engine, load_engine
+from dinotune.version import __version__
 
 log = logging.getLogger("dinotune.serve")
 ENDPOINTS = frozenset({"/predict", "/predict/batch", "/health", "/ready", "/info", "/metrics"})
@@ -121,6 +123,7 @@ class _Server:
         self.batcher = MicroBatcher(self._run, max_batch_size=config.max_batch_size, max_wait_ms=config.max_wait_ms,
                                     max_queue=config.max_queue, on_batch=self.monitor.observe_batch)
         self.decode_slots: asyncio.Semaphore | None = None
+        self.segment_slots: asyncio.Semaphore | None = None
         self._transform: Any = None
         self._loader: asyncio.Task | None = None
         if self.engine is not None:
@@ -131,7 +134,9 @@ class _Server:
         return self.engine.run(images)
 
     def _ready(self, engine: Engine) -> None:
-        self._transform = engine.card.preprocessing.transform(engine.input_multiple)
+        prep = engine.card.preprocessing
+        # a segmenter sees each image at its own size (sliding window), a classifier the card's input size
+        self._transform = FullSize(prep.mean, prep.std) if engine.segments else prep.transform(engine.input_multiple)
         self.monitor.set_reference(engine.reference)
         self.engine = engine
         self.monitor.ready.set(1)
@@ -140,6 +145,7 @@ class _Server:
 
     async def start(self) -> None:
         self.decode_slots = asyncio.Semaphore(self.config.decode_concurrency)
+        self.segment_slots = asyncio.Semaphore(1)  # whole images, one at a time: memory bound by the window
         self.batcher.start()
         if self.engine is None:
             self._loader = asyncio.get_running_loop().create_task(self._load())
@@ -204,6 +210,25 @@ def _b64(text: str, index: int) -> bytes:
         return base64.b64decode(text, validate=True)
     except (binascii.Error, ValueError):
         raise UploadError(400, f"image {index}: not valid base64") from None
+
+
+def _segmentation_answer(probs: np.ndarray, card: Any) -> dict[str, Any]:
+    """The mask as a base64 index PNG (palette = class colours) and each class's share of the pixels."""
+    mask = probs.argmax(0)
+    counts = np.bincount(mask.ravel(), minlength=len(card.classes))
+    return {"mask_png": base64.b64encode(index_png(mask, card.colours)).decode("ascii"),
+            "height": int(mask.shape[0]), "width": int(mask.shape[1]),
+            "fractions": {c: round(float(n) / mask.size, 6) for c, n in zip(card.classes, counts, strict=True)}}
+
+
+async def _segment(server: _Server, images: list[np.ndarray]) -> list[dict[str, Any]]:
+    assert server.segment_slots is not None and server.engine is not None
+    answers = []
+    for image in images:
+        async with server.segment_slots:
+            probs = await run_in_threadpool(server.engine.segment, image)
+        answers.append(_segmentation_answer(probs, server.engine.card))
+    return answers
 
 
 def _top_k(probs: np.ndarray, classes: list[str], k: int) -> list[dict[str, Any]]:
@@ -277,6 +302,10 @@ def create_app(model: str | Path | Engine, config: ServeConfig | None = None) ->
                 async with server.decode_slots:
                     images.append(await run_in_threadpool(server.prepare, data, name))
             del uploads
+            if engine.segments:
+                answers = await asyncio.wait_for(_segment(server, images), config.request_timeout_s)
+                body = {"model": engine.name, "results": answers} if batch else {"model": engine.name, **answers[0]}
+                return JSONResponse(body)
             results = await asyncio.wait_for(server.batcher.submit(images), config.request_timeout_s)
         except UploadError as err:
             return _error(err.status, err.message)

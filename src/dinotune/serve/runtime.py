@@ -1,7 +1,9 @@
-"""One inference interface over a PyTorch model folder and an ONNX export.
+"""One inference interface over every model folder the server can be given.
 
-The server only sees `Engine.run(batch) -> (probabilities, embeddings)`, so micro-batching, monitoring
-and the HTTP layer are the same whichever runtime holds the weights.
+A classifier engine answers `run(batch) -> (probabilities, embeddings)` for the micro-batcher; a
+segmentation engine answers `segment(image) -> class probabilities (K, H, W)` one image at a time
+(images keep their own size). Run, model and export folders load through `dinotune.model.load_model`,
+so the server runs exactly what predict and evaluate run.
 """
 
 from __future__ import annotations
@@ -10,12 +12,14 @@ import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Any
 
 import numpy as np
+import torch
 
 from dinotune.errors import CheckpointError
-from dinotune.model import ModelCard, read_card
+from dinotune.model import ModelCard, load_model, load_onnx_model, read_card
+from dinotune.model.inference import InferenceConfig, predict_probs
 
 log = logging.getLogger(__name__)
 
@@ -36,84 +40,36 @@ class Reference:
         return cls(np.asarray(data["mean"], np.float64), np.asarray(data["std"], np.float64), int(data["n"]))
 
 
-class Engine(Protocol):
-    card: ModelCard
-    name: str
-    runtime: str
-    input_multiple: int
-    reference: Reference | None
+class Engine:
+    """A loaded model and its card, named by its folder."""
+
+    def __init__(self, model: Any, card: ModelCard, folder: Path, threads: int | None) -> None:
+        if threads:
+            torch.set_num_threads(threads)
+        self.model, self.card = model, card
+        self.name = folder.resolve().name
+        self.runtime = "onnxruntime" if card.is_onnx else "torch"
+        self.input_multiple: int = model.input_multiple
+        self.reference = Reference.load(folder / "reference_stats.json")
+
+    @property
+    def segments(self) -> bool:
+        return self.card.task == "segment"
 
     def run(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """NCHW float32 -> (N x classes probabilities, N x D embeddings)."""
-        ...
-
-
-def _probabilities(logits: np.ndarray, multilabel: bool) -> np.ndarray:
-    logits = logits.astype(np.float64)
-    if multilabel:
-        return 1.0 / (1.0 + np.exp(-logits))
-    shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
-    return shifted / shifted.sum(axis=1, keepdims=True)
-
-
-class TorchEngine:
-    """A model folder (run folder) in PyTorch eager mode."""
-
-    runtime = "torch"
-
-    def __init__(self, folder: Path, threads: int | None = None) -> None:
-        import torch
-
-        from dinotune.model import load_model
-
-        if threads:
-            torch.set_num_threads(threads)
-        self.model, self.card = load_model(folder, device="cpu")
-        self.name = folder.resolve().name
-        self.input_multiple = self.model.backbone.input_multiple
-        self.reference = Reference.load(folder / "reference_stats.json")
-        self._kinds = tuple(dict.fromkeys(("cls", *self.model.kinds)))
-
-    def run(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        import torch
-
-        from dinotune.features.extract import compute_features
-
         with torch.inference_mode():
-            features = compute_features(self.model.backbone, torch.from_numpy(images), self._kinds)
-            logits = self.model.forward_head(features)
-        return _probabilities(logits.numpy(), self.card.multilabel), features["cls"].numpy()
+            logits, embedding = self.model.logits_and_embedding(torch.from_numpy(images))
+        logits = logits.double()
+        probs = torch.sigmoid(logits) if self.card.multilabel else logits.softmax(dim=1)
+        return probs.numpy(), embedding.float().numpy()
 
-
-class OnnxEngine:
-    """An export folder (or its .onnx file) in ONNX Runtime."""
-
-    runtime = "onnxruntime"
-
-    def __init__(self, onnx_file: Path, card: ModelCard, threads: int | None = None) -> None:
-        import onnxruntime as ort
-
-        if card.task != "classify":
-            raise CheckpointError(f"{onnx_file} is a backbone-only export (task '{card.task}'); serve needs a "
-                                  "classifier: export without backbone_only.")
-        options = ort.SessionOptions()
-        options.log_severity_level = 3
-        # idle ORT threads spin by default, stealing the CPU the event loop and image decoding need
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        if threads:
-            options.intra_op_num_threads = threads
-        self.session = ort.InferenceSession(str(onnx_file), options, providers=["CPUExecutionProvider"])
-        self.card = card
-        self.name = onnx_file.resolve().parent.name
-        self.input_multiple = int(card.head.get("input_multiple", 16))
-        self.reference = Reference.load(onnx_file.parent / "reference_stats.json")
-        self._input = card.head.get("input", "images")
-        outputs = card.head.get("outputs", ["logits", "embedding"])
-        self._logits, self._embedding = outputs.index("logits"), outputs.index("embedding")
-
-    def run(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        out = self.session.run(None, {self._input: images})
-        return _probabilities(out[self._logits], self.card.multilabel), out[self._embedding]
+    def segment(self, image: np.ndarray) -> np.ndarray:
+        """CHW float32 (any size) -> (K, H, W) class probabilities, with the card's inference settings."""
+        cfg = InferenceConfig(**self.card.inference)
+        with torch.inference_mode():
+            probs = predict_probs(self.model, torch.from_numpy(image)[None], len(self.card.classes), cfg)
+        return probs[0].numpy()
 
 
 def load_engine(model: str | Path, threads: int | None = None) -> Engine:
@@ -123,8 +79,8 @@ def load_engine(model: str | Path, threads: int | None = None) -> Engine:
         if not path.is_file():
             raise CheckpointError(f"'{path}' does not exist.")
         card = read_card(path.parent)
-        return OnnxEngine(path, card, threads)
-    card = read_card(path)
-    if card.head.get("type") == "onnx":
-        return OnnxEngine(path / card.head["file"], card, threads)
-    return TorchEngine(path, threads)
+        return Engine(load_onnx_model(path.parent, card, path.name, threads), card, path.parent, threads)
+    net, card = load_model(path, device="cpu")
+    if card.task == "embed":
+        raise CheckpointError(f"{path} is a backbone-only export (task 'embed'); serve needs a model with a head.")
+    return Engine(net, card, path, threads)

@@ -21,11 +21,11 @@ import torch
 from pydantic import Field
 from torch import Tensor, nn
 
-from dinotune.backbones import Backbone, ViTBackbone
+from dinotune.backbones import Backbone
 from dinotune.config import StrictModel
-from dinotune.heads_ssl import DINOHead
+from dinotune.heads.ssl import DINOHead
 from dinotune.losses import DINOLoss, IBOTPatchLoss, gram_loss, koleo_loss, teacher_temperature
-from dinotune.optim import param_groups
+from dinotune.training.optim import param_groups
 from dinotune.training.schedules import cosine, warmup_cosine
 
 
@@ -38,7 +38,7 @@ class HeadsConfig(StrictModel):
     ibot_out_dim: int | None = Field(None, ge=2, description="Prototypes of a separate iBOT head (None: out_dim).")
 
 
-class LossConfig(StrictModel):
+class SSLLossConfig(StrictModel):
     dino_weight: float = Field(1.0, ge=0)
     ibot_weight: float = Field(1.0, ge=0, description="0 disables masking and the iBOT head.")
     koleo_weight: float = Field(0.1, ge=0)
@@ -55,9 +55,9 @@ class LossConfig(StrictModel):
     mask_probability: float = Field(0.5, ge=0, le=1, description="Share of global crops that are masked.")
 
 
-class OptimConfig(StrictModel):
+class SSLOptimConfig(StrictModel):
     lr: float = Field(1e-4, gt=0, description="Peak AdamW learning rate (after warm-up).")
-    min_lr: float = Field(1e-6, ge=0, description="Learning rate at the end of the cosine.")
+    min_lr_ratio: float = Field(0.01, ge=0, le=1, description="Floor of the cosine, relative to the peak.")
     warmup: float = Field(0.1, ge=0, le=1, description="LR warm-up, as a fraction of training.")
     weight_decay: float = Field(0.04, ge=0, description="Weight decay at step 0 ...")
     weight_decay_end: float = Field(0.2, ge=0, description="... cosine-increased to this at the end.")
@@ -78,7 +78,7 @@ def frozen_copy(module: nn.Module) -> nn.Module:
 class SSLModule(L.LightningModule):
     """Student + EMA teacher (+ frozen Gram reference) with DINO / iBOT / KoLeo / Gram losses."""
 
-    def __init__(self, backbone: Backbone, heads: HeadsConfig, loss: LossConfig, optim: OptimConfig) -> None:
+    def __init__(self, backbone: Backbone, heads: HeadsConfig, loss: SSLLossConfig, optim: SSLOptimConfig) -> None:
         super().__init__()
         self.heads_cfg, self.loss_cfg, self.optim_cfg = heads, loss, optim
         self.use_ibot = loss.ibot_weight > 0
@@ -186,7 +186,7 @@ class SSLModule(L.LightningModule):
         heads = [(name, module) for name, module in self.student.items() if name != "backbone"]
         # With unit rates, each group's lr / weight_decay are the layer-decay and no-decay scales that
         # optimizer_step multiplies by the scheduled values.
-        groups = param_groups(backbone, backbone.n_blocks, [module for _, module in heads], lr=1.0, head_lr=1.0,
+        groups = param_groups(backbone, [module for _, module in heads], lr=1.0, head_lr=1.0,
                               layer_decay=self.optim_cfg.layer_decay, weight_decay=1.0)
         params = [{"params": g["params"], "lr_scale": g["lr"], "wd_scale": g["weight_decay"]} for g in groups]
         return torch.optim.AdamW(params, lr=self.optim_cfg.lr, betas=self.optim_cfg.betas)
@@ -208,7 +208,7 @@ class SSLModule(L.LightningModule):
         """LR, weight decay and teacher momentum at optimizer step `step`."""
         cfg, total = self.optim_cfg, self.total_steps
         return {
-            "lr": warmup_cosine(step, total, self._steps(cfg.warmup), cfg.lr, cfg.min_lr),
+            "lr": warmup_cosine(step, total, self._steps(cfg.warmup), cfg.lr, cfg.lr * cfg.min_lr_ratio),
             "weight_decay": cosine(step, total, cfg.weight_decay, cfg.weight_decay_end),
             "momentum": cosine(step, total, cfg.momentum_start, cfg.momentum_end),
         }
@@ -234,9 +234,9 @@ class SSLModule(L.LightningModule):
         return self.teacher["backbone"]  # type: ignore[return-value]
 
 
-def check_backbone(backbone: Backbone, loss: LossConfig) -> None:
+def check_backbone(backbone: Backbone, loss: SSLLossConfig) -> None:
     """iBOT needs a mask token, which only the ViTs have."""
     from dinotune.errors import ConfigError
 
-    if loss.ibot_weight > 0 and not isinstance(backbone, ViTBackbone):
+    if loss.ibot_weight > 0 and not backbone.supports_masking:
         raise ConfigError("loss.ibot_weight > 0 needs a ViT backbone (ConvNeXt has no mask token); set it to 0.")

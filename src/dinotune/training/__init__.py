@@ -1,6 +1,5 @@
-"""Shared training machinery: the Lightning `Trainer` factory and its config, and per-step schedules.
-Used by continued pretraining (`tasks.ssl`) and fine-tuning (`tasks.classification`); optimizer
-parameter groups live in `dinotune.optim`."""
+"""The training spine every training verb shares: Trainer factory, task base module, modes, optimizer
+groups and schedules, the resumable sampler and the best-model callback."""
 
 from dinotune.training.trainer import TrainerConfig, build_trainer, resume_path
 

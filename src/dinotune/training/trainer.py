@@ -151,7 +151,7 @@ def _strategy(cfg: TrainerConfig, fsdp_wrap: set[type[nn.Module]] | None) -> Any
 
 
 def build_trainer(cfg: TrainerConfig, run_dir: str | os.PathLike, extra_callbacks: Iterable[Callback] = (),
-                  fsdp_wrap: set[type[nn.Module]] | None = None, use_distributed_sampler: bool = True) -> L.Trainer:
+                  fsdp_wrap: set[type[nn.Module]] | None = None) -> L.Trainer:
     """A configured Trainer writing into `run_dir`; also seeds every RNG (workers included).
 
     `fsdp_wrap`: module classes FSDP shards as separate units (e.g. transformer blocks); a module
@@ -185,7 +185,7 @@ def build_trainer(cfg: TrainerConfig, run_dir: str | os.PathLike, extra_callback
         enable_progress_bar=cfg.progress_bar,
         default_root_dir=run_dir,
         num_sanity_val_steps=0,
-        use_distributed_sampler=use_distributed_sampler,
+        use_distributed_sampler=False,  # the one sampler (training.sampler) shards itself
     )
 
 

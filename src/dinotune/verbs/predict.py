@@ -1,18 +1,27 @@
-"""`dinotune predict RUN IMAGES...`: classify new images with a saved model."""
+"""`dinotune predict MODEL IMAGES...`: a run, model or export folder on new images, whatever its task.
+
+Classifiers give the top-k labels per image (and a CSV on request); segmenters write index-PNG masks
+and overlays. An unreadable file is skipped with a warning; only when every file fails is it an error.
+"""
 
 from __future__ import annotations
 
 import csv
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from dinotune.data.decode import is_image_path
-from dinotune.data.formats import list_images
+from dinotune.atomic import atomic_path
+from dinotune.data.paths import expand_images
 from dinotune.device import autocast
 from dinotune.errors import DataError
-from dinotune.model import load_model
+from dinotune.evaluation.segment import predict_masks
+from dinotune.model import load_model, model_device, read_card
+from dinotune.verbs.common import Result
+
+log = logging.getLogger("dinotune")
 
 
 @dataclass
@@ -23,35 +32,29 @@ class Prediction:
     top: list[tuple[str, float]]
 
 
-def expand_images(items: list[str | Path]) -> list[Path]:
-    """Files as given, folders searched recursively; anything else is a clear error."""
-    paths: list[Path] = []
-    for item in items:
-        path = Path(item)
-        if path.is_dir():
-            paths.extend(list_images(path))
-        elif path.is_file():
-            paths.append(path)
-        else:
-            raise DataError(f"'{item}' is neither an image file nor a folder.")
-    if not paths:
-        raise DataError("No images to predict: pass image files or folders containing images.")
-    return paths
-
-
 def predict(model_dir: str | Path, images: list[str | Path], *, top_k: int = 3, batch_size: int = 32,
             device: str | None = None) -> list[Prediction]:
+    """Top-k labels of each readable image, in the order given."""
     model, card = load_model(model_dir, device=device)
-    device_ = next(model.parameters()).device
-    patch = model.backbone.input_multiple
+    if card.task == "segment":
+        raise DataError(f"'{model_dir}' is a segmentation model; use predict_masks (CLI: dinotune predict -o DIR).")
+    device_ = model_device(model)
     results: list[Prediction] = []
     paths = expand_images(images)
-    for start in range(0, len(paths), batch_size):
-        chunk = [p for p in paths[start:start + batch_size] if is_image_path(p) or p.suffix == ""]
-        batch = torch.stack([card.preprocessing.load(p, patch) for p in chunk]).to(device_)
+    loaded: list[tuple[Path, torch.Tensor]] = []
+    for path in paths:
+        try:
+            loaded.append((path, card.preprocessing.load(path, model.input_multiple)))
+        except DataError as err:
+            log.warning("skipped %s", err)
+    if not loaded:
+        raise DataError(f"none of the {len(paths)} images could be read (first: {paths[0]}).")
+    for start in range(0, len(loaded), batch_size):
+        chunk = loaded[start:start + batch_size]
+        batch = torch.stack([image for _, image in chunk]).to(device_)
         with torch.inference_mode(), autocast(device_):
             probs = model.predict_proba(batch).float().cpu()
-        for path, row in zip(chunk, probs, strict=True):
+        for (path, _), row in zip(chunk, probs, strict=True):
             values, indices = row.topk(min(top_k, row.numel()))
             top = [(card.classes[i], float(v)) for v, i in zip(values.tolist(), indices.tolist(), strict=True)]
             results.append(Prediction(path, top[0][0], top[0][1], top))
@@ -59,11 +62,22 @@ def predict(model_dir: str | Path, images: list[str | Path], *, top_k: int = 3, 
 
 
 def write_predictions_csv(path: Path, predictions: list[Prediction]) -> None:
-    from dinotune.atomic import atomic_path
-
     with atomic_path(path) as tmp, open(tmp, "w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(["file", "predicted", "probability", "top"])
         for p in predictions:
             writer.writerow([str(p.path), p.label, f"{p.probability:.6f}",
                              ";".join(f"{label}:{prob:.4f}" for label, prob in p.top)])
+
+
+def run_predict(model_dir: str | Path, images: list[str | Path], *, out: Path | None = None,
+                top_k: int = 3) -> tuple[Result, list[Prediction]]:
+    """The verb: classifications (plus `out` CSV), or masks and overlays written under `out` (default ./masks)."""
+    if read_card(model_dir).task == "segment":
+        folder = Path(out or "masks")
+        masks = predict_masks(model_dir, images, folder)
+        return Result(folder, {"masks": len(masks)}), []
+    predictions = predict(model_dir, images, top_k=top_k)
+    if out is not None:
+        write_predictions_csv(out, predictions)
+    return Result(Path(out) if out else Path(model_dir), {"images": len(predictions)}), predictions

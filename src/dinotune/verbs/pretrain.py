@@ -1,40 +1,44 @@
 """`dinotune pretrain`: self-supervised continued pretraining of a DINOv3 backbone on unlabelled images.
 
-`run_pretrain(cfg)` writes one run folder (`cfg.out`):
+`run_pretrain(cfg, resume=False)` writes one run folder (`cfg.out`; `dinotune train CONFIG` runs it too,
+the config's `task: pretrain` says so):
 
     config.yaml           the fully resolved config
     logs/version_N/       CSV metrics (loss/dino, loss/ibot, loss/koleo, loss/gram, monitor/..., schedule/...)
     checkpoints/          last.ckpt (+ periodic): student, EMA teacher, centres, optimizer, loop state
     backbone_hf/          the continued backbone (the EMA teacher) as a Hugging Face folder
     backbone.pth          the same weights in the official DINOv3 layout
-    summary.json          steps, minutes, kNN monitor history
+    metrics.json          steps, minutes, kNN monitor history
 
-Both exports load with `load_backbone`. Re-running with the same `out` resumes from `last.ckpt`.
+Both exports load with `load_backbone`. `resume=True` (`--resume`) continues from `last.ckpt`; an existing
+run folder is never trained over without it.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Any, Literal
 
 import lightning as L
 import torch
 from pydantic import Field
 
-from dinotune.atomic import atomic_dir, atomic_path, write_text
+from dinotune.atomic import atomic_dir, atomic_path
 from dinotune.backbones import Backbone, load_backbone
-from dinotune.backbones.convert import hf_config_to_arch, hf_to_official
 from dinotune.config import BackboneConfig, StrictModel, save_resolved
 from dinotune.data.formats import list_images
-from dinotune.data.multicrop import EpochSampler, MultiCrop, MultiCropConfig, MultiCropDataset, ResumableLoader
+from dinotune.data.multicrop import MultiCrop, MultiCropConfig, MultiCropDataset
 from dinotune.device import default_workers
 from dinotune.errors import ConfigError, DataError
-from dinotune.tasks.ssl import HeadsConfig, LossConfig, OptimConfig, SSLModule, check_backbone
+from dinotune.run_folder import training_output, write_json
+from dinotune.tasks.ssl import HeadsConfig, SSLLossConfig, SSLModule, SSLOptimConfig, check_backbone
 from dinotune.tasks.ssl_monitor import KnnMonitor, MonitorConfig
+from dinotune.training.sampler import EpochSampler, ResumableLoader
 from dinotune.training.trainer import TrainerConfig, build_trainer, resume_path
+from dinotune.verbs.common import Result, resolve_channels
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +47,8 @@ class PretrainDataConfig(StrictModel):
     root: Path = Field(description="Folder of images (any layout, searched recursively; labels unused).")
     subfolders: list[str] | None = Field(
         None, description="Only use these subfolders of root (e.g. [train] to keep val/test images out).")
-    channels: int = Field(3, ge=1, le=64, description="Channels images are decoded to (match backbone.in_chans).")
+    channels: int | None = Field(None, ge=1, le=64, description="Channels images are decoded to (default: the "
+                                 "backbone's in_chans, else 3).")
     mean: list[float] | None = Field(None, description="Normalisation mean per channel (None: the backbone's).")
     std: list[float] | None = Field(None, description="Normalisation std per channel (None: the backbone's).")
     batch_size: int = Field(64, ge=2, description="Images per device per step (each gives 2 + n_local crops).")
@@ -52,16 +57,16 @@ class PretrainDataConfig(StrictModel):
 
 
 class PretrainConfig(StrictModel):
+    task: Literal["pretrain"] = "pretrain"
     data: PretrainDataConfig
     backbone: BackboneConfig = Field(default_factory=BackboneConfig)
     crops: MultiCropConfig = Field(default_factory=MultiCropConfig)
     heads: HeadsConfig = Field(default_factory=HeadsConfig)
-    loss: LossConfig = Field(default_factory=LossConfig)
-    optim: OptimConfig = Field(default_factory=OptimConfig)
+    loss: SSLLossConfig = Field(default_factory=SSLLossConfig)
+    optim: SSLOptimConfig = Field(default_factory=SSLOptimConfig)
     trainer: TrainerConfig = Field(default_factory=lambda: TrainerConfig(max_epochs=100))
     monitor: MonitorConfig = Field(default_factory=MonitorConfig)
-    out: Path = Field(Path("runs/pretrain"), description="Run folder (re-running with it resumes).")
-    resume: bool = Field(True, description="Continue from out/checkpoints/last.ckpt when it exists.")
+    out: Path = Field(Path("runs/pretrain"), description="Run folder (--resume continues the run in it).")
 
 
 def _image_paths(cfg: PretrainDataConfig) -> list[Path]:
@@ -101,54 +106,45 @@ def build_loader(cfg: PretrainConfig, backbone: Backbone) -> ResumableLoader:
 
 def export_backbone(backbone: Backbone, run_dir: Path) -> tuple[Path, Path]:
     """Write `backbone_hf/` (save_pretrained) and `backbone.pth` (official keys), both atomically."""
-    hf_model = backbone.hf
     with atomic_dir(run_dir / "backbone_hf", overwrite=True) as tmp:
-        hf_model.save_pretrained(tmp)
-    state = {k: v.detach().cpu().clone() for k, v in hf_model.state_dict().items()}
-    official = hf_to_official(state, hf_config_to_arch(hf_model.config))
+        backbone.save_pretrained(tmp)
     with atomic_path(run_dir / "backbone.pth") as tmp:
-        torch.save(official, tmp)
+        torch.save(backbone.official_state_dict(), tmp)
     return run_dir / "backbone_hf", run_dir / "backbone.pth"
 
 
-def run_pretrain(cfg: PretrainConfig, callbacks: Iterable[L.Callback] = ()) -> Path:
-    """Train, then export the EMA teacher's backbone; returns the run folder. `callbacks` are extra
-    Lightning callbacks (tests use one to interrupt a run)."""
+def run_pretrain(cfg: PretrainConfig, resume: bool = False, callbacks: Iterable[L.Callback] = ()) -> Result:
+    """Train, then export the EMA teacher's backbone. `callbacks` are extra Lightning callbacks (tests use
+    one to interrupt a run)."""
     run_dir = Path(cfg.out)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    save_resolved(cfg, run_dir)
-    start = time.perf_counter()
-    L.seed_everything(cfg.trainer.seed, workers=True, verbose=False)  # the fresh heads' initialisation
-    backbone = load_backbone(cfg.backbone.source, arch=cfg.backbone.arch, in_chans=cfg.backbone.in_chans,
-                             device="cpu", seed=cfg.trainer.seed)
-    if cfg.data.channels != backbone.info.in_chans:
-        raise ConfigError(f"data.channels={cfg.data.channels} but the backbone takes {backbone.info.in_chans} "
-                          "channels; set backbone.in_chans to match.")
-    check_backbone(backbone, cfg.loss)
-    loader = build_loader(cfg, backbone)
-    module = SSLModule(backbone, cfg.heads, cfg.loss, cfg.optim)
-    extra: list[L.Callback] = list(callbacks)
-    monitor = None
-    if cfg.monitor.val_root is not None:
-        mean, std = loader.dataset.crops.mean.tolist(), loader.dataset.crops.std.tolist()
-        monitor = KnnMonitor(cfg.monitor, cfg.monitor.image_size or cfg.crops.global_size, mean, std,
-                             cfg.data.channels)
-        extra.append(monitor)
-    trainer = build_trainer(cfg.trainer, run_dir, extra, fsdp_wrap=_fsdp_units(backbone),
-                            use_distributed_sampler=False)  # EpochSampler shards itself
-    ckpt = resume_path(run_dir) if cfg.resume else None
-    if ckpt is not None:
-        log.info("resuming from %s", ckpt)
-    trainer.fit(module, train_dataloaders=loader, ckpt_path=ckpt)
-    if trainer.is_global_zero:
-        export_backbone(module.exported_backbone(), run_dir)
-        summary = {"steps": trainer.global_step, "epochs": trainer.current_epoch,
-                   "minutes_this_session": (time.perf_counter() - start) / 60, "resumed_from": str(ckpt or ""),
-                   "exported": "EMA teacher backbone",
-                   "knn": monitor.history if monitor else [],
-                   "last_metrics": {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}}
-        write_text(run_dir / "summary.json", json.dumps(summary, indent=2))
-    return run_dir
+    with training_output(run_dir, resume=resume, has_checkpoint=resume_path(run_dir) is not None):
+        save_resolved(cfg, run_dir)
+        start = time.perf_counter()
+        L.seed_everything(cfg.trainer.seed, workers=True, verbose=False)  # the fresh heads' initialisation
+        channels = resolve_channels(cfg.data, cfg.backbone)
+        backbone = load_backbone(cfg.backbone.source, arch=cfg.backbone.arch, in_chans=channels, device="cpu",
+                                 seed=cfg.trainer.seed)
+        check_backbone(backbone, cfg.loss)
+        cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update={"channels": channels})})
+        loader = build_loader(cfg, backbone)
+        module = SSLModule(backbone, cfg.heads, cfg.loss, cfg.optim)
+        extra: list[L.Callback] = list(callbacks)
+        monitor = None
+        if cfg.monitor.val_root is not None:
+            mean, std = loader.dataset.crops.mean.tolist(), loader.dataset.crops.std.tolist()
+            monitor = KnnMonitor(cfg.monitor, cfg.monitor.image_size or cfg.crops.global_size, mean, std, channels)
+            extra.append(monitor)
+        trainer = build_trainer(cfg.trainer, run_dir, extra, fsdp_wrap=_fsdp_units(backbone))
+        trainer.fit(module, train_dataloaders=loader, ckpt_path=resume_path(run_dir) if resume else None)
+        summary: dict[str, Any] = {}
+        if trainer.is_global_zero:
+            export_backbone(module.exported_backbone(), run_dir)
+            summary = {"task": "pretrain", "steps": trainer.global_step, "epochs": trainer.current_epoch,
+                       "train_seconds": round(time.perf_counter() - start, 2), "resumed": resume,
+                       "exported": "EMA teacher backbone", "knn": monitor.history if monitor else [],
+                       "last_metrics": {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}}
+            write_json(run_dir / "metrics.json", summary)
+    return Result(run_dir, summary)
 
 
 def _fsdp_units(backbone: Backbone) -> set[type[torch.nn.Module]]:
@@ -156,8 +152,9 @@ def _fsdp_units(backbone: Backbone) -> set[type[torch.nn.Module]]:
     parameters line up one-to-one for the EMA update."""
     from torch import nn
 
-    from dinotune.heads_ssl import DINOHead
+    from dinotune.heads.ssl import DINOHead
 
-    units: set[type[nn.Module]] = {DINOHead, nn.LayerNorm}
-    units.update(type(m) for m in backbone.hf.modules() if type(m).__name__.endswith(("Layer", "Embeddings")))
+    units: set[type[nn.Module]] = {DINOHead, nn.LayerNorm, *backbone.fsdp_units()}
+    if backbone.embeddings is not None:
+        units.add(type(backbone.embeddings))
     return units

@@ -11,7 +11,6 @@ import csv
 import json
 import logging
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -28,9 +27,11 @@ from dinotune.errors import DataError
 from dinotune.features.cache import FeatureCache
 from dinotune.metrics import classification_metrics, multilabel_metrics
 from dinotune.model import Classifier, ModelCard, save_model
+from dinotune.run_folder import RunLog, new_run_dir, staged_output, write_json
 from dinotune.tasks.knn import DEFAULT_KS, DEFAULT_TEMPERATURE, knn_classify
 from dinotune.tasks.probe import DEFAULT_LRS, DEFAULT_WEIGHT_DECAYS, FeatureSet, SweepResult, sweep_linear_heads
-from dinotune.verbs.runs import RunLog, new_run_dir, write_json
+from dinotune.verbs.common import Result, backbone_source, preprocessing_for, resolve_channels
+from dinotune.verbs.predictions import write_predictions
 
 log = logging.getLogger(__name__)
 
@@ -67,23 +68,10 @@ class ProbeConfig(StrictModel):
     progress: bool = True
 
 
-@dataclass
-class ProbeResult:
-    run_dir: Path
-    metrics: dict[str, Any]
-    sweep: SweepResult | None
-
-
 def _preprocessing(cfg: ProbeConfig, backbone: Backbone) -> Preprocessing:
     if cfg.data.resize == "keep":
         raise DataError("data.resize=keep gives images of different sizes; probes need crop or pad.")
-    size = max(backbone.input_multiple, cfg.data.image_size // backbone.input_multiple * backbone.input_multiple)
-    return Preprocessing(
-        image_size=size, resize=cfg.data.resize, channels=cfg.data.channels,
-        mean=tuple(cfg.data.mean or backbone.info.mean), std=tuple(cfg.data.std or backbone.info.std),
-        scaling=cfg.data.scaling.model_dump(exclude_none=True) if cfg.data.scaling.mode != "fixed"
-        or cfg.data.scaling.divisor else {},
-    )
+    return preprocessing_for(cfg.data, backbone)
 
 
 def _labels(samples: list, spec: DatasetSpec) -> torch.Tensor:
@@ -117,46 +105,56 @@ def extract_splits(cfg: ProbeConfig, spec: DatasetSpec, backbone: Backbone, prep
     return sets, paths
 
 
-def run_probe(cfg: ProbeConfig, backbone: Backbone | None = None) -> ProbeResult:
+def run_probe(cfg: ProbeConfig, backbone: Backbone | None = None, overwrite: bool = False) -> Result:
+    """Features -> sweep + kNN -> a run folder, written whole or not at all (`overwrite` replaces one)."""
     start = time.perf_counter()
-    run_dir = cfg.out or new_run_dir("probe")
-    run = RunLog(run_dir)
-    save_resolved(cfg, run_dir)
+    run_dir = Path(cfg.out or new_run_dir("probe" if cfg.sweep.enabled else "knn"))
+    with staged_output(run_dir, overwrite=overwrite) as stage:
+        metrics = _probe_into(cfg, stage, backbone)
+        metrics["train_seconds"] = round(time.perf_counter() - start, 2)
+        write_json(stage / "metrics.json", metrics)
+    log.info(summary_line(metrics))
+    return Result(run_dir, metrics)
+
+
+def _probe_into(cfg: ProbeConfig, stage: Path, backbone: Backbone | None) -> dict[str, Any]:
+    run = RunLog(stage)
+    save_resolved(cfg, stage)
+    if backbone is None:
+        torch.manual_seed(cfg.seed)
+        backbone = load_backbone(cfg.backbone.source, arch=cfg.backbone.arch,
+                                 in_chans=resolve_channels(cfg.data, cfg.backbone),
+                                 device=None if cfg.device == "auto" else cfg.device, seed=cfg.seed)
     spec = load_dataset(cfg.data.root, task="classify", layout=cfg.data.layout, val_fraction=cfg.data.val_fraction,
                         test_fraction=cfg.data.test_fraction, seed=cfg.data.split_seed,
-                        split_file=cfg.data.split_file or run_dir / "splits.json", csv_file=cfg.data.csv_file)
+                        split_file=cfg.data.split_file or stage / "splits.json", csv_file=cfg.data.csv_file)
     if spec.task != "classify":
         raise DataError(f"'{cfg.data.root}' looks like a {spec.task} dataset; probes need class labels.")
-    if backbone is None:
-        backbone = load_backbone(cfg.backbone.source, arch=cfg.backbone.arch, in_chans=cfg.data.channels,
-                                 device=None if cfg.device == "auto" else cfg.device, seed=cfg.seed)
     prep = _preprocessing(cfg, backbone)
     run.info(f"backbone {backbone.info.arch} ({backbone.info.source}), {len(spec.classes)} classes, "
              f"{prep.image_size}px")
     sets, paths = extract_splits(cfg, spec, backbone, prep, run)
     report_split = "test" if "test" in sets else "val"
-    metrics: dict[str, Any] = {"classes": spec.classes, "report_split": report_split,
+    task = "multilabel" if spec.multilabel else "classify"
+    metrics: dict[str, Any] = {"task": task, "classes": spec.classes, "report_split": report_split,
                                "counts": {k: len(v) for k, v in sets.items()}}
-    sweep = None
     if cfg.sweep.enabled:
         sweep = _sweep(cfg, spec, sets)
         metrics["probe"] = _probe_metrics(sweep, sets, spec, report_split)
         model = Classifier(backbone, sweep.linear_head())
-        card = ModelCard(task="classify", classes=spec.classes, preprocessing=prep, multilabel=spec.multilabel,
-                         backbone={"source": backbone.info.source, "arch": backbone.info.arch,
-                                   "in_chans": backbone.info.in_chans, "seed": cfg.seed,
-                                   "identity": backbone.info.identity},
-                         head={}, license=backbone.info.license, metrics=metrics["probe"]["summary"])
-        save_model(run_dir, model, card)
-        _write_sweep_table(run_dir / "sweep.csv", sweep)
-        write_predictions(run_dir / "predictions.csv", paths[report_split], sets[report_split].labels,
-                           model.head.predict_proba(_inputs(sets[report_split], sweep)), spec)
+        card = ModelCard(task=task, classes=spec.classes, preprocessing=prep,
+                         backbone=backbone_source(backbone, cfg.seed), head={}, license=backbone.info.license,
+                         metrics=metrics["probe"]["summary"])
+        save_model(stage, model, card)
+        _write_sweep_table(stage / "sweep.csv", sweep)
+        write_predictions(stage / "predictions.csv", paths[report_split], sets[report_split].labels,
+                          model.head.predict_proba(_inputs(sets[report_split], sweep)), spec)
+        head_params = sum(p.numel() for p in model.head.parameters())
+        metrics["parameters"] = {"trainable": head_params, "total": sum(p.numel() for p in model.parameters())}
     if cfg.knn.enabled:
         metrics["knn"] = _knn_metrics(cfg, sets, spec)
-    metrics["seconds"] = round(time.perf_counter() - start, 2)
-    write_json(run_dir / "metrics.json", metrics)
-    run.info(summary_line(metrics))
-    return ProbeResult(run_dir, metrics, sweep)
+    metrics["summary"] = metrics["probe"]["summary"] if cfg.sweep.enabled else metrics["knn"]["summary"]
+    return metrics
 
 
 def _sweep(cfg: ProbeConfig, spec: DatasetSpec, sets: dict[str, FeatureSet]) -> SweepResult:
@@ -175,7 +173,7 @@ def _sweep(cfg: ProbeConfig, spec: DatasetSpec, sets: dict[str, FeatureSet]) -> 
 
 
 def _inputs(split: FeatureSet, sweep: SweepResult) -> torch.Tensor:
-    from dinotune.tasks.probe import build_input
+    from dinotune.heads.linear import build_input
 
     return build_input(split.features, sweep.best.feature_choice)
 
@@ -196,16 +194,19 @@ def _probe_metrics(sweep: SweepResult, sets: dict[str, FeatureSet], spec: Datase
 
 
 def _knn_metrics(cfg: ProbeConfig, sets: dict[str, FeatureSet], spec: DatasetSpec) -> dict[str, Any]:
-    kind = cfg.knn.feature
-    bank = sets["train"]
-    out: dict[str, Any] = {"feature": kind, "temperature": cfg.knn.temperature}
+    """Accuracy (mAP) for every k; k is chosen on validation, never on test, and capped by the train size."""
+    kind, bank = cfg.knn.feature, sets["train"]
+    ks = sorted({min(k, len(bank)) for k in cfg.knn.ks})
+    key = "map" if spec.multilabel else "accuracy"
+    out: dict[str, Any] = {"feature": kind, "temperature": cfg.knn.temperature, "selected_on": "val"}
     for split in ("val", "test"):
-        if split not in sets:
-            continue
-        result = knn_classify(bank.features[kind], bank.labels, sets[split].features[kind], ks=cfg.knn.ks,
-                              temperature=cfg.knn.temperature, num_classes=spec.num_classes)
-        key = "map" if spec.multilabel else "accuracy"
-        out[split] = {f"k={k}": _evaluate(result.probs[k], sets[split].labels, spec)[key] for k in cfg.knn.ks}
+        if split in sets:
+            result = knn_classify(bank.features[kind], bank.labels, sets[split].features[kind], ks=ks,
+                                  temperature=cfg.knn.temperature, num_classes=spec.num_classes)
+            out[split] = {f"k={k}": _evaluate(result.probs[k], sets[split].labels, spec)[key] for k in ks}
+    best_k = max(ks, key=lambda k: (out["val"][f"k={k}"], -k))  # ties: the smaller k
+    out["k"] = best_k
+    out["summary"] = {f"{split}/{key}": out[split][f"k={best_k}"] for split in ("val", "test") if split in out}
     return out
 
 
@@ -214,9 +215,9 @@ def summary_line(metrics: dict[str, Any]) -> str:
     if "probe" in metrics:
         parts.append("linear probe " + ", ".join(f"{k} {v:.4f}" for k, v in metrics["probe"]["summary"].items()))
     if "knn" in metrics:
-        split = metrics["report_split"]
-        best = max(metrics["knn"][split].items(), key=lambda kv: kv[1])
-        parts.append(f"kNN {split} best {best[0]} {best[1]:.4f}")
+        knn = metrics["knn"]
+        scores = ", ".join(f"{k} {v:.4f}" for k, v in knn["summary"].items())
+        parts.append(f"kNN (k={knn['k']}, chosen on val) {scores}")
     return "; ".join(parts)
 
 
@@ -230,23 +231,7 @@ def _write_sweep_table(path: Path, sweep: SweepResult) -> None:
         writer.writerows(rows)
 
 
-def write_predictions(path: Path, paths: list[Path], labels: torch.Tensor, probs: torch.Tensor,
-                       spec: DatasetSpec) -> None:
-    from dinotune.atomic import atomic_path
-
-    with atomic_path(path) as tmp, open(tmp, "w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["file", "true", "predicted", *[f"p_{c}" for c in spec.classes]])
-        for file, label, row in zip(paths, labels, probs, strict=True):
-            if spec.multilabel:
-                true = ";".join(spec.classes[i] for i in torch.nonzero(label).flatten().tolist())
-                pred = ";".join(spec.classes[i] for i in torch.nonzero(row > 0.5).flatten().tolist())
-            else:
-                true, pred = spec.classes[int(label)], spec.classes[int(row.argmax())]
-            writer.writerow([str(file), true, pred, *[f"{p:.6f}" for p in row.tolist()]])
-
-
-def probe(data: str | Path, backbone: str | Backbone | None = None, **options: Any) -> ProbeResult:
+def probe(data: str | Path, backbone: str | Backbone | None = None, **options: Any) -> Result:
     """Python API of `dinotune probe`: options are ProbeConfig fields, `data` may be a path or a dict."""
     from dinotune.config import validate
 

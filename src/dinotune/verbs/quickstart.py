@@ -13,7 +13,13 @@ import warnings
 from pathlib import Path
 
 from dinotune.config import cache_home
-from dinotune.verbs.probe import ProbeResult, probe
+from dinotune.data.bundled import digits_imagefolder, elpv_imagefolder
+from dinotune.data.check import check_dataset
+from dinotune.errors import DataError
+from dinotune.run_folder import new_run_dir
+from dinotune.verbs.common import Result
+from dinotune.verbs.predict import predict
+from dinotune.verbs.probe import probe
 
 log = logging.getLogger("dinotune")
 FALLBACK_BACKBONE = "random:vit_tiny16"
@@ -44,9 +50,6 @@ def choose_backbone(backbone: str | None) -> tuple[str, str]:
 
 
 def bundled_dataset(per_class: int, image_size: int) -> tuple[Path, str]:
-    from dinotune.data.bundled import digits_imagefolder, elpv_imagefolder
-    from dinotune.errors import DataError
-
     home = cache_home() / "datasets"
     try:
         return elpv_imagefolder(home / f"elpv-{per_class}-{image_size}", per_class=per_class,
@@ -58,10 +61,8 @@ def bundled_dataset(per_class: int, image_size: int) -> tuple[Path, str]:
 
 def quickstart(backbone: str | None = None, *, per_class: int = 300, image_size: int = 112,
                out: Path | None = None, cache_dir: Path | None = None, epochs: int = 50,
-               progress: bool = True) -> ProbeResult:
-    from dinotune.data.check import check_dataset
-    from dinotune.verbs.predict import predict
-
+               progress: bool = True) -> Result:
+    """The whole frozen-feature loop; returns the probe run."""
     source, why = choose_backbone(backbone)
     random_weights = source.startswith("random:")
     log.info("backbone: %s (%s)", source, why)
@@ -77,7 +78,7 @@ def quickstart(backbone: str | None = None, *, per_class: int = 300, image_size:
     log.info("data check: %d errors, %d warnings", len(report.errors), len(report.warnings))
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="RANDOM WEIGHTS")
-        result = probe({"root": root, "image_size": image_size}, backbone=source, out=out or _default_out(),
+        result = probe({"root": root, "image_size": image_size}, backbone=source, out=out or new_run_dir("quickstart"),
                        cache_dir=cache_dir, sweep={"epochs": epochs}, progress=progress)
     test_dir = root / "test"
     samples = sorted(test_dir.rglob("*.png"))[:: max(1, len(list(test_dir.rglob("*.png"))) // 4)][:4]
@@ -91,9 +92,3 @@ def quickstart(backbone: str | None = None, *, per_class: int = 300, image_size:
     if random_weights:
         log.warning("reminder: RANDOM WEIGHTS - these numbers only prove the pipeline.")
     return result
-
-
-def _default_out() -> Path:
-    from dinotune.verbs.runs import new_run_dir
-
-    return new_run_dir("quickstart")

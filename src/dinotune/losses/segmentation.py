@@ -17,7 +17,7 @@ from torch import Tensor, nn
 from dinotune.config import StrictModel
 
 
-class LossConfig(StrictModel):
+class SegmentationLossConfig(StrictModel):
     """The `loss:` section of a segmentation config."""
 
     kind: Literal["ce", "dice", "ce_dice"] = Field("ce", description="ce, dice or ce_dice (their weighted sum).")
@@ -48,10 +48,10 @@ def dice_loss(logits: Tensor, target: Tensor, ignore_index: int = 255, weight: T
 class SegmentationLoss(nn.Module):
     """CE (weighted, ignore_index), Dice, or CE + dice_weight * Dice; logits (B, K, H, W), target (B, H, W)."""
 
-    def __init__(self, cfg: LossConfig | None = None, class_weights: Tensor | None = None,
+    def __init__(self, cfg: SegmentationLossConfig | None = None, class_weights: Tensor | None = None,
                  ignore_index: int = 255) -> None:
         super().__init__()
-        self.cfg, self.ignore_index = cfg or LossConfig(), ignore_index
+        self.cfg, self.ignore_index = cfg or SegmentationLossConfig(), ignore_index
         self.register_buffer("class_weights", class_weights.float() if class_weights is not None else None)
 
     def forward(self, logits: Tensor, target: Tensor) -> Tensor:
@@ -87,4 +87,4 @@ def pixel_class_weights(masks: Iterable[Tensor], num_classes: int, ignore_index:
     return w.float()
 
 
-__all__ = ["LossConfig", "SegmentationLoss", "dice_loss", "pixel_class_weights"]
+__all__ = ["SegmentationLoss", "SegmentationLossConfig", "dice_loss", "pixel_class_weights"]

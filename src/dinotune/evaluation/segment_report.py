@@ -26,8 +26,9 @@ def write_segmentation_report(run_dir: Path, metrics: dict[str, Any], max_overla
     classes: list[str] = metrics["classes"]
     split = metrics["report_split"]
     result = metrics.get(split, {})
+    mode = metrics.get("mode", "")
     report = Report(title=f"Segmentation: {run_dir.name}",
-                    subtitle=f"{_MODES.get(metrics['mode'], metrics['mode'])} backbone + {metrics['head']} head, "
+                    subtitle=f"{_MODES.get(mode, mode) or 'trained'} backbone + {metrics.get('head', 'a')} head, "
                              f"{len(classes)} classes, split '{split}'")
     report.add("summary", "Summary", cards(metrics["summary"]),
                note("IoU = TP / (TP + FP + FN) over all pixels of the split, ignore pixels excluded; classes absent "

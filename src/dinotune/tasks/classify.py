@@ -1,9 +1,8 @@
-"""Supervised fine-tuning of a `Classifier` (backbone + linear head) as a Lightning module.
+"""Supervised fine-tuning of a `Classifier` (backbone + linear head), on the shared `TaskModule` base.
 
 The network stays the plain-PyTorch `dinotune.model.Classifier` that export and serving load; this
-module only adds training: the mode (which weights learn), the loss (label smoothing, mixup/cutmix,
-distillation), an EMA copy, the optimizer groups and schedule, and one `_shared_step` for
-train/val/test. Segmentation reuses it by swapping the head, loss and metric.
+module only adds what classification needs: the loss (label smoothing, mixup/cutmix, distillation),
+an EMA copy, the resolution schedule and the accuracy / mAP metric.
 
 Exact resume: all randomness inside a training step (mixup, drop path, dropout) comes from a seed
 derived from (seed, epoch, batch, rank), and the EMA copy is a submodule, so a checkpoint restores
@@ -13,27 +12,21 @@ everything a step depends on.
 from __future__ import annotations
 
 import copy
-import functools
-import types
 from collections.abc import Mapping
-from typing import Any, Literal
+from typing import Any
 
-import lightning as L
 import torch
 import torch.nn.functional as F
 from pydantic import Field
 from torch import Tensor, nn
-from torch.utils.checkpoint import checkpoint
 
-from dinotune.backbones import Backbone, ViTBackbone
-from dinotune.backbones.lora import LoraConfig, apply_lora
 from dinotune.config import StrictModel
 from dinotune.errors import ConfigError
 from dinotune.losses.distill import DistillConfig, distillation_loss
 from dinotune.model import Classifier
-from dinotune.optim import OptimConfig, build_optimizer, build_scheduler, param_groups
-
-Mode = Literal["finetune", "partial", "lora", "linear", "distill"]
+from dinotune.training.base import TaskModule
+from dinotune.training.modes import Mode
+from dinotune.training.optim import OptimConfig
 
 
 class RegularizationConfig(StrictModel):
@@ -46,75 +39,6 @@ class RegularizationConfig(StrictModel):
     drop_path_rate: float = Field(0.0, ge=0, lt=1, description="Stochastic depth (config.drop_path_rate).")
     ema_decay: float | None = Field(None, gt=0, lt=1, description="EMA of weights (e.g. 0.999); evaluated and "
                                     "exported instead of the raw weights. None: off.")
-
-
-# --------------------------------------------------------------------------------------------------
-# Preparing the network for a mode
-# --------------------------------------------------------------------------------------------------
-
-
-def _freeze_first(backbone: Backbone, n_blocks: int) -> None:
-    """Freeze the embeddings and the first `n_blocks` blocks (ViT) or stages (ConvNeXt)."""
-    if not 0 <= n_blocks <= backbone.n_blocks:
-        raise ConfigError(f"freeze_blocks={n_blocks} must be between 0 and the backbone's {backbone.n_blocks}.")
-    units = backbone.blocks if isinstance(backbone, ViTBackbone) else backbone.stages
-    if isinstance(backbone, ViTBackbone):
-        backbone.hf.embeddings.requires_grad_(False)
-    for unit in list(units)[:n_blocks]:
-        unit.requires_grad_(False)
-
-
-def set_drop_path(backbone: Backbone, rate: float) -> None:
-    """Stochastic depth on every residual branch: uniform for ViT (as DINOv3), linear in depth for ConvNeXt."""
-    if rate <= 0:
-        return
-    backbone.hf.config.drop_path_rate = rate
-    if isinstance(backbone, ViTBackbone):
-        from transformers.models.dinov3_vit.modeling_dinov3_vit import Dinov3ViTDropPath
-
-        for block in backbone.blocks:
-            block.drop_path = Dinov3ViTDropPath(rate)
-        return
-    from transformers.models.dinov3_convnext.modeling_dinov3_convnext import Dinov3ConvnextDropPath
-
-    layers = [layer for stage in backbone.stages for layer in stage.layers]
-    for index, layer in enumerate(layers):
-        layer.drop_path = Dinov3ConvnextDropPath(rate * index / max(1, len(layers) - 1))
-
-
-def enable_activation_checkpointing(backbone: Backbone) -> None:
-    """Recompute block activations in backward: ViT through transformers, ConvNeXt per stage."""
-    if isinstance(backbone, ViTBackbone):
-        backbone.hf.activation_checkpointing_enable()
-        return
-    for stage in backbone.stages:
-        # a bound method as instance attribute: names and state_dict unchanged, and deepcopy (EMA) rebinds it
-        stage.forward = types.MethodType(_checkpointed_forward, stage)
-
-
-def _checkpointed_forward(stage: nn.Module, x: Tensor) -> Tensor:
-    plain = functools.partial(type(stage).forward, stage)
-    return checkpoint(plain, x, use_reentrant=False) if stage.training and torch.is_grad_enabled() else plain(x)
-
-
-def prepare_model(model: Classifier, mode: Mode, *, freeze_blocks: int = 0, lora: LoraConfig | None = None,
-                  drop_path_rate: float = 0.0, activation_checkpointing: bool = False) -> dict[str, int]:
-    """Set which parameters train for `mode` (in place); returns trainable / total parameter counts."""
-    backbone = model.backbone
-    backbone.requires_grad_(mode in ("finetune", "partial", "distill"))
-    if isinstance(backbone, ViTBackbone):  # only masked-image pretraining uses it; DDP rejects unused parameters
-        backbone.hf.embeddings.mask_token.requires_grad_(False)
-    model.head.requires_grad_(True)
-    if mode == "partial":
-        _freeze_first(backbone, freeze_blocks)
-    elif mode == "lora":
-        apply_lora(backbone, lora or LoraConfig())
-    if mode != "linear":  # a frozen backbone runs in eval mode: no drop path, nothing to recompute
-        set_drop_path(backbone, drop_path_rate)
-        if activation_checkpointing:
-            enable_activation_checkpointing(backbone)
-    params = list(model.parameters())
-    return {"trainable": sum(p.numel() for p in params if p.requires_grad), "total": sum(p.numel() for p in params)}
 
 
 # --------------------------------------------------------------------------------------------------
@@ -158,7 +82,7 @@ def size_at(schedule: Mapping[int, int] | None, epoch: int) -> int | None:
 # --------------------------------------------------------------------------------------------------
 
 
-class ClassificationModule(L.LightningModule):
+class ClassificationModule(TaskModule):
     """Trains `model` (a `Classifier`, prepared with `prepare_model`) for `num_classes` classes."""
 
     def __init__(self, model: Classifier, num_classes: int, *, mode: Mode = "finetune",
@@ -166,16 +90,14 @@ class ClassificationModule(L.LightningModule):
                  class_weights: Tensor | None = None, resolution_schedule: Mapping[int, int] | None = None,
                  teacher: Classifier | None = None, teacher_norm: tuple[Tensor, Tensor] | None = None,
                  distill: DistillConfig | None = None, seed: int = 0) -> None:
-        super().__init__()
+        super().__init__(model, mode=mode, optim=optim, seed=seed)
         import torchmetrics
 
-        self.model, self.num_classes, self.mode = model, num_classes, mode
-        self.optim_cfg = optim or OptimConfig()
+        self.num_classes = num_classes
         self.reg = regularization or RegularizationConfig()
         self.multilabel = model.head.multilabel
         self.register_buffer("class_weights", class_weights.float() if class_weights is not None else None)
         self.resolution_schedule = dict(resolution_schedule or {})
-        self.seed = seed
         self.ema = copy.deepcopy(model).requires_grad_(False).eval() if self.reg.ema_decay else None
         if mode == "distill" and teacher is None:
             raise ConfigError("mode=distill needs a teacher: set distill.teacher to a trained run folder.")
@@ -193,9 +115,6 @@ class ClassificationModule(L.LightningModule):
         self.metrics = nn.ModuleDict({f"{stage}_metric": metric() for stage in ("train", "val", "test")})
 
     # ----- network ---------------------------------------------------------------------------------------
-    def forward(self, images: Tensor) -> Tensor:
-        return self.model(images)
-
     def deployable(self) -> Classifier:
         """The network to evaluate and export: the EMA copy when enabled."""
         return self.ema if self.ema is not None else self.model  # type: ignore[return-value]
@@ -205,22 +124,11 @@ class ClassificationModule(L.LightningModule):
             teacher.to(self.device)
 
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
-        """Backbones load in eval mode and Lightning restores recorded submodule modes (also on resume):
-        set the intended ones before every step."""
-        if not self.model.head.training or (self.mode != "linear" and not self.model.backbone.training):
-            self.model.train()
-        if self.mode == "linear" and self.model.backbone.training:
-            self.model.backbone.eval()
+        super().on_train_batch_start(batch, batch_idx)
         if self.ema is not None and self.ema.training:
             self.ema.eval()
 
     # ----- steps -----------------------------------------------------------------------------------------
-    def _generator(self, batch_idx: int) -> torch.Generator:
-        """Seed every random op of this step from (seed, epoch, batch, rank): exact replay after resume."""
-        value = (self.seed * 1_000_003 + self.current_epoch * 100_003 + batch_idx * 1009 + self.global_rank) % 2**31
-        torch.manual_seed(value)  # drop path / dropout use the global generator
-        return torch.Generator().manual_seed(value)
-
     def _targets(self, labels: Tensor) -> Tensor:
         return labels.float() if self.multilabel else F.one_hot(labels.long(), self.num_classes).float()
 
@@ -247,7 +155,7 @@ class ClassificationModule(L.LightningModule):
         targets: Tensor = labels
         model = self.model
         if stage == "train":
-            gen = self._generator(batch_idx)
+            gen = self.step_generator(batch_idx)
             size = size_at(self.resolution_schedule, self.current_epoch)
             if size is not None and tuple(images.shape[-2:]) != (size, size):
                 images = F.interpolate(images, size=(size, size), mode="bilinear", antialias=True,
@@ -272,25 +180,7 @@ class ClassificationModule(L.LightningModule):
                  prog_bar=stage != "train", batch_size=images.shape[0])
         return loss
 
-    def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
-        return self._shared_step(batch, "train", batch_idx)
-
-    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
-        self._shared_step(batch, "val", batch_idx)
-
-    def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
-        self._shared_step(batch, "test", batch_idx)
-
     # ----- optimisation ----------------------------------------------------------------------------------
-    def configure_optimizers(self) -> dict[str, Any]:
-        cfg, backbone = self.optim_cfg, self.model.backbone
-        groups = param_groups(backbone, backbone.n_blocks, [self.model.head], lr=cfg.lr, head_lr=cfg.head_lr,
-                              layer_decay=cfg.layer_decay, weight_decay=cfg.weight_decay)
-        optimizer = build_optimizer(groups, cfg)
-        total = max(1, int(self.trainer.estimated_stepping_batches))
-        scheduler = build_scheduler(optimizer, cfg, total)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
-
     def optimizer_step(self, epoch: int, batch_idx: int, optimizer: Any, optimizer_closure: Any = None) -> None:
         super().optimizer_step(epoch, batch_idx, optimizer, optimizer_closure)
         if self.ema is not None:
@@ -311,5 +201,4 @@ class ClassificationModule(L.LightningModule):
             ema_buf.copy_(buf)
 
 
-__all__ = ["ClassificationModule", "Mode", "RegularizationConfig", "enable_activation_checkpointing",
-           "mix_batch", "prepare_model", "set_drop_path", "size_at"]
+__all__ = ["ClassificationModule", "RegularizationConfig", "mix_batch", "size_at"]

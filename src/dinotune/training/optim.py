@@ -16,8 +16,7 @@ run continues the same curve.
 
 from __future__ import annotations
 
-import re
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from typing import Literal
 
 from pydantic import Field
@@ -25,17 +24,11 @@ from torch import nn
 from torch.optim import AdamW, Optimizer
 from torch.optim.lr_scheduler import LambdaLR
 
+from dinotune.backbones.base import BackboneBase
 from dinotune.config import StrictModel
 from dinotune.errors import ConfigError
-from dinotune.training.schedules import cosine
+from dinotune.training.schedules import Schedule, constant, cosine_restarts, cosine_schedule, step_decay
 
-Schedule = Callable[[int], float]
-
-_BLOCK_PATTERNS = (
-    re.compile(r"(?:^|\.)model\.layer\.(\d+)\."),  # HF DINOv3 ViT blocks
-    re.compile(r"(?:^|\.)stages\.(\d+)\."),  # HF DINOv3 ConvNeXt stages
-)
-_EMBEDDING_PATTERN = re.compile(r"(?:^|\.)embeddings\.")
 _NO_DECAY_SUFFIXES = ("cls_token", "mask_token", "register_tokens", "lambda1", "gamma")
 
 
@@ -57,24 +50,13 @@ class OptimConfig(StrictModel):
     step_gamma: float = Field(0.1, gt=0, le=1, description="step: multiply the LR by this at each decay.")
 
 
-def layer_depth(name: str, n_layers: int) -> int:
-    """Depth of a backbone parameter in [0, n_layers + 1]; names are those of `backbone.named_parameters()`."""
-    if _EMBEDDING_PATTERN.search(name):
-        return 0
-    for pattern in _BLOCK_PATTERNS:
-        if match := pattern.search(name):
-            return int(match.group(1)) + 1
-    return n_layers + 1
-
-
 def skip_weight_decay(name: str, param: nn.Parameter) -> bool:
     """Biases, norm weights (1-D), layer scales and learned tokens; LoRA adapters are decayed like weights."""
     return param.ndim <= 1 or name.endswith(_NO_DECAY_SUFFIXES)
 
 
 def param_groups(
-    backbone: nn.Module,
-    n_layers: int,
+    backbone: BackboneBase,
     heads: Iterable[nn.Module],
     *,
     lr: float,
@@ -88,6 +70,7 @@ def param_groups(
     out, so AdamW never touches them (not even through weight decay).
     """
     groups: dict[tuple[str, int, bool], dict] = {}
+    n_layers = backbone.n_blocks
 
     def add(part: str, name: str, param: nn.Parameter, depth: int, group_lr: float) -> None:
         no_wd = skip_weight_decay(name, param)
@@ -101,7 +84,7 @@ def param_groups(
 
     for name, param in backbone.named_parameters():
         if param.requires_grad:
-            depth = layer_depth(name, n_layers)
+            depth = backbone.layer_id(name)
             add("backbone", name, param, depth, lr * layer_decay ** (n_layers + 1 - depth))
     for index, head in enumerate(heads):
         for name, param in head.named_parameters():
@@ -117,68 +100,11 @@ def build_optimizer(groups: list[dict], cfg: OptimConfig) -> AdamW:
     return AdamW(groups, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
 
 
-# --------------------------------------------------------------------------------------------------
-# Schedules: step -> LR multiplier
-# --------------------------------------------------------------------------------------------------
-
-
-def _warm(step: int, warmup: int) -> float | None:
-    return (step + 1) / (warmup + 1) if step < warmup else None
-
-
-def warmup_cosine(total_steps: int, warmup_steps: int = 0, min_ratio: float = 0.0) -> Schedule:
-    """Linear warm-up to 1, then half a cosine down to `min_ratio` at `total_steps`."""
-
-    def schedule(step: int) -> float:
-        if (w := _warm(step, warmup_steps)) is not None:
-            return w
-        return cosine(step - warmup_steps, max(1, total_steps - warmup_steps), 1.0, min_ratio)
-
-    return schedule
-
-
-def cosine_restarts(period_steps: int, mult: float = 1.0, warmup_steps: int = 0, min_ratio: float = 0.0) -> Schedule:
-    """SGDR: cosine cycles from 1 to `min_ratio`, the first `period_steps` long, each `mult` times longer."""
-    if period_steps < 1:
-        raise ConfigError("cosine_restarts needs a period of at least one step; raise optim.restart_period.")
-
-    def schedule(step: int) -> float:
-        if (w := _warm(step, warmup_steps)) is not None:
-            return w
-        t, period = step - warmup_steps, float(period_steps)
-        while t >= period:
-            t -= period
-            period *= mult
-        return cosine(t, period, 1.0, min_ratio)
-
-    return schedule
-
-
-def step_decay(step_size: int, gamma: float = 0.1, warmup_steps: int = 0) -> Schedule:
-    """Warm-up, then multiply by `gamma` every `step_size` steps."""
-    step_size = max(1, step_size)
-
-    def schedule(step: int) -> float:
-        if (w := _warm(step, warmup_steps)) is not None:
-            return w
-        return gamma ** ((step - warmup_steps) // step_size)
-
-    return schedule
-
-
-def constant(warmup_steps: int = 0) -> Schedule:
-    def schedule(step: int) -> float:
-        w = _warm(step, warmup_steps)
-        return 1.0 if w is None else w
-
-    return schedule
-
-
 def schedule_from_config(cfg: OptimConfig, total_steps: int) -> Schedule:
     """The configured schedule for a run of `total_steps` optimizer steps (fractions become steps)."""
     warmup = round(cfg.warmup * total_steps)
     if cfg.scheduler == "cosine":
-        return warmup_cosine(total_steps, warmup, cfg.min_lr_ratio)
+        return cosine_schedule(total_steps, warmup, cfg.min_lr_ratio)
     if cfg.scheduler == "cosine_restarts":
         return cosine_restarts(max(1, round(cfg.restart_period * total_steps)), cfg.restart_mult, warmup,
                                cfg.min_lr_ratio)

@@ -9,15 +9,18 @@ time, so memory is bounded by the window, not the image (the (K, H, W) output as
 
 from __future__ import annotations
 
+import io
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image
 from pydantic import Field
 from torch import Tensor
 
+from dinotune.atomic import atomic_path
 from dinotune.config import StrictModel
 
 Model = Callable[[Tensor], Tensor]
@@ -107,18 +110,21 @@ def default_colours(n: int) -> list[list[int]]:
     return colours
 
 
-def write_index_png(path: Path, mask: np.ndarray, colours: Iterable[Iterable[int]]) -> None:
+def index_png(mask: np.ndarray, colours: Iterable[Iterable[int]]) -> bytes:
     """An 8-bit palette PNG: pixel values are class indices (what training reads back), shown in colour."""
-    from PIL import Image
-
-    from dinotune.atomic import atomic_path
-
     flat = [int(v) for c in colours for v in c][: 256 * 3]
     image = Image.fromarray(mask.astype(np.uint8), mode="P")
     image.putpalette(flat + [255, 255, 255] * (256 - len(flat) // 3))
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def write_index_png(path: Path, mask: np.ndarray, colours: Iterable[Iterable[int]]) -> None:
+    """`index_png` written atomically to `path`."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(path) as tmp:
-        image.save(tmp, format="PNG")
+        tmp.write_bytes(index_png(mask, colours))
 
 
 def overlay(image: np.ndarray, mask: np.ndarray, colours: list[list[int]], alpha: float = 0.5,
@@ -137,5 +143,13 @@ def overlay(image: np.ndarray, mask: np.ndarray, colours: list[list[int]], alpha
     return out.clip(0, 255).astype(np.uint8)
 
 
-__all__ = ["InferenceConfig", "default_colours", "overlay", "predict_probs", "sliding_window", "window_starts",
-           "write_index_png"]
+__all__ = [
+    "InferenceConfig",
+    "default_colours",
+    "index_png",
+    "overlay",
+    "predict_probs",
+    "sliding_window",
+    "window_starts",
+    "write_index_png",
+]

@@ -6,15 +6,13 @@ Every section is always present, so a reader can rely on the layout; a section t
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
+from dinotune.evaluation.results import EvaluationResult
 from dinotune.report import plots
 from dinotune.report.html import Report, cards, figure, note, paragraph, table
-
-if TYPE_CHECKING:
-    from dinotune.evaluation.evaluate import EvaluationResult
 
 __all__ = ["SECTIONS", "build_report"]
 

@@ -1,0 +1,1 @@
+"""Export of model folders (ONNX, verified against PyTorch; optional int8)."""

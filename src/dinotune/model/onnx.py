@@ -1,0 +1,103 @@
+"""ONNX Runtime twins of `Classifier` and `Segmenter`, for export folders.
+
+They take and return torch tensors with the call interface of the PyTorch models, so predict,
+evaluate and serve run an export folder exactly as they run the run folder it came from.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from dinotune.errors import CheckpointError
+from dinotune.model.card import ModelCard, inside
+
+INPUT_NAME = "images"
+
+
+def onnx_session(path: Path, threads: int | None = None) -> Any:
+    """A CPU inference session; idle threads do not spin (they would steal the CPU decoding needs)."""
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        raise CheckpointError("running an ONNX export needs onnxruntime: pip install 'dinotune[export]'.") from None
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    if threads:
+        options.intra_op_num_threads = threads
+    try:
+        return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    except Exception as err:  # onnxruntime raises its own exception types for unreadable graphs
+        raise CheckpointError(f"{path} is not a loadable ONNX model ({str(err).splitlines()[0][:200]}).") from None
+
+
+class _OnnxModel:
+    """What both twins share: the session, the card's I/O names, torch-like no-ops."""
+
+    def __init__(self, session: Any, card: ModelCard) -> None:
+        self.session, self.card = session, card
+        self.input_multiple = int(card.head.get("input_multiple", 16))
+        self.outputs: list[str] = list(card.head.get("outputs", ["logits"]))
+        self.device = torch.device("cpu")
+
+    def run(self, images: Tensor | np.ndarray) -> dict[str, np.ndarray]:
+        array = images.detach().float().cpu().numpy() if isinstance(images, Tensor) else images
+        values = self.session.run(None, {INPUT_NAME: np.ascontiguousarray(array, dtype=np.float32)})
+        return dict(zip(self.outputs, values, strict=True))
+
+    def eval(self) -> _OnnxModel:
+        return self
+
+    def to(self, *_: Any, **__: Any) -> _OnnxModel:
+        return self
+
+
+class OnnxClassifier(_OnnxModel):
+    """images -> logits, and the embedding the export carries (the normed class token)."""
+
+    def __call__(self, images: Tensor) -> Tensor:
+        return torch.from_numpy(self.run(images)["logits"])
+
+    def logits_and_features(self, images: Tensor) -> tuple[Tensor, Tensor]:
+        out = self.run(images)
+        return torch.from_numpy(out["logits"]), torch.from_numpy(out["embedding"])
+
+    def logits_and_embedding(self, images: Tensor) -> tuple[Tensor, Tensor]:
+        return self.logits_and_features(images)
+
+    def predict_proba(self, images: Tensor) -> Tensor:
+        logits = self(images)
+        return torch.sigmoid(logits) if self.card.multilabel else logits.softmax(dim=1)
+
+
+class OnnxSegmenter(_OnnxModel):
+    """images (any H/W) -> logits (B, K, H, W), padded and cropped exactly as `Segmenter` does."""
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.card.classes)
+
+    def __call__(self, images: Tensor) -> Tensor:
+        h, w = images.shape[-2:]
+        pad_h, pad_w = (-h) % self.input_multiple, (-w) % self.input_multiple
+        if pad_h or pad_w:
+            images = F.pad(images, (0, pad_w, 0, pad_h))
+        return torch.from_numpy(self.run(images)["logits"])[..., :h, :w]
+
+
+def load_onnx_model(folder: Path, card: ModelCard, file: str | None = None,
+                    threads: int | None = None) -> OnnxClassifier | OnnxSegmenter:
+    """The twin for an export folder's card; `file` picks another graph of the folder (e.g. fp32)."""
+    path = inside(folder, file or card.head["file"], "head.file")
+    if not path.is_file():
+        raise CheckpointError(f"'{folder}' has no {path.name}; export it again.")
+    if card.task == "embed":
+        raise CheckpointError(f"'{folder}' is a backbone-only export; predicting needs an export with its head.")
+    session = onnx_session(path, threads)
+    return OnnxSegmenter(session, card) if card.task == "segment" else OnnxClassifier(session, card)

@@ -1,0 +1,57 @@
+"""`Segmenter`: backbone + segmentation head in plain PyTorch (no Lightning), what every verb runs."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from dinotune.backbones import Backbone
+from dinotune.heads.segment import HeadConfig, build_head, layer_indices
+
+
+class Segmenter(nn.Module):
+    """Image (B, C, H, W), any H/W -> logits (B, K, H, W).
+
+    Inputs that are not multiples of the backbone's patch/stride are zero-padded on the right/bottom and
+    the logits cropped back, so whole-image and window inference accept any size.
+    """
+
+    def __init__(self, backbone: Backbone, head: nn.Module, layers: list[int]) -> None:
+        super().__init__()
+        self.backbone, self.head, self.layers = backbone, head, list(layers)
+        self.num_classes: int = head.num_classes  # type: ignore[assignment]
+
+    @property
+    def input_multiple(self) -> int:
+        return self.backbone.input_multiple
+
+    def features(self, images: Tensor) -> list[Tensor]:
+        """The chosen layers' normalised patch maps (B, D, h, w); no autograd through a frozen backbone."""
+        frozen = not any(p.requires_grad for p in self.backbone.parameters())
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not frozen):
+            return list(self.backbone.get_intermediate_layers(images, n=self.layers, reshape=True, norm=True))
+
+    def forward(self, images: Tensor) -> Tensor:
+        h, w = images.shape[-2:]
+        multiple = self.backbone.input_multiple
+        pad_h, pad_w = (-h) % multiple, (-w) % multiple
+        if pad_h or pad_w:
+            images = F.pad(images, (0, pad_w, 0, pad_h))
+        logits = self.head([f.float() for f in self.features(images)])
+        logits = F.interpolate(logits, size=images.shape[-2:], mode="bilinear", align_corners=False)
+        return logits[..., :h, :w]
+
+
+def feature_dims(backbone: Backbone, layers: list[int]) -> list[int]:
+    """Channels of each chosen layer (ConvNeXt stages differ), from one tiny forward pass."""
+    size = backbone.input_multiple * 2
+    param = next(backbone.parameters())
+    probe = torch.zeros(1, backbone.info.in_chans, size, size, device=param.device, dtype=param.dtype)
+    with torch.no_grad():
+        return [int(m.shape[1]) for m in backbone.get_intermediate_layers(probe, n=layers, reshape=True)]
+
+
+def build_segmenter(backbone: Backbone, head_cfg: HeadConfig, num_classes: int) -> Segmenter:
+    layers = layer_indices(backbone.n_blocks, head_cfg)
+    return Segmenter(backbone, build_head(head_cfg, feature_dims(backbone, layers), num_classes), layers)

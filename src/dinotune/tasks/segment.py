@@ -1,0 +1,65 @@
+"""Training a `Segmenter` on the shared `TaskModule` base: the loss and the per-epoch confusion matrix
+(val/miou is the monitored metric); optimizer, seeding and modes come from the base."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import torch
+from torch import Tensor
+
+from dinotune.losses.segmentation import SegmentationLoss, SegmentationLossConfig
+from dinotune.metrics import confusion_matrix, scores
+from dinotune.model.segmenter import Segmenter
+from dinotune.training.base import TaskModule
+from dinotune.training.optim import OptimConfig
+
+SegMode = Literal["linear", "finetune", "partial", "lora"]
+
+
+class SegmentationModule(TaskModule):
+    """Trains `model` (prepared with `prepare_model`) on batches of {"image", "mask"}."""
+
+    def __init__(self, model: Segmenter, num_classes: int, *, mode: SegMode = "linear",
+                 optim: OptimConfig | None = None, loss: SegmentationLossConfig | None = None,
+                 class_weights: Tensor | None = None, ignore_index: int = 255, seed: int = 0) -> None:
+        super().__init__(model, mode=mode, optim=optim, seed=seed)
+        self.num_classes = num_classes
+        self.loss_fn = SegmentationLoss(loss, class_weights, ignore_index)
+        self.ignore_index = ignore_index
+        self.monitor = "val/miou"
+        # a buffer, so it follows the device and is part of no optimizer; reset every epoch
+        for stage in ("train", "val", "test"):
+            self.register_buffer(f"{stage}_cm", torch.zeros(num_classes, num_classes, dtype=torch.long),
+                                 persistent=False)
+
+    def _shared_step(self, batch: dict[str, Any], stage: str, batch_idx: int) -> Tensor:
+        images, masks = batch["image"], batch["mask"].long()
+        if stage == "train":
+            self.step_generator(batch_idx)
+        logits = self.model(images)
+        loss = self.loss_fn(logits, masks)
+        cm = getattr(self, f"{stage}_cm")
+        cm += confusion_matrix(logits.detach().argmax(1), masks, self.num_classes, self.ignore_index).to(cm.device)
+        on_step = stage == "train"
+        self.log(f"{stage}/loss", loss.detach(), on_step=on_step, on_epoch=not on_step, prog_bar=True,
+                 sync_dist=not on_step, batch_size=images.shape[0])
+        return loss
+
+    def _epoch_end(self, stage: str) -> None:
+        cm = getattr(self, f"{stage}_cm")
+        total = self.trainer.strategy.reduce(cm.clone(), reduce_op="sum") if self.trainer.world_size > 1 else cm
+        result = scores(total)
+        for key in ("miou", "pixel_accuracy", "mean_class_accuracy"):
+            self.log(f"{stage}/{key}", float(result[key]), prog_bar=key == "miou" and stage != "train",
+                     rank_zero_only=False)
+        cm.zero_()
+
+    def on_train_epoch_end(self) -> None:
+        self._epoch_end("train")
+
+    def on_validation_epoch_end(self) -> None:
+        self._epoch_end("val")
+
+    def on_test_epoch_end(self) -> None:
+        self._epoch_end("test")

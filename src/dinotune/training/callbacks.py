@@ -1,0 +1,43 @@
+"""The one best-model callback: the model folder follows the best validation score during training."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+
+from dinotune.atomic import atomic_dir
+from dinotune.model import ModelCard, plain_copy, save_model
+
+
+class BestModelExport(L.Callback):
+    """Write the model folder `folder` whenever the monitored validation metric improves (max).
+
+    Its state (best value, epoch, step) is saved in checkpoints, so a resumed run keeps its best model.
+    """
+
+    def __init__(self, folder: Path, monitor: str, card: Callable[[], ModelCard], save_backbone: bool) -> None:
+        self.folder, self.monitor, self.card, self.save_backbone = folder, monitor, card, save_backbone
+        self.best: float = -math.inf
+        self.best_epoch, self.best_step = -1, -1
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        value = trainer.callback_metrics.get(self.monitor)
+        if trainer.sanity_checking or value is None or not float(value) > self.best:
+            return
+        self.best, self.best_epoch, self.best_step = float(value), trainer.current_epoch, trainer.global_step
+        if trainer.is_global_zero:
+            card = self.card()
+            card.metrics = {self.monitor: self.best, "epoch": self.best_epoch, "step": self.best_step}
+            with atomic_dir(self.folder, overwrite=True) as tmp:
+                save_model(tmp, plain_copy(pl_module.deployable()), card, self.save_backbone)  # type: ignore[operator]
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"best": self.best, "best_epoch": self.best_epoch, "best_step": self.best_step}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.best, self.best_epoch = state["best"], state["best_epoch"]
+        self.best_step = state.get("best_step", -1)

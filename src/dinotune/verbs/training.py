@@ -1,0 +1,81 @@
+"""The flow every supervised training verb shares: fit with the best-model callback, then keep the best.
+
+`fit_best` trains a `TaskModule` with early stopping and a model folder that follows the best
+validation score; `promote_best` moves that folder's files into the run folder (and saves the last
+model beside it), so a finished run folder is a model folder that predict/evaluate/export/serve load.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+from pydantic import Field
+
+from dinotune.atomic import atomic_dir
+from dinotune.config import StrictModel
+from dinotune.model import ModelCard, plain_copy, save_model
+from dinotune.run_folder import RunLog
+from dinotune.training.base import TaskModule
+from dinotune.training.callbacks import BestModelExport
+from dinotune.training.trainer import TrainerConfig, build_trainer, resume_path
+
+BEST_DIR, LAST_DIR = "best", "last"
+
+
+class EarlyStoppingConfig(StrictModel):
+    enabled: bool = True
+    monitor: str | None = Field(None, description="Metric to maximise (None: the task's own, e.g. val/accuracy).")
+    patience: int = Field(5, ge=1, description="Validations without improvement before training stops.")
+    min_delta: float = Field(0.0, ge=0)
+
+
+def fit_best(module: TaskModule, loader: Any, val_loader: Any, card: Callable[[], ModelCard], *, run_dir: Path,
+             trainer_cfg: TrainerConfig, early_stopping: EarlyStoppingConfig, save_backbone: bool, resume: bool,
+             callbacks: Iterable[L.Callback] = ()) -> tuple[L.Trainer, BestModelExport]:
+    """Train (continuing from the run's last checkpoint when `resume`), tracking the best model in best/."""
+    monitor = early_stopping.monitor or module.monitor
+    best = BestModelExport(run_dir / BEST_DIR, monitor, card, save_backbone)
+    extra: list[L.Callback] = [best, *callbacks]
+    if early_stopping.enabled:
+        from lightning.pytorch.callbacks import EarlyStopping
+
+        extra.append(EarlyStopping(monitor=monitor, mode="max", patience=early_stopping.patience,
+                                   min_delta=early_stopping.min_delta, check_on_train_epoch_end=False))
+    trainer = build_trainer(trainer_cfg, run_dir, extra, fsdp_wrap=module.model.backbone.fsdp_units())
+    ckpt = resume_path(run_dir) if resume else None
+    trainer.fit(module, train_dataloaders=loader, val_dataloaders=val_loader, ckpt_path=ckpt)
+    return trainer, best
+
+
+def promote_best(run_dir: Path, module: TaskModule, card: Callable[[], ModelCard], *, save_backbone: bool,
+                 save_last: bool, run: RunLog) -> None:
+    """The best model's files into the run folder; the last model into last/ when asked."""
+    if save_last:
+        last_card = card()
+        last_card.metrics = {"epoch": module.current_epoch, "step": module.global_step}
+        with atomic_dir(run_dir / LAST_DIR, overwrite=True) as tmp:
+            save_model(tmp, plain_copy(module.deployable()), last_card, save_backbone)
+    best_dir = run_dir / BEST_DIR
+    if best_dir.is_dir():
+        for item in best_dir.iterdir():
+            target = run_dir / item.name
+            if target.is_dir():
+                shutil.rmtree(target)
+            item.replace(target)
+        shutil.rmtree(best_dir)
+    else:
+        run.warn("no validation ran (training shorter than an epoch): the run folder holds the last model")
+        save_model(run_dir, plain_copy(module.deployable()), card(), save_backbone)
+
+
+def training_metrics(trainer: L.Trainer, best: BestModelExport, counts: dict[str, int], seconds: float,
+                     resumed: bool) -> dict[str, Any]:
+    """The fields every training run's metrics.json carries (compare reads them)."""
+    return {"parameters": counts | {"trainable_fraction": counts["trainable"] / max(1, counts["total"])},
+            "best": {"monitor": best.monitor, "value": best.best, "epoch": best.best_epoch, "step": best.best_step},
+            "train_seconds": round(seconds, 2), "epochs_run": trainer.current_epoch, "steps": trainer.global_step,
+            "resumed": resumed}
