@@ -26,8 +26,9 @@ DEFAULT_MAX_PIXELS = 178_956_970
 class ScalingConfig(BaseModel):
     """How raw pixel values become floats in [0, 1] before augmentation.
 
-    8-bit images are always divided by 255. Wider integers use `divisor` (mode `fixed`) or per-band
-    `low`/`high` raw values mapped to 0/1 and clipped (mode `percentile`, values from `data stats`).
+    The full rule, for every format, is in `dinotune.data.intensity` (and docs/medical.md, docs/satellite.md):
+    8-bit images are divided by 255; wider integers by their real bit depth, or by `divisor` (mode `fixed`),
+    or per-band `low`/`high` raw values map to 0/1 (mode `percentile`, values from `data stats`).
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -40,9 +41,20 @@ class ScalingConfig(BaseModel):
     )
     low: list[float] | None = Field(None, description="Per-band raw value mapped to 0 (percentile mode).")
     high: list[float] | None = Field(None, description="Per-band raw value mapped to 1 (percentile mode).")
+    window: str | list[float] | None = Field(
+        None,
+        description="Grayscale window: auto (default: the DICOM file's own), none (full stored range), "
+        "ct-lung, ct-soft-tissue, ct-bone, ct-brain, or [center, width] in raw units (HU for CT).",
+    )
 
     @model_validator(mode="after")
     def _check(self) -> ScalingConfig:
+        from dinotune.data.intensity import resolve_window
+
+        try:
+            resolve_window(self.window)
+        except ConfigError as exc:
+            raise ValueError(str(exc).removeprefix("data.scaling.")) from None
         if self.mode == "percentile":
             if not self.low or not self.high:
                 raise ValueError(
