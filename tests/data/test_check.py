@@ -81,8 +81,9 @@ def test_cli_check_exit_codes_and_json(tmp_path):
     res = runner.invoke(data_app, ["check", str(root)])
     assert res.exit_code == 1 and "[empty]" in res.output and "train/cat/zero.jpg" in res.output
     clean = tmp_path / "clean"
-    for cls in ("a", "b"):
-        save(clean / cls / "x.png", rgb(seed=1 if cls == "a" else 2))
+    for cls in ("a", "b"):  # two images per class: one to train, one to validate
+        for i in range(2):
+            save(clean / cls / f"x{i}.png", rgb(seed=i + (1 if cls == "a" else 3)))
     res = runner.invoke(data_app, ["check", str(clean), "--min-per-class", "1"])
     assert res.exit_code == 0 and "Result: 0 error(s), 0 warning(s)" in res.output
 

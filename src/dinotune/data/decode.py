@@ -203,6 +203,11 @@ def scale_to_unit(arr: np.ndarray, scaling: ScalingConfig | None = None, path: P
     return to_unit(arr, None, scaling, path)
 
 
+def can_match_channels(have: int, want: int) -> bool:
+    """Whether `match_channels` can turn `have` channels into `want` (for header-only checks)."""
+    return have == want or (want == 3 and have in (1, 2, 4)) or (want == 1 and have in (2, 3, 4))
+
+
 def match_channels(arr: np.ndarray, channels: int, path: Path | str = "") -> np.ndarray:
     """Convert HxWxC to the requested channel count: gray<->RGB, or a clear error for band mismatches."""
     have = arr.shape[2]
