@@ -133,6 +133,8 @@ def to_unit(arr: np.ndarray, info: Intensity | None = None, scaling=None, path: 
     elif scaling.divisor:
         out = arr.astype(np.float32) / float(scaling.divisor)
     elif np.issubdtype(arr.dtype, np.unsignedinteger):
+        if arr.size and (note := range_note(float(arr.max()), arr.dtype.name, info)):
+            _warn_once("bits", f"{path}: {note} (set data.scaling.divisor, e.g. 4095, or use percentile scaling)")
         out = arr.astype(np.float32) / unsigned_divisor(arr, info)
     elif np.issubdtype(arr.dtype, np.signedinteger):
         bits = info.bits or arr.dtype.itemsize * 8
