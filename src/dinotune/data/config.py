@@ -46,6 +46,9 @@ class ScalingConfig(BaseModel):
         description="Grayscale window: auto (default: the DICOM file's own), none (full stored range), "
         "ct-lung, ct-soft-tissue, ct-bone, ct-brain, or [center, width] in raw units (HU for CT).",
     )
+    slice_axis: int | None = Field(
+        None, ge=0, le=2, description="NIfTI volumes: axis whose middle slice is read (default 2, usually axial)."
+    )
 
     @model_validator(mode="after")
     def _check(self) -> ScalingConfig:

@@ -19,6 +19,7 @@ from dinotune.data.budget import BudgetError, check_budget
 from dinotune.data.classmap import ClassMap, build_lut, load_class_map, load_class_mapping, rgb_to_index
 from dinotune.data.config import DEFAULT_MAX_PIXELS, ScalingConfig
 from dinotune.data.intensity import Intensity, to_unit
+from dinotune.data.nifti import is_nifti, is_nifti_path
 from dinotune.errors import DataError
 
 __all__ = ["BudgetError", "ClassMap", "build_lut", "load_class_map", "load_class_mapping", "rgb_to_index"]
@@ -41,14 +42,14 @@ class ImageInfo:
 
 
 def is_image_path(path: Path) -> bool:
-    """True if the extension is one we read; used when walking folders."""
-    return path.suffix.lower() in IMAGE_EXTENSIONS and not path.name.startswith(".")
+    """True if the extension is one we read (NIfTI's .nii/.nii.gz included); used when walking folders."""
+    return (path.suffix.lower() in IMAGE_EXTENSIONS or is_nifti_path(path)) and not path.name.startswith(".")
 
 
 def sniff_format(path: Path) -> str | None:
     """Image format from the magic bytes ("jpeg", "png", "dicom", ...), or None if it is not an image."""
     with open(path, "rb") as f:
-        head = f.read(132)
+        head = f.read(348)
     if head[128:132] == b"DICM":  # first: a DICOM preamble may itself look like a TIFF header
         return "dicom"
     if head[:3] == b"\xff\xd8\xff":
@@ -63,7 +64,7 @@ def sniff_format(path: Path) -> str | None:
         return "webp"
     if head[:4] == b"GIF8":
         return "gif"
-    return None
+    return "nifti" if is_nifti(path, head) else None
 
 
 def _check_file(path: Path) -> str:
@@ -160,11 +161,14 @@ def _cv2_png16(path: Path) -> np.ndarray:
     return np.ascontiguousarray(arr[:, :, 2::-1])  # BGR(A) -> RGB, alpha dropped
 
 
-def decode_raw(path: Path | str, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[np.ndarray, Intensity, str]:
+def decode_raw(
+    path: Path | str, max_pixels: int = DEFAULT_MAX_PIXELS, scaling: ScalingConfig | None = None
+) -> tuple[np.ndarray, Intensity, str]:
     """Decode to HxWxC in the native dtype, with what the file declares about its values and its format.
 
     The decode budget (`dinotune.data.budget`) is checked from the headers first. Every failure becomes
-    a DataError naming the file: empty, not an image, truncated, too large (BudgetError).
+    a DataError naming the file: empty, not an image, truncated, too large (BudgetError). `scaling`
+    only chooses the slice axis of NIfTI volumes.
     """
     path = Path(path)
     fmt = _check_file(path)
@@ -177,6 +181,11 @@ def decode_raw(path: Path | str, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[
             from dinotune.data.dicom import read_dicom_raw
 
             arr = read_dicom_raw(path)
+        elif fmt == "nifti":
+            from dinotune.data.nifti import read_nifti
+
+            axis = getattr(scaling, "slice_axis", None)
+            arr = read_nifti(path, 2 if axis is None else axis)
         else:
             arr = _pil_array(path, fmt)
     except DataError:
@@ -234,7 +243,7 @@ def read_image(
     max_pixels: int = DEFAULT_MAX_PIXELS,
 ) -> np.ndarray:
     """Decode `path` to a float32 HxWxC array in [0, 1] with exactly `channels` channels."""
-    arr, info, fmt = decode_raw(path, max_pixels)
+    arr, info, fmt = decode_raw(path, max_pixels, scaling)
     if fmt == "dicom":
         from dinotune.data.dicom import read_dicom
 
@@ -291,6 +300,10 @@ def image_info(path: Path | str, max_pixels: int = DEFAULT_MAX_PIXELS) -> ImageI
         from dinotune.data.dicom import dicom_info
 
         return dicom_info(path)
+    if fmt == "nifti":
+        from dinotune.data.nifti import nifti_info
+
+        return nifti_info(path)
     try:
         if fmt == "tiff":
             import tifffile
