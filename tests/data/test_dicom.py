@@ -128,3 +128,25 @@ def test_window_config_is_validated():
     assert validate(DataConfig, {"root": ".", "scaling": {"window": "ct-brain"}}).scaling.window == "ct-brain"
     with pytest.raises(ConfigError, match=r"ct-lungs.*ct-lung"):
         validate(DataConfig, {"root": ".", "scaling": {"window": "ct-lungs"}})
+
+
+def test_dicom_upload_is_served_like_training_and_bits_stored_is_declared():
+    from dinotune.data.decode import decode_raw
+    from dinotune.serve.images import decode_upload
+
+    path = _file("MR_small.dcm")
+    with open(path, "rb") as handle:
+        served = decode_upload(handle.read(), "mr", channels=3, max_pixels=10**6)
+    np.testing.assert_array_equal(served, read_image(path, channels=3))
+    twelve = _file("examples_overlay.dcm")  # MR, 12 bits stored in 16, unsigned, window 450/200
+    raw, info, fmt = decode_raw(twelve)
+    assert (fmt, raw.dtype, info.bits) == ("dicom", np.uint16, 12)
+    none = read_image(twelve, channels=1, scaling=ScalingConfig(window="none"))[:, :, 0]
+    np.testing.assert_allclose(none, raw[:, :, 0] / 4095.0, atol=1e-6)  # BitsStored, not 65535
+
+
+def test_compressed_dicom_decodes_with_pylibjpeg():
+    pytest.importorskip("pylibjpeg")
+    path = _file("JPGExtended.dcm")  # JPEG Extended, 12-bit NM
+    got = read_image(path, channels=1, scaling=ScalingConfig(window="none"))[:, :, 0]
+    np.testing.assert_allclose(got, pixel_array(path) / 4095.0, atol=1e-6)  # its 12 bits, not 65535

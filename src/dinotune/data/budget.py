@@ -72,7 +72,15 @@ def _pil_cost(path: Path) -> DecodeCost:
             mode, bands = im.mode, len(im.getbands())
             w, h = im.width, im.height
     itemsize = 2 if mode.startswith("I;16") else 4 if mode in ("I", "F") else 1
+    if mode in ("RGB", "RGBA") and _png_16bit(path):  # decoded by OpenCV as uint16
+        itemsize = 2
     return DecodeCost(w, h, 1, max(bands, 3 if mode == "P" else bands), itemsize)
+
+
+def _png_16bit(path: Path) -> bool:
+    with open(path, "rb") as f:
+        ihdr = f.read(26)
+    return len(ihdr) == 26 and ihdr[:8] == b"\x89PNG\r\n\x1a\n" and ihdr[24] == 16
 
 
 def header_cost(path: Path, fmt: str) -> DecodeCost:

@@ -180,7 +180,7 @@ def decode_raw(
         elif fmt == "dicom":
             from dinotune.data.dicom import read_dicom_raw
 
-            arr = read_dicom_raw(path)
+            arr, info = read_dicom_raw(path)
         elif fmt == "nifti":
             from dinotune.data.nifti import read_nifti
 

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from dinotune.data.budget import DecodeCost
-from dinotune.data.intensity import linear_window, resolve_window
+from dinotune.data.intensity import Intensity, linear_window, resolve_window
 from dinotune.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -171,7 +171,9 @@ def read_dicom(path: Path | str, window: Any = "auto", frame: int = 0) -> np.nda
     return window_values(values, ds, window)[:, :, None]
 
 
-def read_dicom_raw(path: Path | str, frame: int = 0) -> np.ndarray:
-    """Stored values of one frame, HxWxC in their native dtype (for `data check` / `data stats`)."""
-    arr, _ = _frame(path, frame)
-    return arr[:, :, None] if arr.ndim == 2 else arr
+def read_dicom_raw(path: Path | str, frame: int = 0) -> tuple[np.ndarray, Intensity]:
+    """Stored values of one frame, HxWxC in their native dtype, and their BitsStored (for `data check`)."""
+    arr, ds = _frame(path, frame)
+    bits = int(ds.get("BitsStored", arr.dtype.itemsize * 8))
+    info = Intensity(bits if bits < arr.dtype.itemsize * 8 else None)
+    return (arr[:, :, None] if arr.ndim == 2 else arr), info
