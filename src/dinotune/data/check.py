@@ -198,19 +198,7 @@ def check_dataset(
     def add(sev: str, code: str, msg: str, files: list[Path]) -> None:
         rep.issues.append(Issue(sev, code, msg, [rel(f) for f in files]))
 
-    image_split: dict[Path, str] = {}
-    mask_of: dict[Path, Path] = {}
-    if spec.task == "segment":
-        for split, (pairs, lonely_images, lonely_masks) in segmentation_pairs(root).items():
-            for img in [p for p, _ in pairs] + lonely_images:
-                image_split[img] = split
-            mask_of.update(dict(pairs))
-            for p in lonely_images:
-                add("error", "image_without_mask", f"image has no mask: {rel(p)}", [p])
-            for p in lonely_masks:
-                add("error", "mask_without_image", f"mask has no image: {rel(p)}", [p])
-    else:
-        image_split = {s.path: split for split, samples in spec.splits.items() for s in samples}
+    image_split, mask_of = _image_splits(spec, root, add, rel)
     rep.n_images = len(image_split)
     sizes = Counter(image_split.values())
     rep.split_sizes = {
@@ -219,20 +207,7 @@ def check_dataset(
     colours = spec.colours
     results = _scan_all([(p, False) for p in image_split] + [(m, True) for m in mask_of.values()], colours)
 
-    good: list[_FileResult] = []
-    for (path, is_mask), r in results.items():
-        if r.code:
-            add("error", r.code, f"{'mask ' if is_mask else ''}{r.message}: {rel(path)}", [path])
-        elif not is_mask:
-            good.append(r)
-            h, w = r.shape[:2]
-            if min(h, w) < patch_size:
-                add(
-                    "warning",
-                    "tiny",
-                    f"image is {w}x{h}, smaller than one {patch_size}px patch: {rel(path)}",
-                    [path],
-                )
+    good = _file_issues(results, patch_size, add, rel)
     _duplicates(results, image_split, spec, add)
     _mixed(good, rep, add)
     _value_ranges(good, add)
@@ -249,6 +224,42 @@ def check_dataset(
             n_cls = len(load_class_map(class_map).names)
         _mask_checks(mask_of, results, n_cls, ignore_index, rep, add, rel)
     return rep
+
+
+def _image_splits(spec: DatasetSpec, root: Path, add: Any, rel: Any) -> tuple[dict[Path, str], dict[Path, Path]]:
+    """Split of every image, and the mask of every paired image (segmentation; unpaired files reported)."""
+    if spec.task != "segment":
+        return {s.path: split for split, samples in spec.splits.items() for s in samples}, {}
+    image_split: dict[Path, str] = {}
+    mask_of: dict[Path, Path] = {}
+    for split, (pairs, lonely_images, lonely_masks) in segmentation_pairs(root).items():
+        for img in [p for p, _ in pairs] + lonely_images:
+            image_split[img] = split
+        mask_of.update(dict(pairs))
+        for p in lonely_images:
+            add("error", "image_without_mask", f"image has no mask: {rel(p)}", [p])
+        for p in lonely_masks:
+            add("error", "mask_without_image", f"mask has no image: {rel(p)}", [p])
+    return image_split, mask_of
+
+
+def _file_issues(results: dict, patch_size: int, add: Any, rel: Any) -> list[_FileResult]:
+    """Report bad and tiny files; return the readable images."""
+    good: list[_FileResult] = []
+    for (path, is_mask), r in results.items():
+        if r.code:
+            add("error", r.code, f"{'mask ' if is_mask else ''}{r.message}: {rel(path)}", [path])
+        elif not is_mask:
+            good.append(r)
+            h, w = r.shape[:2]
+            if min(h, w) < patch_size:
+                add(
+                    "warning",
+                    "tiny",
+                    f"image is {w}x{h}, smaller than one {patch_size}px patch: {rel(path)}",
+                    [path],
+                )
+    return good
 
 
 def _duplicates(results: dict, image_split: dict[Path, str], spec: DatasetSpec, add: Any) -> None:

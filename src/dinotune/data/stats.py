@@ -37,26 +37,7 @@ def compute_stats(
     rng = np.random.default_rng(seed)
     if len(paths) > max_images:
         paths = [paths[i] for i in sorted(rng.choice(len(paths), max_images, replace=False))]
-    pixels, dtypes, skipped = [], Counter(), []
-    for p in paths:
-        try:
-            a, info, _ = decode_raw(p)
-        except DataError:
-            skipped.append(str(p))
-            continue
-        if pixels and a.shape[2] != pixels[0].shape[1]:
-            raise DataError(
-                f"{p}: has {a.shape[2]} bands but earlier images have {pixels[0].shape[1]}; "
-                "run `dinotune data check` and fix the mixed channel counts first"
-            )
-        valid = valid_mask(a, info)
-        flat = a.reshape(-1, a.shape[2]) if valid is None else a[valid]
-        if not len(flat):
-            skipped.append(str(p))
-            continue
-        take = rng.choice(len(flat), min(pixels_per_image, len(flat)), replace=False)
-        pixels.append(flat[take].astype(np.float64))
-        dtypes[a.dtype.name] += 1
+    pixels, dtypes, skipped = _sample_pixels(paths, pixels_per_image, rng)
     if not pixels:
         raise DataError(f"{root}: no readable images to compute statistics from")
     px = np.concatenate(pixels)
@@ -82,6 +63,33 @@ def compute_stats(
         "mean": scaled.mean(axis=0).round(4).tolist(),
         "std": np.maximum(scaled.std(axis=0), 1e-4).round(4).tolist(),
     }
+
+
+def _sample_pixels(
+    paths: list[Path], pixels_per_image: int, rng: np.random.Generator
+) -> tuple[list[np.ndarray], Counter[str], list[str]]:
+    """Up to `pixels_per_image` valid (not nodata) pixels of each readable image, its dtype, the skipped."""
+    pixels, dtypes, skipped = [], Counter(), []
+    for p in paths:
+        try:
+            a, info, _ = decode_raw(p)
+        except DataError:
+            skipped.append(str(p))
+            continue
+        if pixels and a.shape[2] != pixels[0].shape[1]:
+            raise DataError(
+                f"{p}: has {a.shape[2]} bands but earlier images have {pixels[0].shape[1]}; "
+                "run `dinotune data check` and fix the mixed channel counts first"
+            )
+        valid = valid_mask(a, info)
+        flat = a.reshape(-1, a.shape[2]) if valid is None else a[valid]
+        if not len(flat):
+            skipped.append(str(p))
+            continue
+        take = rng.choice(len(flat), min(pixels_per_image, len(flat)), replace=False)
+        pixels.append(flat[take].astype(np.float64))
+        dtypes[a.dtype.name] += 1
+    return pixels, dtypes, skipped
 
 
 def stats_yaml(stats: dict[str, Any]) -> str:
