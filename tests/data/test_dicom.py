@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import shutil
 import sys
 
 import numpy as np
@@ -116,6 +117,19 @@ def test_folder_of_dicom_files_is_found_and_checked(tmp_path):
     report = check_dataset(root, min_per_class=1)
     assert not report.errors, report.format_text()
     assert report.channels == {"1": 6}
+
+
+def test_dicom_named_without_extension_is_listed(tmp_path):
+    root = tmp_path / "scanner"
+    for cls in ("a", "b"):
+        (root / cls).mkdir(parents=True)
+        shutil.copy(_file("CT_small.dcm"), root / cls / "IM0001")
+        shutil.copy(_file("MR_small.dcm"), root / cls / "1.2.840.113619.2.55.320")
+        (root / cls / "README").write_text("not an image")
+        (root / cls / "notes.123").write_text("not an image either")
+    names = sorted(s.path.name for s in load_dataset(root, auto_split=False).splits["all"])
+    assert names == ["1.2.840.113619.2.55.320", "1.2.840.113619.2.55.320", "IM0001", "IM0001"]
+    assert read_image(root / "a" / "IM0001").shape == (128, 128, 3)
 
 
 def test_missing_pydicom_gives_the_install_line(monkeypatch):

@@ -46,6 +46,24 @@ def is_image_path(path: Path) -> bool:
     return (path.suffix.lower() in IMAGE_EXTENSIONS or is_nifti_path(path)) and not path.name.startswith(".")
 
 
+def is_listed_image(path: Path) -> bool:
+    """Whether a folder walk lists `path`: a known extension, or DICOM named without one.
+
+    Scanners often write DICOM as `IM0001` or `1.2.840.113619.2.55.320` (a numeric "extension"); only
+    such names are opened to look for the DICM marker, so a walk stays cheap.
+    """
+    if is_image_path(path):
+        return True
+    suffix = path.suffix[1:]
+    if path.name.startswith(".") or not (suffix == "" or suffix.isdigit()):
+        return False
+    try:
+        with open(path, "rb") as f:
+            return f.read(132)[128:132] == b"DICM"
+    except OSError:
+        return False
+
+
 def sniff_format(path: Path) -> str | None:
     """Image format from the magic bytes ("jpeg", "png", "dicom", ...), or None if it is not an image."""
     with open(path, "rb") as f:
