@@ -69,3 +69,14 @@ def test_dicom_budget_counts_the_one_decoded_frame():
     assert (cost.width, cost.height, cost.pages, cost.channels) == (320, 240, 1, 3)
     with pytest.raises(BudgetError, match="max_pixels"):
         read_image(path, max_pixels=320 * 240 - 1)
+
+
+def test_header_channels_match_the_decoded_channels(tmp_path, tricky):
+    from dinotune.data.decode import image_info
+
+    rgba = tmp_path / "rgba.tif"
+    tifffile.imwrite(rgba, np.zeros((8, 8, 4), np.uint8), photometric="rgb", extrasamples=["unassalpha"])
+    six = tmp_path / "six.tif"
+    tifffile.imwrite(six, np.zeros((8, 8, 6), np.uint16), photometric="minisblack", planarconfig="contig")
+    for path in (rgba, six, tricky["multipage"], tricky["tiff4"], tricky["tiff16"], tricky["rgba"], tricky["gray"]):
+        assert image_info(path).channels == read_raw(path).shape[2], path.name

@@ -8,6 +8,7 @@ through OpenCV because PIL silently truncates it to 8 bits.
 
 from __future__ import annotations
 
+import math
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -326,12 +327,15 @@ def image_info(path: Path | str, max_pixels: int = DEFAULT_MAX_PIXELS) -> ImageI
         if fmt == "tiff":
             import tifffile
 
-            with tifffile.TiffFile(path) as tif:
-                page = tif.pages[0]
-                n_pages = len(tif.pages)
+            with tifffile.TiffFile(path) as tif:  # channels as _tiff_array decodes them: series 0, no alpha
+                series = tif.series[0]
+                page = series.pages[0] if series.pages else tif.pages[0]
                 h, w = int(page.imagelength), int(page.imagewidth)
-                ch = int(page.samplesperpixel) * (n_pages if len(tif.series[0].shape) > 2 and n_pages > 1 else 1)
-                return ImageInfo(fmt, w, h, ch, np.dtype(page.dtype).name, n_pages)
+                ch = max(1, math.prod(int(s) for s in series.shape) // max(1, h * w))
+                extras = [int(e) for e in (getattr(page, "extrasamples", None) or ())]
+                if series.axes.endswith("S") and ch in (2, 4) and extras and extras[-1] in (1, 2):
+                    ch -= 1
+                return ImageInfo(fmt, w, h, ch, np.dtype(page.dtype).name, len(tif.pages))
         with Image.open(path) as im:
             w, h, mode = im.width, im.height, im.mode
             orientation = im.getexif().get(0x0112, 1) if fmt in ("jpeg", "webp", "png") else 1
