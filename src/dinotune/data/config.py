@@ -89,7 +89,9 @@ class DataConfig(BaseModel):
     mean: list[float] | None = Field(None, description="Normalisation mean per channel; default: the backbone's.")
     std: list[float] | None = Field(None, description="Normalisation std per channel; default: the backbone's.")
     scaling: ScalingConfig = Field(default_factory=ScalingConfig, description="16-bit / multi-band scaling.")
-    max_pixels: int = Field(DEFAULT_MAX_PIXELS, gt=0, description="Refuse images with more pixels (bomb guard).")
+    max_pixels: int = Field(
+        DEFAULT_MAX_PIXELS, gt=0, description="Pixels per page/frame; a file may decode to 6 x this many bytes."
+    )
     val_fraction: float = Field(0.1, ge=0, lt=1, description="Validation share when the data has no split folders.")
     test_fraction: float = Field(0.1, ge=0, lt=1, description="Test share when the data has no split folders.")
     split_seed: int = Field(0, description="Seed of the automatic stratified split.")
