@@ -67,6 +67,7 @@ def test_mr_auto_window_uses_the_file_window_center_and_width():
     got = read_image(path, channels=3)
     assert got.shape == (64, 64, 3)
     np.testing.assert_allclose(got[:, :, 1], expected, atol=1e-4)
+    np.testing.assert_array_equal(read_image(path, channels=3, scaling=ScalingConfig()), got)  # default = auto
     lo, hi = output_range(ds)
     none = read_image(path, channels=1, scaling=ScalingConfig(window="none"))[:, :, 0]
     np.testing.assert_allclose(none, (ds.pixel_array - lo) / (hi - lo), atol=1e-4)

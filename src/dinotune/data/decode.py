@@ -262,11 +262,12 @@ def read_image(
     max_pixels: int = DEFAULT_MAX_PIXELS,
 ) -> np.ndarray:
     """Decode `path` to a float32 HxWxC array in [0, 1] with exactly `channels` channels."""
-    arr, info, fmt = decode_raw(path, max_pixels, scaling)
-    if fmt == "dicom":
+    if _check_file(Path(path)) == "dicom":  # windowed from its modality values, decoded once
         from dinotune.data.dicom import read_dicom
 
-        return match_channels(read_dicom(path, getattr(scaling, "window", "auto")), channels, path)
+        check_budget(path, "dicom", max_pixels)
+        return match_channels(read_dicom(path, getattr(scaling, "window", None)), channels, path)
+    arr, info, _ = decode_raw(path, max_pixels, scaling)
     arr = match_channels(arr, channels, path)
     return to_unit(arr, info, scaling, path)
 

@@ -38,11 +38,6 @@ def _pydicom() -> Any:
     return pydicom
 
 
-def is_dicom(head: bytes) -> bool:
-    """True for a DICOM Part 10 file (the 'DICM' marker after the 128-byte preamble)."""
-    return head[128:132] == b"DICM"
-
-
 def read_header(path: Path | str) -> Any:
     """The dataset without its pixel data; a one-line DataError for a broken file."""
     pydicom = _pydicom()

@@ -50,11 +50,12 @@ class Intensity:
 
 
 def resolve_window(window: str | list[float] | tuple[float, float] | None) -> tuple[float, float] | str | None:
-    """`auto`/`none` as strings, a preset or [center, width] as a tuple; ConfigError for anything else."""
-    if window is None or window == "none":
-        return None
-    if window == "auto":
+    """ "auto" (also for None, the config default), None for `none`, a preset or [center, width] as a
+    (center, width) tuple; ConfigError for anything else."""
+    if window is None or window == "auto":
         return "auto"
+    if window == "none":
+        return None
     if isinstance(window, str):
         if window not in WINDOW_PRESETS:
             raise ConfigError(
