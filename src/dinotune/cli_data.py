@@ -37,12 +37,13 @@ def check(
 
     if task is not None and task not in ("classify", "segment", "unlabelled"):
         raise DataError(f"--task must be classify, segment or unlabelled, got {task!r}")
-    if channels is None:
-        channels = 3
-        if config is not None:
-            from dinotune.data.config import load_data_config
+    val_fraction = 0.1
+    if config is not None:
+        from dinotune.data.config import load_data_config
 
-            channels = load_data_config({**_data_section(config), "root": str(path)}).channels
+        cfg = load_data_config({**_data_section(config), "root": str(path)})
+        channels, val_fraction = channels or cfg.channels, cfg.val_fraction
+    channels = channels or 3
     report = check_dataset(
         path,
         task,
@@ -52,6 +53,7 @@ def check(
         min_per_class=min_per_class,
         max_imbalance=max_imbalance,
         channels=channels,
+        val_fraction=val_fraction,
     )
     typer.echo(json.dumps(report.to_dict(), indent=2) if as_json else report.format_text())
     raise typer.Exit(report.exit_code)

@@ -106,7 +106,7 @@ def test_multi_frame_gives_first_frame_with_a_note(caplog):
 def test_folder_of_dicom_files_is_found_and_checked(tmp_path):
     root = tmp_path / "ds"
     for cls, name in (("ct", "CT_small.dcm"), ("mr", "MR_small.dcm")):
-        for i in range(3):
+        for i in range(5):
             dst = root / cls / f"{i}.dcm"
             dst.parent.mkdir(parents=True, exist_ok=True)
             ds = pydicom.dcmread(_file(name))
@@ -114,10 +114,10 @@ def test_folder_of_dicom_files_is_found_and_checked(tmp_path):
             ds.save_as(dst)
     assert detect_layout(root) == "imagefolder"
     spec = load_dataset(root, auto_split=False)
-    assert spec.classes == ["ct", "mr"] and len(spec.splits["all"]) == 6
+    assert spec.classes == ["ct", "mr"] and len(spec.splits["all"]) == 10
     report = check_dataset(root, min_per_class=1)
     assert not report.errors, report.format_text()
-    assert report.channels == {"1": 6}
+    assert report.channels == {"1": 10}
 
 
 def test_dicom_named_without_extension_is_listed(tmp_path):

@@ -58,12 +58,12 @@ def test_declared_12_bit_maximum_uses_the_full_range(tmp_path, caplog):
 
 def test_check_warns_about_12_bit_data_in_16_bit_files(tmp_path):
     for cls in ("a", "b"):
-        for i in range(2):
-            arr = np.random.default_rng(i).integers(0, 4096, (16, 16), dtype=np.uint16)
+        for i in range(5):
+            arr = np.random.default_rng(i + (5 if cls == "b" else 0)).integers(0, 4096, (16, 16), dtype=np.uint16)
             _tif(tmp_path / "ds" / cls / f"{i}.tif", arr)
     report = check_dataset(tmp_path / "ds", min_per_class=1)
     notes = [i.message for i in report.warnings if i.code == "bit_range"]
-    assert notes == ["12-bit data in 16-bit files: 6% of the range used; run `dinotune data stats` (4 file(s))"]
+    assert notes == ["12-bit data in 16-bit files: 6% of the range used; run `dinotune data stats` (10 file(s))"]
     assert report.exit_code == 0
 
 

@@ -70,12 +70,33 @@ def test_six_band_folder_with_three_channels_is_one_line_not_one_per_file(tmp_pa
 
 def test_class_too_small_for_the_split(tmp_path):
     root = tmp_path / "small"
-    for i in range(4):
+    for i in range(6):
         save(root / "a" / f"{i}.png", rgb(seed=i))
-    save(root / "b" / "only.png", rgb(seed=9))
+    for i in range(3):  # round(3 x 0.1) = 0 validation images
+        save(root / "b" / f"{i}.png", rgb(seed=20 + i))
+    save(root / "c" / "only.png", rgb(seed=9))
     code, errors = _check(root)
-    assert code == 1 and len(errors) == 1 and "class 'b' has 1 image; the split needs at least 2" in errors[0]
-    assert "class 'b' has 1 image" in _preflight_message(root)
+    assert code == 1 and len(errors) == 2, errors
+    assert (
+        "class 'b' has 3 image(s), too few for the split (val_fraction=0.1 gives it no validation image); "
+        "add images, raise data.val_fraction to 0.17" in errors[0]
+    )
+    assert "class 'c' has 1 image(s)" in errors[1] and "add images or remove the class" in errors[1]
+    message = _preflight_message(root)
+    assert message.startswith(errors[0].removeprefix("  [class_too_small] ")) and "and 1 more problem" in message
+    spec = load_dataset(root, val_fraction=0.17)  # the suggested fix gives b a validation image ...
+    assert sum(s.label == 1 for s in spec.splits["val"]) == 1
+    problems = dataset_problems(spec, DataConfig(root=root, val_fraction=0.17))
+    assert [p.code for p in problems] == ["class_too_small"]  # ... and only c (1 image) is left
+
+
+def test_explicit_split_without_a_class_in_val(tmp_path):
+    root = tmp_path / "folders"
+    for k, (split, cls, n) in enumerate((("train", "a", 3), ("train", "b", 3), ("val", "a", 1))):
+        for i in range(n):
+            save(root / split / cls / f"{i}.png", rgb(seed=10 * k + i))
+    code, errors = _check(root)
+    assert code == 1 and len(errors) == 1 and "class 'b' has no image in the val split" in errors[0]
 
 
 def test_unreadable_files_are_aggregated_into_one_line(tmp_path):

@@ -179,10 +179,12 @@ def check_dataset(
     max_imbalance: float = 10.0,
     csv_file: Path | str | None = None,
     channels: int | None = 3,
+    val_fraction: float = 0.1,
 ) -> CheckReport:
     """Inspect every file of a dataset and report problems by file name. Never writes anything.
 
-    `channels` is the `data.channels` the dataset will be read with (None: not checked).
+    `channels` and `val_fraction` are the `data.` values the dataset will be read with (channels None:
+    not checked).
     """
     root = Path(root)
     spec = load_dataset(root, task, layout, csv_file=csv_file, class_map=class_map, auto_split=False)
@@ -211,7 +213,7 @@ def check_dataset(
     _duplicates(results, image_split, spec, add)
     _mixed(good, rep, add)
     _value_ranges(good, add)
-    problems = class_problems(spec)
+    problems = class_problems(spec, val_fraction)
     if channels is not None:
         problems += channel_problems({r.path: r.shape[2] for r in good}, channels, base)
     for p in problems:

@@ -12,6 +12,7 @@ cannot become `data.channels`; files whose headers cannot be read or are over th
 from __future__ import annotations
 
 import logging
+import math
 import os
 from collections import Counter, defaultdict
 from collections.abc import Iterable
@@ -50,15 +51,54 @@ def examples(paths: Iterable[Path], root: Path) -> str:
     return ", ".join(names) + (", ..." if len(paths) > MAX_EXAMPLES else "")
 
 
-def class_problems(spec: DatasetSpec) -> list[Problem]:
-    """One class, or a class with too few images to be both trained on and validated."""
-    if spec.task != "classify":
-        return []
+def _class_counts(spec: DatasetSpec) -> dict[int, Counter[str]]:
     counts: dict[int, Counter[str]] = defaultdict(Counter)
     for split, samples in spec.splits.items():
         for s in samples:
             for c in [s.label] if isinstance(s.label, int) else (s.label or []):
                 counts[c][split] += 1
+    return counts
+
+
+def _split_problem(spec: DatasetSpec, name: str, per_split: Counter[str], val_fraction: float) -> Problem | None:
+    """Why class `name` cannot be both trained on and validated, or None.
+
+    Unsplit data is split here (`formats.stratified_split`: round(n x val_fraction) validation images,
+    at least one training image), so a class needs round(n x val_fraction) >= 1 and n >= 2.
+    """
+    total = sum(per_split.values())
+    unsplit = spec.auto_split or set(spec.splits) == {"all"}
+    if unsplit and val_fraction > 0 and min(int(total * val_fraction + 0.5), total - 1) < 1:
+        fix = (
+            f"add images, raise data.val_fraction to {math.ceil(50 / total) / 100:g}"
+            if total >= 2
+            else "add images or remove the class"
+        )
+        return Problem(
+            "class_too_small",
+            f"{spec.root}: class {name!r} has {total} image(s), too few for the split (val_fraction="
+            f"{val_fraction:g} gives it no validation image); {fix}, or use train/ and val/ folders",
+        )
+    if not unsplit and not per_split["train"]:
+        return Problem(
+            "class_not_in_train",
+            f"{spec.root}: class {name!r} has no image in the train split ({dict(per_split)}); "
+            "move some of its images into train",
+        )
+    if not unsplit and spec.splits.get("val") and not per_split["val"]:
+        return Problem(
+            "class_not_in_val",
+            f"{spec.root}: class {name!r} has no image in the val split ({dict(per_split)}); "
+            "move some of its images into val",
+        )
+    return None
+
+
+def class_problems(spec: DatasetSpec, val_fraction: float = 0.1) -> list[Problem]:
+    """One class, or classes too small to be both trained on and validated (see `_split_problem`)."""
+    if spec.task != "classify":
+        return []
+    counts = _class_counts(spec)
     present = [c for c in range(len(spec.classes)) if sum(counts[c].values())]
     if len(present) < 2:
         only = ", ".join(repr(spec.classes[c]) for c in present) or "none"
@@ -69,28 +109,8 @@ def class_problems(spec: DatasetSpec) -> list[Problem]:
                 "least 2 classes: add a folder (or label) per class",
             )
         ]
-    out = []
-    explicit = "train" in spec.splits and not spec.auto_split
-    for c in present:
-        name, total = spec.classes[c], sum(counts[c].values())
-        if total < 2:
-            out.append(
-                Problem(
-                    "class_too_small",
-                    f"{spec.root}: class {name!r} has {total} image; the split needs "
-                    "at least 2 (one to train, one to validate): add images or "
-                    "remove the class",
-                )
-            )
-        elif explicit and not counts[c]["train"]:
-            out.append(
-                Problem(
-                    "class_not_in_train",
-                    f"{spec.root}: class {name!r} has no image in the train split "
-                    f"({dict(counts[c])}); move some of its images into train",
-                )
-            )
-    return out
+    problems = [_split_problem(spec, spec.classes[c], counts[c], val_fraction) for c in present]
+    return [p for p in problems if p is not None]
 
 
 def channel_problems(channels_of: dict[Path, int], channels: int, root: Path) -> list[Problem]:
@@ -156,7 +176,7 @@ def dataset_problems(spec: DatasetSpec, cfg: Any) -> list[Problem]:
     if not paths:
         return [Problem("no_images", f"{spec.root}: the dataset has no images; check data.root and the layout")]
     channels_of, failures = scan_headers(paths, cfg.max_pixels)
-    problems = class_problems(spec) + channel_problems(channels_of, cfg.channels, spec.root)
+    problems = class_problems(spec, cfg.val_fraction) + channel_problems(channels_of, cfg.channels, spec.root)
     bad_files = file_problems(failures, len(paths), spec.root)
     if cfg.on_bad_file == "error" or len(failures) == len(paths):
         problems += bad_files
