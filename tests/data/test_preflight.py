@@ -65,6 +65,9 @@ def test_six_band_folder_with_three_channels_is_one_line_not_one_per_file(tmp_pa
     message = _preflight_message(root)
     assert errors[0] == f"  [channels] {message}"
     assert _check(root, "--channels", "6") == (0, [])
+    config = tmp_path / "run.yaml"
+    config.write_text(f"data:\n  root: {root}\n  channels: 6\n  mean: {[0.5] * 6}\n  std: {[0.2] * 6}\n")
+    assert _check(root, "--config", str(config)) == (0, [])  # data.channels read from the run config
     assert dataset_problems(load_dataset(root), DataConfig(root=root, channels=6, mean=[0.5] * 6, std=[0.2] * 6)) == []
 
 
