@@ -43,6 +43,23 @@ def test_multipage_zlib_bomb_refused_from_headers_with_low_memory(tmp_path):
     assert peak < 100 * 2**20, f"peak {peak / 2**20:.0f} MiB: pixels were decoded"
 
 
+def test_multi_series_tiff_costs_and_decodes_only_its_first_series(tmp_path):
+    path = tmp_path / "series.tif"
+    plane = np.full((1024, 1024), 7, np.uint8)
+    with tifffile.TiffWriter(path) as tif:
+        for _ in range(300):  # 300 series of one page each: only series 0 is read
+            tif.write(plane, compression="zlib")
+    assert check_budget(path, "tiff", max_pixels=1024 * 1024).pages == 1
+    tracemalloc.start()
+    try:
+        img = read_image(path, channels=1)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert img.shape == (1024, 1024, 1) and img[0, 0, 0] == np.float32(7) / np.float32(255)
+    assert peak < 40 * 2**20, f"peak {peak / 2**20:.0f} MiB"  # one page (4 MiB float), not 300
+
+
 def test_serve_answers_413_for_the_bomb(tmp_path):
     data = _zlib_bomb(tmp_path / "bomb.tif", pages=40, side=1024).read_bytes()  # 40 Mpx, 4 Mpx per page
     with pytest.raises(UploadError) as err:

@@ -143,7 +143,7 @@ def to_unit(arr: np.ndarray, info: Intensity | None = None, scaling=None, path: 
         out = ((arr.astype(np.float64) - lo) / (2.0**bits - 1)).astype(np.float32)
     else:
         out = _float_stretch(arr, valid, path)
-    out = np.nan_to_num(out, nan=0.0, posinf=1.0, neginf=0.0)
+    out = np.nan_to_num(out, copy=False, nan=0.0, posinf=1.0, neginf=0.0)
     if valid is not None:
         out[~valid] = 0.0
     return np.clip(out, 0.0, 1.0, out=out)
