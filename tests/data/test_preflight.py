@@ -64,6 +64,7 @@ def test_six_band_folder_with_three_channels_is_one_line_not_one_per_file(tmp_pa
     assert "field/00.tif, field/01.tif, field/02.tif, ..." in errors[0] and "set data.channels: 6" in errors[0]
     message = _preflight_message(root)
     assert errors[0] == f"  [channels] {message}"
+    assert dataset_problems(load_dataset(root), DataConfig(root=root), channels=6) == []  # resolved count wins
     assert _check(root, "--channels", "6") == (0, [])
     config = tmp_path / "run.yaml"
     config.write_text(f"data:\n  root: {root}\n  channels: 6\n  mean: {[0.5] * 6}\n  std: {[0.2] * 6}\n")

@@ -170,13 +170,18 @@ def scan_headers(paths: list[Path], max_pixels: int) -> tuple[dict[Path, int], d
     return ({p: r for p, r in results if isinstance(r, int)}, {p: r for p, r in results if not isinstance(r, int)})
 
 
-def dataset_problems(spec: DatasetSpec, cfg: Any) -> list[Problem]:
-    """Every dataset-level problem of `spec` under the data config `cfg` (a DataConfig)."""
+def dataset_problems(spec: DatasetSpec, cfg: Any, channels: int | None = None) -> list[Problem]:
+    """Every dataset-level problem of `spec` under the data config `cfg` (a DataConfig).
+
+    `channels` is the channel count the run will read (e.g. the backbone's in_chans when
+    `data.channels` is unset); default `cfg.channels`, else 3.
+    """
+    channels = channels or getattr(cfg, "channels", None) or 3
     paths = sorted({s.path for samples in spec.splits.values() for s in samples}, key=str)
     if not paths:
         return [Problem("no_images", f"{spec.root}: the dataset has no images; check data.root and the layout")]
     channels_of, failures = scan_headers(paths, cfg.max_pixels)
-    problems = class_problems(spec, cfg.val_fraction) + channel_problems(channels_of, cfg.channels, spec.root)
+    problems = class_problems(spec, cfg.val_fraction) + channel_problems(channels_of, channels, spec.root)
     bad_files = file_problems(failures, len(paths), spec.root)
     if cfg.on_bad_file == "error" or len(failures) == len(paths):
         problems += bad_files
@@ -186,9 +191,12 @@ def dataset_problems(spec: DatasetSpec, cfg: Any) -> list[Problem]:
     return problems
 
 
-def preflight(spec: DatasetSpec, cfg: Any) -> None:
-    """Raise a one-line DataError for the first dataset-level problem (the count of others appended)."""
-    problems = dataset_problems(spec, cfg)
+def preflight(spec: DatasetSpec, cfg: Any, channels: int | None = None) -> None:
+    """Raise a one-line DataError for the first dataset-level problem (the count of others appended).
+
+    Call it after `load_dataset(...)` and before extracting or training; `channels` as in `dataset_problems`.
+    """
+    problems = dataset_problems(spec, cfg, channels)
     if problems:
         more = f" (and {len(problems) - 1} more problem(s): run `dinotune data check`)" if len(problems) > 1 else ""
         raise DataError(problems[0].message + more)
