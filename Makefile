@@ -10,7 +10,7 @@ $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q torch==$(TORCH_VERSION)
-	$(PIP) install -q -e ".[dev,elpv,export,serve]"
+	$(PIP) install -q -e ".[dev,elpv,export,serve,medical]"
 	touch $@
 
 install: $(VENV)/.installed

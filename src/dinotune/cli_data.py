@@ -24,8 +24,12 @@ def check(
     patch_size: int = typer.Option(16, help="Backbone patch size; smaller images are flagged."),
     min_per_class: int = typer.Option(50, help="Warn when a class has fewer images."),
     max_imbalance: float = typer.Option(10.0, help="Warn when largest/smallest class exceeds this ratio."),
+    channels: int | None = typer.Option(None, help="data.channels the files must fit (default: --config's, or 3)."),
+    config: Path | None = typer.Option(None, "--config", help="Run config (YAML/JSON) whose data section to check."),
 ) -> None:
-    """Report unreadable, truncated, empty, non-image and duplicate files, imbalance and mask problems.
+    """Report unreadable, truncated, empty, non-image and duplicate files, imbalance and mask problems,
+    and the dataset-level problems training would stop on (one class, a class too small for the split,
+    channel counts that do not fit data.channels).
 
     Exits 0 when there are only warnings, 1 when there are errors. Never modifies the data.
     """
@@ -33,6 +37,13 @@ def check(
 
     if task is not None and task not in ("classify", "segment", "unlabelled"):
         raise DataError(f"--task must be classify, segment or unlabelled, got {task!r}")
+    val_fraction = 0.1
+    if config is not None:
+        from dinotune.data.config import load_data_config
+
+        cfg = load_data_config({**_data_section(config), "root": str(path)})
+        channels, val_fraction = channels or cfg.channels, cfg.val_fraction
+    channels = channels or 3
     report = check_dataset(
         path,
         task,
@@ -41,9 +52,19 @@ def check(
         class_map=class_map,
         min_per_class=min_per_class,
         max_imbalance=max_imbalance,
+        channels=channels,
+        val_fraction=val_fraction,
     )
     typer.echo(json.dumps(report.to_dict(), indent=2) if as_json else report.format_text())
     raise typer.Exit(report.exit_code)
+
+
+def _data_section(config: Path) -> dict:
+    """The `data:` section of a run config (or the whole file when it has none)."""
+    from dinotune.data.config import _read_mapping
+
+    values = _read_mapping(config)
+    return dict(values["data"]) if isinstance(values.get("data"), dict) else values
 
 
 @data_app.command("stats")

@@ -48,8 +48,8 @@ def test_check_reports_every_classification_defect_by_name(tmp_path):
 
 
 def test_check_clean_dataset_exits_zero_with_warnings(tmp_path):
-    for cls in ("a", "b"):
-        for i in range(3):
+    for cls in ("a", "b"):  # 5 per class: the automatic split gives each one validation image
+        for i in range(5):
             save(tmp_path / "ds" / cls / f"{i}.png", rgb(seed=i + (10 if cls == "b" else 0)))
     rep = check_dataset(tmp_path / "ds")
     assert rep.exit_code == 0 and not rep.errors
@@ -81,8 +81,9 @@ def test_cli_check_exit_codes_and_json(tmp_path):
     res = runner.invoke(data_app, ["check", str(root)])
     assert res.exit_code == 1 and "[empty]" in res.output and "train/cat/zero.jpg" in res.output
     clean = tmp_path / "clean"
-    for cls in ("a", "b"):
-        save(clean / cls / "x.png", rgb(seed=1 if cls == "a" else 2))
+    for cls in ("a", "b"):  # 5 per class: the automatic split gives each one validation image
+        for i in range(5):
+            save(clean / cls / f"x{i}.png", rgb(seed=i + (1 if cls == "a" else 10)))
     res = runner.invoke(data_app, ["check", str(clean), "--min-per-class", "1"])
     assert res.exit_code == 0 and "Result: 0 error(s), 0 warning(s)" in res.output
 

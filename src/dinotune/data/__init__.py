@@ -2,7 +2,8 @@
 
 `load_dataset` describes a folder as a `DatasetSpec`; `read_image` decodes one file to float32 HxWxC in
 [0, 1]; `build_transform` makes the train/eval pipeline; the Dataset classes tie these together;
-`check_dataset` finds broken files, duplicates and imbalance before a run wastes hours on them.
+`check_dataset` finds broken files, duplicates and imbalance before a run wastes hours on them, and
+`preflight(spec, cfg)` stops a run on dataset-level problems (one class, wrong channel count) in one line.
 Submodules import torch/albumentations only when used, so `import dinotune.data.config` stays light.
 """
 
@@ -37,7 +38,15 @@ _API = {
     "build_datasets": "dinotune.data.datasets",
     "check_dataset": "dinotune.data.check",
     "CheckReport": "dinotune.data.check",
-    "compute_stats": "dinotune.data.check",
+    "compute_stats": "dinotune.data.stats",
+    "preflight": "dinotune.data.preflight",
+    "dataset_problems": "dinotune.data.preflight",
+    "check_budget": "dinotune.data.budget",
+    "BudgetError": "dinotune.data.budget",
+    "to_unit": "dinotune.data.intensity",
+    "WINDOW_PRESETS": "dinotune.data.intensity",
+    "read_dicom": "dinotune.data.dicom",
+    "dicom_modality": "dinotune.data.dicom",
     "digits_imagefolder": "dinotune.data.bundled",
     "elpv_imagefolder": "dinotune.data.bundled",
     "make_segmentation_dataset": "dinotune.data.bundled",

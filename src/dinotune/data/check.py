@@ -18,11 +18,14 @@ from typing import Any
 
 import numpy as np
 
-from dinotune.data.decode import load_class_map, read_mask, read_raw, sniff_format
+from dinotune.data.decode import decode_raw, load_class_map, read_mask, sniff_format
 from dinotune.data.formats import DatasetSpec, load_dataset, segmentation_pairs
+from dinotune.data.intensity import Intensity, range_note, valid_mask
+from dinotune.data.preflight import MAX_EXAMPLES, channel_problems, class_problems
+from dinotune.data.stats import compute_stats, stats_yaml
 from dinotune.errors import DataError
 
-MAX_LINES_PER_CODE = 20
+__all__ = ["CheckReport", "Issue", "check_dataset", "compute_stats", "stats_yaml"]
 SPLIT_ORDER = {"train": 0, "val": 1, "test": 2, "all": 3}
 
 
@@ -90,22 +93,27 @@ class CheckReport:
         if self.mask_values:
             lines.append(f"  mask values: {self.mask_values}")
         for title, items in (("ERRORS", self.errors), ("WARNINGS", self.warnings)):
-            if not items:
-                continue
-            lines.append(f"\n{title} ({len(items)})")
-            per_code: Counter[str] = Counter()
-            for it in items:
-                per_code[it.code] += 1
-                if per_code[it.code] <= MAX_LINES_PER_CODE:
-                    lines.append(f"  [{it.code}] {it.message}")
-            lines += [
-                f"  [{c}] ... and {n - MAX_LINES_PER_CODE} more (use --json for the full list)"
-                for c, n in per_code.items()
-                if n > MAX_LINES_PER_CODE
-            ]
+            if items:
+                lines += [f"\n{title} ({len(items)})", *_grouped(items)]
         verdict = "errors found" if self.errors else "OK" + (" (with warnings)" if self.warnings else "")
         lines.append(f"\nResult: {len(self.errors)} error(s), {len(self.warnings)} warning(s) -> {verdict}")
         return "\n".join(lines)
+
+
+def _grouped(items: list[Issue]) -> list[str]:
+    """One line per issue, except codes with many issues: one line with the count and the first files."""
+    per_code: dict[str, list[Issue]] = defaultdict(list)
+    for it in items:
+        per_code[it.code].append(it)
+    lines = []
+    for code, group in per_code.items():
+        if len(group) <= MAX_EXAMPLES:
+            lines += [f"  [{code}] {it.message}" for it in group]
+            continue
+        files = [f for it in group for f in it.files[:1]]
+        shown = ", ".join(files[:MAX_EXAMPLES])
+        lines.append(f"  [{code}] {len(group)} files, e.g. {shown} (first: {group[0].message}; --json lists all)")
+    return lines
 
 
 @dataclass
@@ -117,6 +125,8 @@ class _FileResult:
     shape: tuple[int, ...] | None = None  # H, W, C
     dtype: str | None = None
     mask_values: np.ndarray | None = None
+    info: Intensity | None = None
+    value_range: tuple[float, float] | None = None  # min/max of the valid stored values
 
 
 def _scan(path: Path, is_mask: bool = False, colours: list | None = None) -> _FileResult:
@@ -138,8 +148,12 @@ def _scan(path: Path, is_mask: bool = False, colours: list | None = None) -> _Fi
             m = read_mask(path, colours)
             r.shape, r.dtype, r.mask_values = (*m.shape, 1), m.dtype.name, np.unique(m)
         else:
-            a = read_raw(path)
+            a, r.info, _ = decode_raw(path)
             r.shape, r.dtype = a.shape, a.dtype.name
+            valid = valid_mask(a, r.info)
+            values = a if valid is None else a[valid]
+            if values.size and a.dtype != np.uint8:
+                r.value_range = (float(values.min()), float(values.max()))
     except DataError as exc:
         r.code, r.message = "unreadable", str(exc).removeprefix(f"{path}: ")
     return r
@@ -164,8 +178,14 @@ def check_dataset(
     min_per_class: int = 50,
     max_imbalance: float = 10.0,
     csv_file: Path | str | None = None,
+    channels: int | None = 3,
+    val_fraction: float = 0.1,
 ) -> CheckReport:
-    """Inspect every file of a dataset and report problems by file name. Never writes anything."""
+    """Inspect every file of a dataset and report problems by file name. Never writes anything.
+
+    `channels` and `val_fraction` are the `data.` values the dataset will be read with (channels None:
+    not checked).
+    """
     root = Path(root)
     spec = load_dataset(root, task, layout, csv_file=csv_file, class_map=class_map, auto_split=False)
     rep = CheckReport(str(root), spec.layout, spec.task)
@@ -180,19 +200,7 @@ def check_dataset(
     def add(sev: str, code: str, msg: str, files: list[Path]) -> None:
         rep.issues.append(Issue(sev, code, msg, [rel(f) for f in files]))
 
-    image_split: dict[Path, str] = {}
-    mask_of: dict[Path, Path] = {}
-    if spec.task == "segment":
-        for split, (pairs, lonely_images, lonely_masks) in segmentation_pairs(root).items():
-            for img in [p for p, _ in pairs] + lonely_images:
-                image_split[img] = split
-            mask_of.update(dict(pairs))
-            for p in lonely_images:
-                add("error", "image_without_mask", f"image has no mask: {rel(p)}", [p])
-            for p in lonely_masks:
-                add("error", "mask_without_image", f"mask has no image: {rel(p)}", [p])
-    else:
-        image_split = {s.path: split for split, samples in spec.splits.items() for s in samples}
+    image_split, mask_of = _image_splits(spec, root, add, rel)
     rep.n_images = len(image_split)
     sizes = Counter(image_split.values())
     rep.split_sizes = {
@@ -201,6 +209,44 @@ def check_dataset(
     colours = spec.colours
     results = _scan_all([(p, False) for p in image_split] + [(m, True) for m in mask_of.values()], colours)
 
+    good = _file_issues(results, patch_size, add, rel)
+    _duplicates(results, image_split, spec, add)
+    _mixed(good, rep, add)
+    _value_ranges(good, add)
+    problems = class_problems(spec, val_fraction)
+    if channels is not None:
+        problems += channel_problems({r.path: r.shape[2] for r in good}, channels, base)
+    for p in problems:
+        add("error", p.code, p.message, p.files)
+    if spec.task == "classify":
+        _class_stats(spec, rep, add, min_per_class, max_imbalance)
+    if spec.task == "segment":
+        n_cls = len(spec.classes) if spec.classes else num_classes
+        if class_map and not spec.classes:
+            n_cls = len(load_class_map(class_map).names)
+        _mask_checks(mask_of, results, n_cls, ignore_index, rep, add, rel)
+    return rep
+
+
+def _image_splits(spec: DatasetSpec, root: Path, add: Any, rel: Any) -> tuple[dict[Path, str], dict[Path, Path]]:
+    """Split of every image, and the mask of every paired image (segmentation; unpaired files reported)."""
+    if spec.task != "segment":
+        return {s.path: split for split, samples in spec.splits.items() for s in samples}, {}
+    image_split: dict[Path, str] = {}
+    mask_of: dict[Path, Path] = {}
+    for split, (pairs, lonely_images, lonely_masks) in segmentation_pairs(root).items():
+        for img in [p for p, _ in pairs] + lonely_images:
+            image_split[img] = split
+        mask_of.update(dict(pairs))
+        for p in lonely_images:
+            add("error", "image_without_mask", f"image has no mask: {rel(p)}", [p])
+        for p in lonely_masks:
+            add("error", "mask_without_image", f"mask has no image: {rel(p)}", [p])
+    return image_split, mask_of
+
+
+def _file_issues(results: dict, patch_size: int, add: Any, rel: Any) -> list[_FileResult]:
+    """Report bad and tiny files; return the readable images."""
     good: list[_FileResult] = []
     for (path, is_mask), r in results.items():
         if r.code:
@@ -215,16 +261,7 @@ def check_dataset(
                     f"image is {w}x{h}, smaller than one {patch_size}px patch: {rel(path)}",
                     [path],
                 )
-    _duplicates(results, image_split, spec, add)
-    _mixed(good, rep, add)
-    if spec.task == "classify":
-        _class_stats(spec, rep, add, min_per_class, max_imbalance)
-    if spec.task == "segment":
-        n_cls = len(spec.classes) if spec.classes else num_classes
-        if class_map and not spec.classes:
-            n_cls = len(load_class_map(class_map).names)
-        _mask_checks(mask_of, results, n_cls, ignore_index, rep, add, rel)
-    return rep
+    return good
 
 
 def _duplicates(results: dict, image_split: dict[Path, str], spec: DatasetSpec, add: Any) -> None:
@@ -265,6 +302,26 @@ def _mixed(good: list[_FileResult], rep: CheckReport, add: Any) -> None:
                 f"mixed {what} ({summary}); minority files e.g. {', '.join(p.name for p in odd[:5])}",
                 odd,
             )
+
+
+def _value_ranges(good: list[_FileResult], add: Any) -> None:
+    """Warn, once for all files, about 16-bit files using a sliver of their range and out-of-range floats."""
+    narrow = [(r, note) for r in good if r.value_range and (note := range_note(r.value_range[1], r.dtype, r.info))]
+    if narrow:
+        top = max(r.value_range[1] for r, _ in narrow)
+        note = range_note(top, "uint16", Intensity())
+        add("warning", "bit_range", f"{note} ({len(narrow)} file(s))", [r.path for r, _ in narrow])
+    floats = [r for r in good if r.value_range and r.dtype.startswith("float")]
+    wide = [r for r in floats if r.value_range[0] < 0 or r.value_range[1] > 1]
+    if wide:
+        lo, hi = min(r.value_range[0] for r in wide), max(r.value_range[1] for r in wide)
+        add(
+            "warning",
+            "float_range",
+            f"{len(wide)} float raster(s) hold values {lo:g}..{hi:g}, outside [0, 1], and are stretched per image; "
+            "run `dinotune data stats` and paste its scaling for dataset-wide values",
+            [r.path for r in wide],
+        )
 
 
 def _class_stats(spec: DatasetSpec, rep: CheckReport, add: Any, min_per_class: int, max_imbalance: float) -> None:
@@ -327,91 +384,3 @@ def _mask_checks(
                     [mask],
                 )
     rep.mask_values = sorted(seen)
-
-
-def compute_stats(
-    root: Path | str,
-    *,
-    max_images: int = 256,
-    pixels_per_image: int = 4096,
-    scaling: str = "auto",
-    p_low: float = 1.0,
-    p_high: float = 99.0,
-    seed: int = 0,
-) -> dict[str, Any]:
-    """Per-band percentiles (raw units) and mean/std (after scaling) from a seeded sample of images.
-
-    `scaling="auto"` picks percentile scaling for >8-bit or multi-band data, fixed otherwise.
-    """
-    spec = load_dataset(root, auto_split=False)
-    paths = sorted({s.path for samples in spec.splits.values() for s in samples}, key=str)
-    rng = np.random.default_rng(seed)
-    if len(paths) > max_images:
-        paths = [paths[i] for i in sorted(rng.choice(len(paths), max_images, replace=False))]
-    pixels, dtypes, skipped = [], Counter(), []
-    for p in paths:
-        try:
-            a = read_raw(p)
-        except DataError:
-            skipped.append(str(p))
-            continue
-        if pixels and a.shape[2] != pixels[0].shape[1]:
-            raise DataError(
-                f"{p}: has {a.shape[2]} bands but earlier images have {pixels[0].shape[1]}; "
-                "run `dinotune data check` and fix the mixed channel counts first"
-            )
-        flat = a.reshape(-1, a.shape[2])
-        take = rng.choice(len(flat), min(pixels_per_image, len(flat)), replace=False)
-        pixels.append(flat[take].astype(np.float64))
-        dtypes[a.dtype.name] += 1
-    if not pixels:
-        raise DataError(f"{root}: no readable images to compute statistics from")
-    px = np.concatenate(pixels)
-    bands = px.shape[1]
-    if scaling == "auto":
-        scaling = "fixed" if set(dtypes) == {"uint8"} and bands in (1, 3) else "percentile"
-    low, high = np.percentile(px, p_low, axis=0), np.percentile(px, p_high, axis=0)
-    if scaling == "percentile":
-        high = np.where(high > low, high, low + 1)
-        scaled = np.clip((px - low) / (high - low), 0, 1)
-    else:
-        div = 255.0 if set(dtypes) == {"uint8"} else 65535.0 if all("int" in d for d in dtypes) else 1.0
-        scaled = np.clip(px / div, 0, 1)
-    return {
-        "root": str(root),
-        "n_images": len(pixels),
-        "skipped": skipped,
-        "bands": bands,
-        "dtypes": dict(dtypes),
-        "scaling": scaling,
-        "low": low.round(4).tolist(),
-        "high": high.round(4).tolist(),
-        "mean": scaled.mean(axis=0).round(4).tolist(),
-        "std": np.maximum(scaled.std(axis=0), 1e-4).round(4).tolist(),
-    }
-
-
-def stats_yaml(stats: dict[str, Any]) -> str:
-    """The `data:` snippet to paste into a config (comments explain where the numbers come from)."""
-    lines = [
-        f"# dinotune data stats {stats['root']}: {stats['n_images']} images sampled, "
-        f"{stats['bands']} band(s), "
-        f"dtypes {stats['dtypes']}",
-        "data:",
-        f"  channels: {stats['bands']}",
-    ]
-    if stats["scaling"] == "percentile":
-        lines += [
-            "  scaling:  # raw values at p1/p99 per band -> 0/1, clipped",
-            "    mode: percentile",
-            f"    low: {stats['low']}",
-            f"    high: {stats['high']}",
-        ]
-    else:
-        lines += ["  scaling:", "    mode: fixed"]
-    lines += [
-        "  # per-band mean/std after scaling; omit to use the backbone's statistics",
-        f"  mean: {stats['mean']}",
-        f"  std: {stats['std']}",
-    ]
-    return "\n".join(lines) + "\n"

@@ -26,8 +26,9 @@ DEFAULT_MAX_PIXELS = 178_956_970
 class ScalingConfig(BaseModel):
     """How raw pixel values become floats in [0, 1] before augmentation.
 
-    8-bit images are always divided by 255. Wider integers use `divisor` (mode `fixed`) or per-band
-    `low`/`high` raw values mapped to 0/1 and clipped (mode `percentile`, values from `data stats`).
+    The full rule, for every format, is in `dinotune.data.intensity` (and docs/medical.md, docs/satellite.md):
+    8-bit images are divided by 255; wider integers by their real bit depth, or by `divisor` (mode `fixed`),
+    or per-band `low`/`high` raw values map to 0/1 (mode `percentile`, values from `data stats`).
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -40,9 +41,23 @@ class ScalingConfig(BaseModel):
     )
     low: list[float] | None = Field(None, description="Per-band raw value mapped to 0 (percentile mode).")
     high: list[float] | None = Field(None, description="Per-band raw value mapped to 1 (percentile mode).")
+    window: str | list[float] | None = Field(
+        None,
+        description="Grayscale window: auto (default: the DICOM file's own), none (full stored range), "
+        "ct-lung, ct-soft-tissue, ct-bone, ct-brain, or [center, width] in raw units (HU for CT).",
+    )
+    slice_axis: int | None = Field(
+        None, ge=0, le=2, description="NIfTI volumes: axis whose middle slice is read (default 2, usually axial)."
+    )
 
     @model_validator(mode="after")
     def _check(self) -> ScalingConfig:
+        from dinotune.data.intensity import resolve_window
+
+        try:
+            resolve_window(self.window)
+        except ConfigError as exc:
+            raise ValueError(str(exc).removeprefix("data.scaling.")) from None
         if self.mode == "percentile":
             if not self.low or not self.high:
                 raise ValueError(
@@ -75,7 +90,9 @@ class DataConfig(BaseModel):
     mean: list[float] | None = Field(None, description="Normalisation mean per channel; default: the backbone's.")
     std: list[float] | None = Field(None, description="Normalisation std per channel; default: the backbone's.")
     scaling: ScalingConfig = Field(default_factory=ScalingConfig, description="16-bit / multi-band scaling.")
-    max_pixels: int = Field(DEFAULT_MAX_PIXELS, gt=0, description="Refuse images with more pixels (bomb guard).")
+    max_pixels: int = Field(
+        DEFAULT_MAX_PIXELS, gt=0, description="Pixels per page/frame; a file may decode to 6 x this many bytes."
+    )
     val_fraction: float = Field(0.1, ge=0, lt=1, description="Validation share when the data has no split folders.")
     test_fraction: float = Field(0.1, ge=0, lt=1, description="Test share when the data has no split folders.")
     split_seed: int = Field(0, description="Seed of the automatic stratified split.")

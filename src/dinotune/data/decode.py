@@ -8,19 +8,24 @@ through OpenCV because PIL silently truncates it to 8 bits.
 
 from __future__ import annotations
 
-import json
+import math
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 from PIL import Image, ImageOps
 
+from dinotune.data.budget import BudgetError, check_budget
+from dinotune.data.classmap import ClassMap, build_lut, load_class_map, load_class_mapping, rgb_to_index
 from dinotune.data.config import DEFAULT_MAX_PIXELS, ScalingConfig
+from dinotune.data.intensity import Intensity, to_unit
+from dinotune.data.nifti import is_nifti, is_nifti_path
 from dinotune.errors import DataError
 
-IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif"})
+__all__ = ["BudgetError", "ClassMap", "build_lut", "load_class_map", "load_class_mapping", "rgb_to_index"]
+
+IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif", ".dcm", ".dicom"})
 DEFAULT_DIVISOR = 65535.0
 _LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)  # ITU-R 601, same as PIL's "L"
 
@@ -38,14 +43,34 @@ class ImageInfo:
 
 
 def is_image_path(path: Path) -> bool:
-    """True if the extension is one we read; used when walking folders."""
-    return path.suffix.lower() in IMAGE_EXTENSIONS and not path.name.startswith(".")
+    """True if the extension is one we read (NIfTI's .nii/.nii.gz included); used when walking folders."""
+    return (path.suffix.lower() in IMAGE_EXTENSIONS or is_nifti_path(path)) and not path.name.startswith(".")
+
+
+def is_listed_image(path: Path) -> bool:
+    """Whether a folder walk lists `path`: a known extension, or DICOM named without one.
+
+    Scanners often write DICOM as `IM0001` or `1.2.840.113619.2.55.320` (a numeric "extension"); only
+    such names are opened to look for the DICM marker, so a walk stays cheap.
+    """
+    if is_image_path(path):
+        return True
+    suffix = path.suffix[1:]
+    if path.name.startswith(".") or not (suffix == "" or suffix.isdigit()):
+        return False
+    try:
+        with open(path, "rb") as f:
+            return f.read(132)[128:132] == b"DICM"
+    except OSError:
+        return False
 
 
 def sniff_format(path: Path) -> str | None:
-    """Image format from the magic bytes ("jpeg", "png", ...), or None if it is not an image."""
+    """Image format from the magic bytes ("jpeg", "png", "dicom", ...), or None if it is not an image."""
     with open(path, "rb") as f:
-        head = f.read(16)
+        head = f.read(348)
+    if head[128:132] == b"DICM":  # first: a DICOM preamble may itself look like a TIFF header
+        return "dicom"
     if head[:3] == b"\xff\xd8\xff":
         return "jpeg"
     if head[:8] == b"\x89PNG\r\n\x1a\n":
@@ -58,7 +83,7 @@ def sniff_format(path: Path) -> str | None:
         return "webp"
     if head[:4] == b"GIF8":
         return "gif"
-    return None
+    return "nifti" if is_nifti(path, head) else None
 
 
 def _check_file(path: Path) -> str:
@@ -77,15 +102,29 @@ def _check_file(path: Path) -> str:
     return fmt
 
 
-def _guard(path: Path, height: int, width: int, max_pixels: int) -> None:
-    if height * width > max_pixels:
-        raise DataError(
-            f"{path}: {width}x{height} = {width * height} pixels exceeds max_pixels={max_pixels} "
-            "(decompression-bomb guard); downscale the image or raise data.max_pixels"
-        )
+def _tiff_intensity(page) -> Intensity:
+    """Bit depth, declared maximum and nodata from a TIFF page's tags (GDAL_NODATA for GeoTIFF)."""
+    tags, dtype = page.tags, np.dtype(page.dtype)
+    full = float(np.iinfo(dtype).max) if dtype.kind in "ui" else None
+    max_value = None
+    for name in ("SMaxSampleValue", "MaxSampleValue"):
+        tag = tags.get(name)
+        if tag is not None and full is not None:
+            value = float(np.max(np.asarray(tag.value, dtype=np.float64)))
+            if 0 < value < full:
+                max_value = value
+                break
+    nodata = None
+    if "GDAL_NODATA" in tags:
+        try:
+            nodata = float(str(tags["GDAL_NODATA"].value).strip("\x00 "))
+        except ValueError:
+            nodata = None
+    bits = int(page.bitspersample)
+    return Intensity(bits if bits < dtype.itemsize * 8 else None, max_value, nodata)
 
 
-def _tiff_array(path: Path, max_pixels: int) -> np.ndarray:
+def _tiff_array(path: Path) -> tuple[np.ndarray, Intensity]:
     """Decode a TIFF to HxWxC in its native dtype. Same-shaped pages are stacked as channels."""
     import tifffile
 
@@ -93,29 +132,27 @@ def _tiff_array(path: Path, max_pixels: int) -> np.ndarray:
         series = tif.series[0]
         page = series.pages[0] if series.pages else tif.pages[0]
         shape, axes = series.shape, series.axes
-        h, w = int(page.shape[0]), int(page.shape[1])
-        _guard(path, h, w, max_pixels)
+        info = _tiff_intensity(page)
         arr = series.asarray()
         extras = [int(e) for e in (getattr(page, "extrasamples", None) or ())]
         alpha = arr.ndim == 3 and axes.endswith("S") and extras and extras[-1] in (1, 2)  # assoc/unassoc alpha
     arr = np.squeeze(arr) if arr.ndim > 3 else arr
     if arr.ndim == 2:
-        return arr[:, :, None]
+        return arr[:, :, None], info
     if arr.ndim != 3:
         raise DataError(f"{path}: TIFF with shape {shape} (axes {axes}) is not 2-D; export one 2-D (multi-band) image")
     if not axes.endswith("S"):  # pages / channels first (e.g. CYX, IYX) -> channels last
         arr = np.moveaxis(arr, 0, -1)
     if alpha and arr.shape[2] in (2, 4):
         arr = arr[:, :, :-1]  # declared alpha channel, not a band
-    return arr
+    return arr, info
 
 
-def _pil_array(path: Path, fmt: str, max_pixels: int) -> np.ndarray:
+def _pil_array(path: Path, fmt: str) -> np.ndarray:
     """Decode with PIL (EXIF orientation applied) to HxWxC native dtype; alpha is dropped."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)
         with Image.open(path) as im:
-            _guard(path, im.height, im.width, max_pixels)
             if fmt == "png" and _png_is_16bit_colour(path):
                 return _cv2_png16(path)
             im = ImageOps.exif_transpose(im)
@@ -143,19 +180,37 @@ def _cv2_png16(path: Path) -> np.ndarray:
     return np.ascontiguousarray(arr[:, :, 2::-1])  # BGR(A) -> RGB, alpha dropped
 
 
-def read_raw(path: Path | str, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
-    """Decode an image to HxWxC in its native dtype (uint8, uint16, float32, ...), no scaling.
+def decode_raw(
+    path: Path | str, max_pixels: int = DEFAULT_MAX_PIXELS, scaling: ScalingConfig | None = None
+) -> tuple[np.ndarray, Intensity, str]:
+    """Decode to HxWxC in the native dtype, with what the file declares about its values and its format.
 
-    Every failure becomes a DataError naming the file: empty, not an image, truncated, too large.
+    The decode budget (`dinotune.data.budget`) is checked from the headers first. Every failure becomes
+    a DataError naming the file: empty, not an image, truncated, too large (BudgetError). `scaling`
+    only chooses the slice axis of NIfTI volumes.
     """
     path = Path(path)
     fmt = _check_file(path)
+    check_budget(path, fmt, max_pixels)
+    info = Intensity()
     try:
-        arr = _tiff_array(path, max_pixels) if fmt == "tiff" else _pil_array(path, fmt, max_pixels)
+        if fmt == "tiff":
+            arr, info = _tiff_array(path)
+        elif fmt == "dicom":
+            from dinotune.data.dicom import read_dicom_raw
+
+            arr, info = read_dicom_raw(path)
+        elif fmt == "nifti":
+            from dinotune.data.nifti import read_nifti
+
+            axis = getattr(scaling, "slice_axis", None)
+            arr = read_nifti(path, 2 if axis is None else axis)
+        else:
+            arr = _pil_array(path, fmt)
     except DataError:
         raise
     except Image.DecompressionBombError:
-        raise DataError(f"{path}: image is too large for PIL (decompression-bomb guard)") from None
+        raise BudgetError(f"{path}: image is too large for PIL (decompression-bomb guard)") from None
     except (OSError, ValueError, SyntaxError, EOFError, IndexError, KeyError, MemoryError) as exc:
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise DataError(f"{path}: cannot decode {fmt.upper()} ({reason}); the file is truncated or corrupt") from None
@@ -163,33 +218,22 @@ def read_raw(path: Path | str, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarr
         raise DataError(f"{path}: cannot decode {fmt.upper()} ({type(exc).__name__}: {exc})") from None
     if arr.dtype == bool:
         arr = arr.astype(np.uint8) * 255
-    return arr
+    return arr, info, fmt
+
+
+def read_raw(path: Path | str, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """Decode an image to HxWxC in its native dtype (uint8, uint16, float32, ...), no scaling."""
+    return decode_raw(path, max_pixels)[0]
 
 
 def scale_to_unit(arr: np.ndarray, scaling: ScalingConfig | None = None, path: Path | str = "") -> np.ndarray:
-    """Map native pixel values to float32 in [0, 1] following the documented rules.
+    """Map native pixel values to float32 in [0, 1] by the rule of `dinotune.data.intensity`."""
+    return to_unit(arr, None, scaling, path)
 
-    uint8 -> /255 (unless percentile mode); wider integers -> /divisor (default 65535);
-    floats -> kept; percentile mode -> (x - low) / (high - low) per band. Always clipped to [0, 1].
-    """
-    scaling = scaling or ScalingConfig()
-    if scaling.mode == "percentile":
-        bands = arr.shape[2]
-        low = np.asarray(scaling.low, dtype=np.float32)
-        high = np.asarray(scaling.high, dtype=np.float32)
-        if low.size not in (1, bands):
-            raise DataError(f"{path}: has {bands} bands but scaling.low/high have {low.size} values")
-        out = (arr.astype(np.float32) - low) / (high - low)
-    elif arr.dtype == np.uint8:
-        out = arr.astype(np.float32) / 255.0
-    elif np.issubdtype(arr.dtype, np.integer):
-        out = arr.astype(np.float32) / float(scaling.divisor or DEFAULT_DIVISOR)
-    else:
-        out = arr.astype(np.float32)
-        if scaling.divisor:
-            out /= float(scaling.divisor)
-        out = np.nan_to_num(out, nan=0.0, posinf=1.0, neginf=0.0)
-    return np.clip(out, 0.0, 1.0, out=out)
+
+def can_match_channels(have: int, want: int) -> bool:
+    """Whether `match_channels` can turn `have` channels into `want` (for header-only checks)."""
+    return have == want or (want == 3 and have in (1, 2, 4)) or (want == 1 and have in (2, 3, 4))
 
 
 def match_channels(arr: np.ndarray, channels: int, path: Path | str = "") -> np.ndarray:
@@ -218,9 +262,14 @@ def read_image(
     max_pixels: int = DEFAULT_MAX_PIXELS,
 ) -> np.ndarray:
     """Decode `path` to a float32 HxWxC array in [0, 1] with exactly `channels` channels."""
-    arr = read_raw(path, max_pixels)
+    if _check_file(Path(path)) == "dicom":  # windowed from its modality values, decoded once
+        from dinotune.data.dicom import read_dicom
+
+        check_budget(path, "dicom", max_pixels)
+        return match_channels(read_dicom(path, getattr(scaling, "window", None)), channels, path)
+    arr, info, _ = decode_raw(path, max_pixels, scaling)
     arr = match_channels(arr, channels, path)
-    return scale_to_unit(arr, scaling, path)
+    return to_unit(arr, info, scaling, path)
 
 
 def read_mask(
@@ -235,12 +284,12 @@ def read_mask(
     """
     path = Path(path)
     fmt = _check_file(path)
+    check_budget(path, fmt, max_pixels)
     try:
         if fmt == "tiff":
-            arr = _tiff_array(path, max_pixels)
+            arr = _tiff_array(path)[0]
         else:
             with Image.open(path) as im:
-                _guard(path, im.height, im.width, max_pixels)
                 if im.mode in ("P", "L", "I", "I;16", "1") or im.mode.startswith("I;16"):
                     arr = np.asarray(im)
                 else:
@@ -263,29 +312,31 @@ def read_mask(
     return arr.astype(np.uint16 if arr.dtype.itemsize > 1 else np.uint8)
 
 
-def rgb_to_index(rgb: np.ndarray, colours: list[tuple[int, int, int]]) -> np.ndarray:
-    """Turn a colour-coded mask into indices using the class map's colours (unknown -> 255)."""
-    key = (rgb[:, :, 0].astype(np.int64) << 16) | (rgb[:, :, 1].astype(np.int64) << 8) | rgb[:, :, 2]
-    out = np.full(key.shape, 255, dtype=np.uint8)
-    for idx, (r, g, b) in enumerate(colours):
-        out[key == ((r << 16) | (g << 8) | b)] = idx
-    return out
-
-
 def image_info(path: Path | str, max_pixels: int = DEFAULT_MAX_PIXELS) -> ImageInfo:
     """Header-only facts (size, channels, dtype); raises DataError like read_raw for bad files."""
     path = Path(path)
     fmt = _check_file(path)
+    if fmt == "dicom":
+        from dinotune.data.dicom import dicom_info
+
+        return dicom_info(path)
+    if fmt == "nifti":
+        from dinotune.data.nifti import nifti_info
+
+        return nifti_info(path)
     try:
         if fmt == "tiff":
             import tifffile
 
-            with tifffile.TiffFile(path) as tif:
-                page = tif.pages[0]
-                n_pages = len(tif.pages)
+            with tifffile.TiffFile(path) as tif:  # channels as _tiff_array decodes them: series 0, no alpha
+                series = tif.series[0]
+                page = series.pages[0] if series.pages else tif.pages[0]
                 h, w = int(page.imagelength), int(page.imagewidth)
-                ch = int(page.samplesperpixel) * (n_pages if len(tif.series[0].shape) > 2 and n_pages > 1 else 1)
-                return ImageInfo(fmt, w, h, ch, np.dtype(page.dtype).name, n_pages)
+                ch = max(1, math.prod(int(s) for s in series.shape) // max(1, h * w))
+                extras = [int(e) for e in (getattr(page, "extrasamples", None) or ())]
+                if series.axes.endswith("S") and ch in (2, 4) and extras and extras[-1] in (1, 2):
+                    ch -= 1
+                return ImageInfo(fmt, w, h, ch, np.dtype(page.dtype).name, len(tif.pages))
         with Image.open(path) as im:
             w, h, mode = im.width, im.height, im.mode
             orientation = im.getexif().get(0x0112, 1) if fmt in ("jpeg", "webp", "png") else 1
@@ -298,72 +349,3 @@ def image_info(path: Path | str, max_pixels: int = DEFAULT_MAX_PIXELS) -> ImageI
     bands = {"1": 1, "L": 1, "P": 3, "LA": 1, "I": 1, "F": 1, "RGB": 3, "RGBA": 3, "CMYK": 3, "YCbCr": 3}
     dtype = "uint16" if mode.startswith("I;16") or mode == "I" else "float32" if mode == "F" else "uint8"
     return ImageInfo(fmt, w, h, bands.get(mode, 1 if mode.startswith("I") else 3), dtype)
-
-
-@dataclass
-class ClassMap:
-    names: list[str]
-    colours: list[tuple[int, int, int]] | None = field(default=None)
-
-
-def load_class_map(path: Path | str) -> ClassMap:
-    """Read class names (and optional RGB colours) from YAML/JSON.
-
-    Accepts a list of names, {id: name}, a list of {name, color}, or any of these under `classes:`.
-    """
-    data = _read_structured(Path(path))
-    if isinstance(data, dict) and "classes" in data:
-        data = data["classes"]
-    if isinstance(data, dict):
-        try:
-            data = [data[k] for k in sorted(data, key=int)]
-        except (TypeError, ValueError):
-            raise DataError(f"{path}: class map keys must be class ids (0, 1, ...)") from None
-    if not isinstance(data, list) or not data:
-        raise DataError(f"{path}: class map must be a list of class names or {{id: name}}")
-    names, colours = [], []
-    for i, item in enumerate(data):
-        if isinstance(item, dict):
-            names.append(str(item.get("name", i)))
-            colour = item.get("color", item.get("colour"))
-            if colour is not None:
-                if not (isinstance(colour, list) and len(colour) == 3):
-                    raise DataError(f"{path}: class {i} colour must be [r, g, b]")
-                colours.append(tuple(int(c) for c in colour))
-        else:
-            names.append(str(item))
-    if colours and len(colours) != len(names):
-        raise DataError(f"{path}: give a colour for every class or for none")
-    return ClassMap(names, colours or None)
-
-
-def load_class_mapping(mapping: Path | str | dict[int, int]) -> dict[int, int]:
-    """Read a source-id -> target-id mapping (dict or YAML/JSON file, optionally under `mapping:`)."""
-    data = mapping if isinstance(mapping, dict) else _read_structured(Path(mapping))
-    if isinstance(data, dict) and isinstance(data.get("mapping"), dict):
-        data = data["mapping"]
-    try:
-        return {int(k): int(v) for k, v in data.items()}
-    except (AttributeError, TypeError, ValueError):
-        raise DataError(f"{mapping}: class mapping must be {{source_id: target_id}} with integers") from None
-
-
-def build_lut(mapping: dict[int, int], ignore_index: int = 255, size: int = 256) -> np.ndarray:
-    """Lookup table applying a class mapping; unlisted source ids and ignore_index map to ignore_index."""
-    lut = np.full(max(size, max(mapping, default=0) + 1), ignore_index, dtype=np.int64)
-    for src, dst in mapping.items():
-        if src < 0:
-            raise DataError(f"class mapping source id {src} is negative")
-        lut[src] = dst
-    lut[ignore_index] = mapping.get(ignore_index, ignore_index)
-    return lut
-
-
-def _read_structured(path: Path) -> Any:
-    import yaml
-
-    try:
-        text = path.read_text(encoding="utf-8")
-        return json.loads(text) if path.suffix.lower() == ".json" else yaml.safe_load(text)
-    except (OSError, ValueError, yaml.YAMLError) as exc:
-        raise DataError(f"cannot read {path}: {str(exc).splitlines()[0]}") from None

@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from dinotune.data.decode import is_image_path, load_class_map
+from dinotune.data.decode import is_listed_image, load_class_map
 from dinotune.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -75,7 +75,7 @@ def list_images(folder: Path) -> list[Path]:
     return sorted(
         p
         for p in folder.rglob("*")
-        if p.is_file() and is_image_path(p) and not any(part.startswith(".") for part in p.relative_to(folder).parts)
+        if p.is_file() and is_listed_image(p) and not any(part.startswith(".") for part in p.relative_to(folder).parts)
     )
 
 
@@ -126,7 +126,7 @@ def detect_layout(path: Path | str, task: str | None = None) -> str:
         return "segmentation"
     if _find_csv(root) is not None:
         return "csv"
-    loose = [p for p in root.iterdir() if p.is_file() and is_image_path(p)]
+    loose = [p for p in root.iterdir() if p.is_file() and is_listed_image(p)]
     for folder in splits.values() or ([] if loose else [root]):
         if any(list_images(d) for d in _class_dirs(folder)):
             return "imagefolder"

@@ -2,7 +2,8 @@
 
 Decoding goes through `dinotune.data.decode` (the training path), so a served image is decoded exactly
 as the same file was during training: the bytes are written to a private temporary file because that
-module reads paths. The pixel count is checked from the header before any pixel is decoded.
+module reads paths. The decode budget (`dinotune.data.budget`: pixels per page, and pixels x pages x
+channels x bytes for the whole file) is checked from the headers before any pixel is decoded (413).
 """
 
 from __future__ import annotations
@@ -15,10 +16,11 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from dinotune.data.decode import image_info, read_image, sniff_format
+from dinotune.data.budget import BudgetError, check_cost, header_cost
+from dinotune.data.decode import read_image, sniff_format
 from dinotune.errors import DataError
 
-SUPPORTED = "JPEG, PNG, TIFF, BMP, WebP or GIF"
+SUPPORTED = "JPEG, PNG, TIFF, BMP, WebP, GIF or DICOM"
 
 
 class UploadError(Exception):
@@ -41,29 +43,24 @@ def decode_upload(data: bytes, name: str, *, channels: int, scaling=None, max_pi
         fmt = sniff_format(path)
         if fmt is None:
             raise UploadError(415, f"{name}: not a supported image (send {SUPPORTED})")
-        width, height = _header_size(path, fmt, name)
-        if width * height > max_pixels:
-            raise UploadError(413, f"{name}: {width}x{height} = {width * height} pixels exceeds the server's limit "
-                                   f"of {max_pixels} pixels; downscale the image")
+        _check_header(path, fmt, name, max_pixels)
         try:
             return read_image(path, channels, scaling, max_pixels)
+        except BudgetError as err:
+            raise UploadError(413, str(err).replace(str(path), name)) from None
         except DataError as err:
             raise UploadError(400, str(err).replace(str(path), name)) from None
     finally:
         path.unlink(missing_ok=True)
 
 
-def _header_size(path: Path, fmt: str, name: str) -> tuple[int, int]:
-    """Width and height from the header only (PIL's `open` reads no pixel data; `image_info` would also
-    parse EXIF, which for a PNG can mean reading past the pixel data). PIL refuses gross bombs in `open`."""
+def _check_header(path: Path, fmt: str, name: str, max_pixels: int) -> None:
+    """Refuse an over-budget upload from its headers alone (PIL's `open`, tifffile's IFDs and pydicom's
+    header read no pixel data); 413 when too large, 400 when the header is broken."""
     try:
-        if fmt == "tiff":
-            info = image_info(path)
-            return info.width, info.height
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(path) as im:
-                return im.width, im.height
+            cost = header_cost(path, fmt)
     except Image.DecompressionBombError:
         raise UploadError(413, f"{name}: the image declares too many pixels (decompression-bomb guard)") from None
     except DataError as err:
@@ -71,3 +68,11 @@ def _header_size(path: Path, fmt: str, name: str) -> tuple[int, int]:
     except Exception as err:  # PIL raises OSError, SyntaxError, ValueError... for a broken header
         reason = str(err).replace(str(path), name)
         raise UploadError(400, f"{name}: cannot read the {fmt.upper()} header ({reason}); it is corrupt") from None
+    width, height = cost.width, cost.height
+    if width * height > max_pixels:
+        raise UploadError(413, f"{name}: {width}x{height} = {width * height} pixels exceeds the server's limit "
+                               f"of {max_pixels} pixels; downscale the image")
+    try:
+        check_cost(name, cost, max_pixels)
+    except BudgetError as err:
+        raise UploadError(413, str(err)) from None
