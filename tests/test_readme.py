@@ -21,4 +21,5 @@ def test_readme_python_example_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     code = (code.replace('"./dinov3-vits16"', '"random:vit_test16"').replace('"my_images/"', repr(str(digits)))
             .replace('"image_size": 224', '"image_size": 16').replace('"new.png"', repr(str(image))))
     exec(compile(code, str(README), "exec"), {})
-    assert any(tmp_path.joinpath("runs").glob("probe-*/model.json"))
+    run = next(tmp_path.joinpath("runs").glob("probe-*"))
+    assert (run / "model.json").is_file() and (run / "export" / "model.onnx").is_file()

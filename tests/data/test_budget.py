@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 import tifffile
 
-from dinotune.data.budget import BudgetError, budget_bytes, check_budget
+from dinotune.data.budget import BudgetError, budget_bytes
 from dinotune.data.decode import read_image, read_mask, read_raw
+from dinotune.data.headers import check_budget
 from dinotune.serve.images import UploadError, decode_upload
 
 

@@ -41,7 +41,7 @@ _API = {
     "compute_stats": "dinotune.data.stats",
     "preflight": "dinotune.data.preflight",
     "dataset_problems": "dinotune.data.preflight",
-    "check_budget": "dinotune.data.budget",
+    "check_budget": "dinotune.data.headers",
     "BudgetError": "dinotune.data.budget",
     "to_unit": "dinotune.data.intensity",
     "WINDOW_PRESETS": "dinotune.data.intensity",

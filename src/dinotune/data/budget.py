@@ -83,21 +83,6 @@ def _png_16bit(path: Path) -> bool:
     return len(ihdr) == 26 and ihdr[:8] == b"\x89PNG\r\n\x1a\n" and ihdr[24] == 16
 
 
-def header_cost(path: Path, fmt: str) -> DecodeCost:
-    """The decode cost of `path` (already sniffed as `fmt`), reading headers only."""
-    if fmt == "tiff":
-        return _tiff_cost(path)
-    if fmt == "dicom":
-        from dinotune.data.dicom import dicom_cost
-
-        return dicom_cost(path)
-    if fmt == "nifti":
-        from dinotune.data.nifti import nifti_cost
-
-        return nifti_cost(path)
-    return _pil_cost(path)
-
-
 def check_cost(path: Path | str, cost: DecodeCost, max_pixels: int) -> None:
     """Raise BudgetError (one line naming the file and the fix) if `cost` is over the budget."""
     w, h = cost.width, cost.height
@@ -116,20 +101,13 @@ def check_cost(path: Path | str, cost: DecodeCost, max_pixels: int) -> None:
         )
 
 
-def check_budget(path: Path | str, fmt: str, max_pixels: int) -> DecodeCost:
-    """Read the headers of `path`, refuse it if over budget, and return its cost.
+@dataclass(frozen=True)
+class ImageInfo:
+    """Header facts about an image: enough for `data check` without decoding pixels."""
 
-    Header-parsing failures become a one-line DataError (corrupt file), never a traceback.
-    """
-    path = Path(path)
-    try:
-        cost = header_cost(path, fmt)
-    except DataError:
-        raise
-    except Exception as exc:  # PIL / tifffile / pydicom raise many types for a broken header
-        if type(exc).__name__ == "DecompressionBombError":
-            raise BudgetError(f"{path}: the image declares too many pixels (decompression-bomb guard)") from None
-        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise DataError(f"{path}: cannot read the {fmt.upper()} header ({reason}); the file is corrupt") from None
-    check_cost(path, cost, max_pixels)
-    return cost
+    format: str
+    width: int
+    height: int
+    channels: int
+    dtype: str  # numpy dtype name of the decoded samples, e.g. "uint8", "uint16"
+    pages: int = 1

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from dinotune.data.formats import stratified_split
+from dinotune.data.splits import stratified_split
 from dinotune.errors import DataError
 
 MARKER = ".dinotune_dataset.json"

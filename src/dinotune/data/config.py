@@ -10,8 +10,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
 
+from dinotune.config import StrictModel, validate
 from dinotune.errors import ConfigError
 
 Task = Literal["classify", "segment", "unlabelled"]
@@ -23,15 +24,13 @@ AugmentPreset = Literal["none", "default", "medical", "satellite", "industrial",
 DEFAULT_MAX_PIXELS = 178_956_970
 
 
-class ScalingConfig(BaseModel):
+class ScalingConfig(StrictModel):
     """How raw pixel values become floats in [0, 1] before augmentation.
 
     The full rule, for every format, is in `dinotune.data.intensity` (and docs/medical.md, docs/satellite.md):
     8-bit images are divided by 255; wider integers by their real bit depth, or by `divisor` (mode `fixed`),
     or per-band `low`/`high` raw values map to 0/1 (mode `percentile`, values from `data stats`).
     """
-
-    model_config = ConfigDict(extra="forbid")
 
     mode: Literal["fixed", "percentile"] = Field(
         "fixed", description="fixed: divide by `divisor`; percentile: map per-band low/high to 0/1 and clip."
@@ -71,17 +70,14 @@ class ScalingConfig(BaseModel):
         return self
 
 
-class DataConfig(BaseModel):
+class DataConfig(StrictModel):
     """Everything the data layer needs: where the images are and how to turn them into tensors."""
-
-    model_config = ConfigDict(extra="forbid")
 
     root: Path = Field(description="Dataset folder (or a CSV file) to read.")
     task: Task | None = Field(None, description="classify, segment or unlabelled; inferred from the layout if unset.")
     layout: Layout = Field("auto", description="Dataset layout; `auto` detects it from the folder structure.")
     csv_file: Path | None = Field(None, description="CSV annotation file (relative to root) if not auto-detected.")
-    image_size: int = Field(224, gt=0, description="Side of the square network input (a multiple of patch_size).")
-    patch_size: int = Field(16, gt=0, description="Backbone patch size; image sizes are rounded to multiples of it.")
+    image_size: int = Field(224, gt=0, description="Side of the square network input (a multiple of the patch).")
     channels: int | None = Field(None, ge=1, le=64, description="Input channels: 3 (RGB), 1 (grayscale) or N "
                                  "bands; default: the backbone's in_chans, else 3.")
     resize: ResizeMode = Field("crop", description="crop: shorter side + crop; pad: letterbox; keep: keep aspect.")
@@ -111,12 +107,6 @@ class DataConfig(BaseModel):
 
     @model_validator(mode="after")
     def _check(self) -> DataConfig:
-        if self.image_size % self.patch_size:
-            lo = max(self.patch_size, self.image_size // self.patch_size * self.patch_size)
-            raise ValueError(
-                f"image_size={self.image_size} is not a multiple of patch_size={self.patch_size}; "
-                f"use {lo} or {lo + self.patch_size}"
-            )
         if self.val_fraction + self.test_fraction >= 1:
             raise ValueError("val_fraction + test_fraction must be below 1 (something must be left to train on)")
         for name in ("mean", "std"):
@@ -139,8 +129,6 @@ def load_data_config(values: dict[str, Any] | Path | str) -> DataConfig:
         values = _read_mapping(Path(values))
         if isinstance(values.get("data"), dict):
             values = values["data"]
-    from dinotune.config import validate
-
     return validate(DataConfig, values, origin=source)
 
 

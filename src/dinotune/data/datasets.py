@@ -225,6 +225,7 @@ def build_datasets(
     mean: Sequence[float] | None = None,
     std: Sequence[float] | None = None,
     run_dir: Path | None = None,
+    patch_size: int = 16,
 ) -> tuple[DatasetSpec, dict[str, Dataset]]:
     """Spec + one Dataset per split from a DataConfig (train split augmented, others not).
 
@@ -254,7 +255,7 @@ def build_datasets(
         lut = build_lut(load_class_mapping(cfg.class_mapping), cfg.ignore_index)
     out: dict[str, Dataset] = {}
     for name, samples in spec.splits.items():
-        tf = transform_from_config(cfg, train=name in ("train", "all"), mean=mean, std=std)
+        tf = transform_from_config(cfg, train=name in ("train", "all"), mean=mean, std=std, patch_size=patch_size)
         if spec.task == "classify":
             out[name] = ClassificationDataset(
                 samples, tf, num_classes=spec.num_classes, multilabel=spec.multilabel, **common

@@ -10,15 +10,15 @@ from __future__ import annotations
 
 import math
 import warnings
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageOps
 
-from dinotune.data.budget import BudgetError, check_budget
+from dinotune.data.budget import BudgetError, ImageInfo
 from dinotune.data.classmap import ClassMap, build_lut, load_class_map, load_class_mapping, rgb_to_index
 from dinotune.data.config import DEFAULT_MAX_PIXELS, ScalingConfig
+from dinotune.data.headers import check_budget
 from dinotune.data.intensity import Intensity, to_unit
 from dinotune.data.nifti import is_nifti, is_nifti_path
 from dinotune.errors import DataError
@@ -28,18 +28,6 @@ __all__ = ["BudgetError", "ClassMap", "build_lut", "load_class_map", "load_class
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif", ".dcm", ".dicom"})
 DEFAULT_DIVISOR = 65535.0
 _LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)  # ITU-R 601, same as PIL's "L"
-
-
-@dataclass(frozen=True)
-class ImageInfo:
-    """Header facts about an image: enough for `data check` without decoding pixels."""
-
-    format: str
-    width: int
-    height: int
-    channels: int
-    dtype: str  # numpy dtype name of the decoded samples, e.g. "uint8", "uint16"
-    pages: int = 1
 
 
 def is_image_path(path: Path) -> bool:

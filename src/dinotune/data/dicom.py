@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from dinotune.data.budget import DecodeCost
+from dinotune.data.budget import DecodeCost, ImageInfo
 from dinotune.data.intensity import Intensity, linear_window, resolve_window
 from dinotune.errors import DataError
 
@@ -65,8 +65,6 @@ def dicom_cost(path: Path | str) -> DecodeCost:
 
 def dicom_info(path: Path | str) -> Any:
     """`ImageInfo` of a DICOM file from its header (dtype of the stored samples, frames as pages)."""
-    from dinotune.data.decode import ImageInfo
-
     ds = read_header(path)
     cost = dicom_cost(path)
     signed = int(ds.get("PixelRepresentation", 0)) == 1

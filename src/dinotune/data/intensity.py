@@ -117,12 +117,10 @@ def _float_stretch(arr: np.ndarray, valid: np.ndarray | None, path: Path | str) 
 
 def to_unit(arr: np.ndarray, info: Intensity | None = None, scaling=None, path: Path | str = "") -> np.ndarray:
     """Map HxWxC stored values to float32 in [0, 1] by the module's rule; masked pixels become 0."""
-    from dinotune.data.config import ScalingConfig
-
-    info, scaling = info or Intensity(), scaling or ScalingConfig()
+    info = info or Intensity()
     valid = valid_mask(arr, info)
     window = resolve_window(getattr(scaling, "window", None))
-    if scaling.mode == "percentile":
+    if getattr(scaling, "mode", "fixed") == "percentile":  # scaling: a ScalingConfig, or None (the defaults)
         low, high = np.asarray(scaling.low, np.float32), np.asarray(scaling.high, np.float32)
         if low.size not in (1, arr.shape[2]):
             raise DataError(f"{path}: has {arr.shape[2]} bands but scaling.low/high have {low.size} values")
@@ -131,7 +129,7 @@ def to_unit(arr: np.ndarray, info: Intensity | None = None, scaling=None, path: 
         out = linear_window(arr, *window)
     elif arr.dtype == np.uint8:
         out = arr.astype(np.float32) / 255.0
-    elif scaling.divisor:
+    elif getattr(scaling, "divisor", None):
         out = arr.astype(np.float32) / float(scaling.divisor)
     elif np.issubdtype(arr.dtype, np.unsignedinteger):
         if arr.size and (note := range_note(float(arr.max()), arr.dtype.name, info)):

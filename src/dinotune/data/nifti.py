@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from dinotune.data.budget import DecodeCost
+from dinotune.data.budget import DecodeCost, ImageInfo
 from dinotune.errors import DataError
 
 INSTALL = "pip install 'dinotune[medical]'"
@@ -75,8 +75,6 @@ def nifti_cost(path: Path | str) -> DecodeCost:
 
 def nifti_info(path: Path | str, axis: int = 2) -> Any:
     """`ImageInfo` of a volume from its header: one slice's size, 1 channel, slices as pages."""
-    from dinotune.data.decode import ImageInfo
-
     img = _load(path)
     rows, cols, n = _plane(img.shape, axis, path)
     slope, _ = img.header.get_slope_inter()

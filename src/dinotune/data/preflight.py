@@ -153,8 +153,8 @@ def file_problems(failures: dict[Path, DataError], total: int, root: Path) -> li
 
 def scan_headers(paths: list[Path], max_pixels: int) -> tuple[dict[Path, int], dict[Path, DataError]]:
     """Channel count of every file from its header (threads), and the files that failed."""
-    from dinotune.data.budget import check_budget
     from dinotune.data.decode import sniff_format
+    from dinotune.data.headers import check_budget
 
     def one(path: Path) -> tuple[Path, Any]:
         try:

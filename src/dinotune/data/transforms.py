@@ -198,13 +198,15 @@ def _augmentations(p: Preset, hflip: bool, ignore_index: int, resize: str) -> li
 
 
 def transform_from_config(
-    cfg: Any, *, train: bool, mean: Sequence[float] | None = None, std: Sequence[float] | None = None
+    cfg: Any, *, train: bool, mean: Sequence[float] | None = None, std: Sequence[float] | None = None,
+    patch_size: int = 16,
 ) -> Transform:
-    """Pipeline from a DataConfig; cfg.mean/std override the backbone statistics passed in."""
+    """Pipeline from a DataConfig; cfg.mean/std override the backbone statistics passed in; `patch_size` is the
+    backbone's input multiple."""
     return build_transform(
         train=train,
         image_size=cfg.image_size,
-        patch_size=cfg.patch_size,
+        patch_size=patch_size,
         resize=cfg.resize,
         augment=cfg.augment,
         mean=cfg.mean if cfg.mean is not None else mean,

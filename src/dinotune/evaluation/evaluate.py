@@ -165,12 +165,8 @@ def evaluate(
     main_samples = _samples(run, main.root, main.split, card.classes)[0]
     torch_model = isinstance(model, Classifier)
     if robustness and not card.multilabel:
-        subset = main_samples[:: max(1, -(-len(main_samples) // max_robustness_images))] \
-            if max_robustness_images else main_samples
-        ev.metrics["robustness"] = run_corruptions(model, card, subset, batch_size=batch_size, progress=progress)
-        if torch_model:
-            ev.metrics["adversarial"] = adversarial_accuracy(model, card, subset, epsilon=epsilon,
-                                                             pgd_steps=pgd_steps, progress=progress)
+        _robustness(ev, model, card, main_samples, max_robustness_images, batch_size, progress,
+                    (epsilon, pgd_steps) if torch_model else None)
     if ood_data is not None:
         ev.metrics["ood"] = _ood(ev, model, card, Path(ood_data), max_reference_images, batch_size, progress)
     _pictures(ev, model, card, main_samples, patches=torch_model)
@@ -180,6 +176,16 @@ def evaluate(
     if report:
         ev.report_path = build_report(ev).write(out_dir / "report.html")
     return ev
+
+
+def _robustness(ev: EvaluationResult, model: Any, card: ModelCard, samples: list[Sample], limit: int | None,
+                batch_size: int, progress: bool, attack: tuple[float, int] | None) -> None:
+    """Corruptions (and, for a PyTorch model, FGSM/PGD at `attack` = (epsilon, steps)) on a spread subset."""
+    subset = samples[:: max(1, -(-len(samples) // limit))] if limit else samples
+    ev.metrics["robustness"] = run_corruptions(model, card, subset, batch_size=batch_size, progress=progress)
+    if attack is not None:
+        ev.metrics["adversarial"] = adversarial_accuracy(model, card, subset, epsilon=attack[0], pgd_steps=attack[1],
+                                                         progress=progress)
 
 
 def _dataset_result(run: Path, model: Any, card: ModelCard, root: Path, split: str, fit_temperature: bool,

@@ -16,8 +16,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from dinotune.data.budget import BudgetError, check_cost, header_cost
+from dinotune.data.budget import BudgetError, check_cost
 from dinotune.data.decode import read_image, sniff_format
+from dinotune.data.headers import header_cost
 from dinotune.errors import DataError
 
 SUPPORTED = "JPEG, PNG, TIFF, BMP, WebP, GIF or DICOM"

@@ -8,7 +8,8 @@ SGD-momentum step over the stacked tensors, and its own early-stopping record.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -20,6 +21,17 @@ from dinotune.metrics import average_precision_columns
 MOMENTUM = 0.9
 _STD_FLOOR = 1e-6
 _EVAL_BUDGET = 1 << 23  # elements of a (rows, heads * classes) logits chunk during evaluation
+
+
+@dataclass
+class FeatureSet:
+    """One split: feature kind -> (N, D_kind) tensor, and labels (N,) int or (N, C) multi-hot float."""
+
+    features: dict[str, Tensor]
+    labels: Tensor
+
+    def __len__(self) -> int:
+        return int(self.labels.shape[0])
 
 
 def standardisation_stats(x: Tensor, chunk: int = 65536) -> tuple[Tensor, Tensor]:
@@ -216,3 +228,21 @@ def _map_per_head(logits: Tensor, targets: Tensor, num_heads: int) -> Tensor:
     if not has_pos.any():
         return torch.full((num_heads,), math.nan, device=logits.device)
     return ap[:, has_pos].mean(1)
+
+
+class Standardiser:
+    """Per-kind train statistics; standardises gathered rows of any split on the fly."""
+
+    def __init__(self, train: FeatureSet, kinds: Sequence[str], device: torch.device) -> None:
+        self.stats = {k: standardisation_stats(train.features[k].to(device).float()) for k in kinds}
+
+    def rows(self, split_features: Mapping[str, Tensor], kind: str, idx: Tensor | None = None) -> Tensor:
+        x = split_features[kind]
+        x = x if idx is None else x.index_select(0, idx)
+        mean, std = self.stats[kind]
+        return (x.float() - mean) / std
+
+    def concat_stats(self, kinds: Sequence[str]) -> tuple[Tensor, Tensor]:
+        mean = torch.cat([self.stats[k][0] for k in kinds]).cpu()
+        std = torch.cat([self.stats[k][1] for k in kinds]).cpu()
+        return mean, std

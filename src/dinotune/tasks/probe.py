@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -47,7 +47,7 @@ from dinotune.heads.linear import (
     parse_feature_choice,
 )
 from dinotune.metrics import classification_metrics, multilabel_metrics
-from dinotune.tasks.head_bank import HeadBank, standardisation_stats
+from dinotune.tasks.head_bank import FeatureSet, HeadBank, Standardiser
 from dinotune.training.schedules import cosine
 
 __all__ = [
@@ -79,22 +79,6 @@ DEFAULT_LRS: tuple[float, ...] = (
 )
 DEFAULT_WEIGHT_DECAYS: tuple[float, ...] = (0.0, 1e-4, 1e-3)
 LR_REFERENCE_BATCH = 256
-
-
-# --------------------------------------------------------------------------------------------------
-# Inputs
-# --------------------------------------------------------------------------------------------------
-
-
-@dataclass
-class FeatureSet:
-    """One split: feature kind -> (N, D_kind) tensor, and labels (N,) int or (N, C) multi-hot float."""
-
-    features: dict[str, Tensor]
-    labels: Tensor
-
-    def __len__(self) -> int:
-        return int(self.labels.shape[0])
 
 
 # --------------------------------------------------------------------------------------------------
@@ -200,24 +184,6 @@ def _check_grid(lrs: Sequence[float], weight_decays: Sequence[float], epochs: in
         raise ConfigError(f"`epochs` and `batch_size` must be >= 1, got {epochs} and {batch_size}.")
 
 
-class _Standardiser:
-    """Per-kind train statistics; standardises gathered rows of any split on the fly."""
-
-    def __init__(self, train: FeatureSet, kinds: Sequence[str], device: torch.device) -> None:
-        self.stats = {k: standardisation_stats(train.features[k].to(device).float()) for k in kinds}
-
-    def rows(self, split_features: Mapping[str, Tensor], kind: str, idx: Tensor | None = None) -> Tensor:
-        x = split_features[kind]
-        x = x if idx is None else x.index_select(0, idx)
-        mean, std = self.stats[kind]
-        return (x.float() - mean) / std
-
-    def concat_stats(self, kinds: Sequence[str]) -> tuple[Tensor, Tensor]:
-        mean = torch.cat([self.stats[k][0] for k in kinds]).cpu()
-        std = torch.cat([self.stats[k][1] for k in kinds]).cpu()
-        return mean, std
-
-
 def _check_sweep(train: FeatureSet, val: FeatureSet, test: FeatureSet | None, lrs: Sequence[float],
                  weight_decays: Sequence[float], feature_choices: Sequence[str] | None, epochs: int, batch_size: int,
                  patience: int | None, eval_every: int, multilabel: bool, num_classes: int | None,
@@ -282,7 +248,7 @@ def sweep_linear_heads(
 
     train_x, train_y = to_dev(train)
     val_x, val_y = to_dev(val)
-    std = _Standardiser(train, kinds, dev)
+    std = Standardiser(train, kinds, dev)
     val_inputs = {ch: torch.cat([std.rows(val_x, k) for k in ks], 1) for ch, ks in choice_kinds.items()}
     grid = [(lr, wd) for lr in lrs for wd in weight_decays]
     lr_scale = batch_size / LR_REFERENCE_BATCH
@@ -291,30 +257,30 @@ def sweep_linear_heads(
              for ch in choices}
     epochs_run = _train(banks, choice_kinds, std, train_x, train_y, val_inputs, val_y, epochs=epochs,
                         batch_size=batch_size, patience=patience, eval_every=eval_every, seed=seed, progress=progress)
+    result = _select(banks, grid, choices, std.concat_stats, choice_kinds, multilabel, epochs_run,
+                     {"lr_scale": lr_scale, "num_classes": c, "feature_choices": choices})
+    best = result.best
+    if test is not None:
+        _score_test(result, test, cw, label_smoothing, class_names)
+    log.info("linear sweep: best head %s, lr %g, weight decay %g (val %s %.4f)", best.feature_choice, best.lr,
+             best.weight_decay, result.metric, best.val_score)
+    return result
+
+
+def _select(banks: dict[str, HeadBank], grid: list[tuple[float, float]], choices: list[str], concat_stats: Any,
+            choice_kinds: dict[str, tuple[str, ...]], multilabel: bool, epochs_run: int,
+            extras: dict[str, Any]) -> SweepResult:
+    """The table of every head and the selected one (best validation score; ties: lower loss, smaller lr)."""
     table = [HeadResult(feature_choice=ch, lr=lr, weight_decay=wd, best_epoch=int(bank.best_epoch[i]),
                         stopped_epoch=int(bank.stopped_epoch[i]) or None, val_score=float(bank.best_score[i]),
                         val_loss=float(bank.best_loss[i]))
              for ch, bank in banks.items() for i, (lr, wd) in enumerate(grid)]
     order = {ch: i for i, ch in enumerate(choices)}
     best = min(table, key=lambda r: (-r.val_score, r.val_loss, r.lr, r.weight_decay, order[r.feature_choice]))
-    bank = banks[best.feature_choice]
-    mean, sd = std.concat_stats(choice_kinds[best.feature_choice])
-    result = SweepResult(
-        best=best,
-        state_dict=bank.head_state(grid.index((best.lr, best.weight_decay))),
-        mean=mean,
-        std=sd,
-        metric="map" if multilabel else "accuracy",
-        multilabel=multilabel,
-        table=table,
-        epochs_run=epochs_run,
-        extras={"lr_scale": lr_scale, "num_classes": c, "feature_choices": choices},
-    )
-    if test is not None:
-        _score_test(result, test, cw, label_smoothing, class_names)
-    log.info("linear sweep: best head %s, lr %g, weight decay %g (val %s %.4f)", best.feature_choice, best.lr,
-             best.weight_decay, result.metric, best.val_score)
-    return result
+    mean, sd = concat_stats(choice_kinds[best.feature_choice])
+    state = banks[best.feature_choice].head_state(grid.index((best.lr, best.weight_decay)))
+    return SweepResult(best=best, state_dict=state, mean=mean, std=sd, metric="map" if multilabel else "accuracy",
+                       multilabel=multilabel, table=table, epochs_run=epochs_run, extras=extras)
 
 
 def _check_class_weights(class_weights: Tensor | None, num_classes: int) -> Tensor | None:
@@ -332,7 +298,7 @@ def _check_class_weights(class_weights: Tensor | None, num_classes: int) -> Tens
 def _train(
     banks: dict[str, HeadBank],
     choice_kinds: dict[str, tuple[str, ...]],
-    std: _Standardiser,
+    std: Standardiser,
     train_x: dict[str, Tensor],
     train_y: Tensor,
     val_inputs: dict[str, Tensor],

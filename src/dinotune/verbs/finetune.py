@@ -21,6 +21,7 @@ from dinotune.backbones.lora import LoraConfig
 from dinotune.config import BackboneConfig, StrictModel, save_resolved
 from dinotune.data.config import DataConfig
 from dinotune.data.datasets import build_datasets, class_weights, weighted_sampler
+from dinotune.data.preflight import preflight
 from dinotune.data.preprocessing import Preprocessing
 from dinotune.device import autocast
 from dinotune.errors import DataError
@@ -109,9 +110,11 @@ def run_finetune(cfg: FinetuneConfig, resume: bool = False, callbacks: tuple[L.C
         save_resolved(cfg, run_dir)
         backbone = load_training_backbone(cfg.backbone, cfg.data, cfg.trainer.seed)
         prep = preprocessing_for(cfg.data, backbone)
-        spec, sets = build_datasets(with_channels(cfg.data, backbone), prep.mean, prep.std, run_dir)
+        spec, sets = build_datasets(with_channels(cfg.data, backbone), prep.mean, prep.std, run_dir,
+                                    patch_size=backbone.input_multiple)
         if spec.task != "classify":
             raise DataError(f"'{cfg.data.root}' looks like a {spec.task} dataset; fine-tuning needs class labels.")
+        preflight(spec, cfg.data, channels=backbone.info.in_chans)
         head = new_linear_head(backbone.feature_widths, spec.num_classes, cfg.feature_choice, spec.multilabel,
                                cfg.trainer.seed)
         model = Classifier(backbone, head)

@@ -21,6 +21,7 @@ from dinotune.backbones import Backbone, load_backbone
 from dinotune.config import BackboneConfig, StrictModel, cache_home, save_resolved
 from dinotune.data.config import DataConfig
 from dinotune.data.formats import DatasetSpec, load_dataset
+from dinotune.data.preflight import preflight
 from dinotune.data.preprocessing import Preprocessing
 from dinotune.device import default_workers
 from dinotune.errors import DataError
@@ -130,6 +131,7 @@ def _probe_into(cfg: ProbeConfig, stage: Path, backbone: Backbone | None) -> dic
                         split_file=cfg.data.split_file or stage / "splits.json", csv_file=cfg.data.csv_file)
     if spec.task != "classify":
         raise DataError(f"'{cfg.data.root}' looks like a {spec.task} dataset; probes need class labels.")
+    preflight(spec, cfg.data, channels=backbone.info.in_chans)  # dataset-level problems before any extraction
     prep = _preprocessing(cfg, backbone)
     run.info(f"backbone {backbone.info.arch} ({backbone.info.source}), {len(spec.classes)} classes, "
              f"{prep.image_size}px")

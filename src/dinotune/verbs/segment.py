@@ -25,6 +25,7 @@ from dinotune.config import BackboneConfig, StrictModel, save_resolved
 from dinotune.data.config import DataConfig
 from dinotune.data.datasets import SegmentationDataset, build_datasets
 from dinotune.data.decode import build_lut, load_class_mapping
+from dinotune.data.preflight import preflight
 from dinotune.data.transforms import FullSize
 from dinotune.errors import ConfigError, DataError
 from dinotune.evaluation.segment import evaluate_segmenter
@@ -96,10 +97,11 @@ def run_segment(cfg: SegmentConfig, resume: bool = False, callbacks: tuple[L.Cal
         backbone = load_training_backbone(cfg.backbone, cfg.data, cfg.trainer.seed)
         prep = preprocessing_for(cfg.data, backbone)
         data_cfg = with_channels(cfg.data, backbone).model_copy(update={"task": "segment"})
-        spec, sets = build_datasets(data_cfg, prep.mean, prep.std, run_dir)
+        spec, sets = build_datasets(data_cfg, prep.mean, prep.std, run_dir, patch_size=backbone.input_multiple)
         if "train" not in sets or "val" not in sets or not len(sets["train"]):  # type: ignore[arg-type]
             raise DataError(f"'{cfg.data.root}' needs train and val images with masks (found splits: "
                             f"{sorted(sets)}).")
+        preflight(spec, cfg.data, channels=backbone.info.in_chans)
         classes, colours = class_names(cfg, spec)
         model = build_segmenter(backbone, cfg.head, len(classes))
         counts = prepare_model(model, cfg.mode, freeze_blocks=cfg.freeze_blocks, lora=cfg.lora)

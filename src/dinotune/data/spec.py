@@ -1,0 +1,35 @@
+"""The records every layout is described by: `Sample` and `DatasetSpec`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+SPLITS = ("train", "val", "test")
+
+
+@dataclass
+class Sample:
+    """One item: an image path and its label (class index, list of indices, mask path or None)."""
+
+    path: Path
+    label: int | list[int] | Path | None = None
+
+
+@dataclass
+class DatasetSpec:
+    """Uniform description of a dataset, whatever its layout on disk."""
+
+    task: str  # "classify" | "segment" | "unlabelled"
+    layout: str
+    root: Path
+    classes: list[str]
+    splits: dict[str, list[Sample]]
+    multilabel: bool = False
+    colours: list[tuple[int, int, int]] | None = None
+    auto_split: bool = False  # True if the split was computed here rather than read from the layout
+    split_file: Path | None = None
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
