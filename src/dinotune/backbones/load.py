@@ -288,4 +288,4 @@ def _adapt_channels(backbone: Backbone, in_chans: int) -> None:
     object.__setattr__(info, "in_chans", in_chans)
     object.__setattr__(info, "mean", adapt_stats(info.mean, in_chans))
     object.__setattr__(info, "std", adapt_stats(info.std, in_chans))
-    object.__setattr__(info, "identity", f"{info.identity}:in{in_chans}")
+    object.__setattr__(info, "identity", f"{info.identity}:in{in_chans}:cyclic")  # the stem rule is part of it

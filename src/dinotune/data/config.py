@@ -29,17 +29,22 @@ class ScalingConfig(StrictModel):
 
     The full rule, for every format, is in `dinotune.data.intensity` (and docs/medical.md, docs/satellite.md):
     8-bit images are divided by 255; wider integers by their real bit depth, or by `divisor` (mode `fixed`),
-    or per-band `low`/`high` raw values map to 0/1 (mode `percentile`, values from `data stats`).
+    or per-band `low`/`high` raw values map to 0/1 (mode `percentile`, values from `data stats`), or each
+    image's own percentiles map to 0/1 (mode `per_image`).
     """
 
-    mode: Literal["fixed", "percentile"] = Field(
-        "fixed", description="fixed: divide by `divisor`; percentile: map per-band low/high to 0/1 and clip."
+    mode: Literal["fixed", "percentile", "per_image"] = Field(
+        "fixed", description="fixed: divide by `divisor`; percentile: map per-band low/high to 0/1 and clip; "
+        "per_image: each image's own per-channel `percentiles` map to 0/1 (low-light microscopy, fluorescence)."
     )
     divisor: float | None = Field(
         None, gt=0, description="Divisor for >8-bit integer images (default 65535; e.g. 4095 for 12-bit)."
     )
     low: list[float] | None = Field(None, description="Per-band raw value mapped to 0 (percentile mode).")
     high: list[float] | None = Field(None, description="Per-band raw value mapped to 1 (percentile mode).")
+    percentiles: tuple[float, float] = Field(
+        (1.0, 99.8), description="per_image mode: the per-image, per-channel percentiles mapped to 0 and 1."
+    )
     window: str | list[float] | None = Field(
         None,
         description="Grayscale window: auto (default: the DICOM file's own), none (full stored range), "
@@ -57,6 +62,8 @@ class ScalingConfig(StrictModel):
             resolve_window(self.window)
         except ConfigError as exc:
             raise ValueError(str(exc).removeprefix("data.scaling.")) from None
+        if not 0 <= self.percentiles[0] < self.percentiles[1] <= 100:
+            raise ValueError(f"scaling.percentiles={list(self.percentiles)} needs 0 <= low < high <= 100")
         if self.mode == "percentile":
             if not self.low or not self.high:
                 raise ValueError(

@@ -2,7 +2,9 @@
 
 In order, the first that applies:
 
-1. `scaling.mode: percentile` - per-band raw `low`/`high` (from `dinotune data stats`) map to 0/1, clipped.
+1. `scaling.mode: percentile` - per-band raw `low`/`high` (from `dinotune data stats`) map to 0/1, clipped;
+   `scaling.mode: per_image` - each image's own per-channel `percentiles` (default 1 / 99.8) map to 0/1,
+   clipped (low-dynamic-range microscopy and fluorescence, as microscopy tools normalise).
 2. An explicit window (`scaling.window: <preset>` or `[center, width]`) on single-band data - the DICOM
    linear window (PS3.3 C.11.2.1.2) on the raw values (Hounsfield units for CT DICOM).
 3. uint8 - divided by 255 (bit-identical to the earlier rule).
@@ -125,6 +127,8 @@ def to_unit(arr: np.ndarray, info: Intensity | None = None, scaling=None, path: 
         if low.size not in (1, arr.shape[2]):
             raise DataError(f"{path}: has {arr.shape[2]} bands but scaling.low/high have {low.size} values")
         out = (arr.astype(np.float32) - low) / (high - low)
+    elif getattr(scaling, "mode", "fixed") == "per_image":
+        out = _per_image(arr, valid, scaling.percentiles)
     elif isinstance(window, tuple) and arr.shape[2] == 1:
         out = linear_window(arr, *window)
     elif arr.dtype == np.uint8:
@@ -147,6 +151,20 @@ def to_unit(arr: np.ndarray, info: Intensity | None = None, scaling=None, path: 
     return np.clip(out, 0.0, 1.0, out=out)
 
 
+def _per_image(arr: np.ndarray, valid: np.ndarray | None, percentiles: tuple[float, float]) -> np.ndarray:
+    """Each channel's own low/high percentiles (over valid pixels) map to 0/1: what microscopy tools do
+    for low-dynamic-range images, whose values may sit anywhere in their type's range."""
+    data = arr.astype(np.float32)
+    out = np.zeros_like(data)
+    for c in range(data.shape[2]):
+        values = data[..., c] if valid is None else data[..., c][valid]
+        if values.size == 0:
+            continue
+        lo, hi = np.percentile(values, percentiles)
+        out[..., c] = (data[..., c] - lo) / (hi - lo if hi > lo else 1.0)
+    return out
+
+
 def range_note(max_value: float, dtype: str, info: Intensity) -> str | None:
     """Why a 16-bit file that declares no bit depth may be scaled badly (for `data check`), or None."""
     if dtype != "uint16" or info.bits or info.max_value or max_value <= 0:
@@ -155,4 +173,6 @@ def range_note(max_value: float, dtype: str, info: Intensity) -> str | None:
     if used > 0.25:
         return None
     bits = max(1, int(max_value).bit_length())
-    return f"{bits}-bit data in 16-bit files: {used:.0%} of the range used; run `dinotune data stats`"
+    share = f"{used:.1%}" if used < 0.01 else f"{used:.0%}"  # never a misleading "0%"
+    hint = " (low-light microscopy: data.scaling.mode=per_image)" if used < 0.05 else ""
+    return f"{bits}-bit data in 16-bit files: {share} of the range used; run `dinotune data stats`{hint}"
