@@ -29,3 +29,10 @@ def test_html_table_and_figure_escape_and_embed() -> None:
     report = Report("t")
     report.add("s", "S", figure(b"\x89PNG", "alt"))
     assert 'src="data:image/png;base64,iVBORw==' in report.render()
+
+
+def test_percentages_never_round_to_a_misleading_0_or_100() -> None:
+    from dinotune.report.html import percent
+
+    assert percent(0.9975) == "99.8%" and percent(0.99999) == "99.999%" and percent(0.004) == "0.4%"
+    assert percent(1.0) == "100%" and percent(0.0) == "0%" and percent(0.5) == "50%"

@@ -68,6 +68,19 @@ def test_metrics_json(evaluation: EvaluationResult) -> None:
     assert {"clean_accuracy", "fgsm_accuracy", "pgd_accuracy"} <= set(metrics["adversarial"])
 
 
+def test_every_evaluated_dataset_gets_per_image_predictions(evaluation: EvaluationResult) -> None:
+    """The domain-shift rows can be audited image by image, not only the main dataset."""
+    import csv
+
+    files = sorted(evaluation.out.glob("predictions_*.csv"))
+    assert [f.name.split("_")[1] for f in files] == ["0", "1"]
+    for path, dataset in zip(files, evaluation.metrics["datasets"], strict=True):
+        rows = list(csv.DictReader(path.open()))
+        assert len(rows) == dataset["metrics"]["num_samples"] == 40
+        correct = sum(r["true"] == r["predicted"] for r in rows) / len(rows)
+        assert correct == pytest.approx(dataset["metrics"]["accuracy"])
+
+
 def test_report_has_every_section_and_only_embedded_pngs(evaluation: EvaluationResult) -> None:
     text = evaluation.report_path.read_text()
     parsed = _Parsed()

@@ -1,13 +1,14 @@
 """Out-of-distribution detection: can the model tell that an image is unlike anything it was trained on?
 
-Three scores, all "higher = more in-distribution":
-  * maximum softmax probability (Hendrycks & Gimpel, 2017);
-  * energy: T * logsumexp(logits / T), the negative free energy (Liu et al., 2020);
-  * kNN distance: minus the Euclidean distance of the L2-normalised feature to its k-th nearest
-    training feature (Sun et al., 2022); it needs no logits, so it also judges the backbone's features.
-In-distribution images are the positive class: AUROC is the probability that a random in-distribution
-image scores above a random OOD one, and FPR@95TPR is the fraction of OOD images still accepted at the
-threshold that keeps 95 % of the in-distribution images.
+Three scores, all oriented "higher = more out-of-distribution":
+  * 1 - maximum softmax probability (Hendrycks & Gimpel, 2017);
+  * free energy: -T * logsumexp(logits / T) (Liu et al., 2020);
+  * kNN distance: the Euclidean distance of the L2-normalised feature to its k-th nearest training
+    feature (Sun et al., 2022); it needs no logits, so it also judges the backbone's features.
+OOD images are the positive class: AUROC is the probability that a random OOD image scores above a
+random in-distribution one (0.5 = no better than chance; below 0.5 the score ranks backwards on these
+data, which the report says), and FPR@95TPR is the fraction of OOD images still accepted as
+in-distribution at the threshold that accepts 95 % of the in-distribution images.
 """
 
 from __future__ import annotations
@@ -22,16 +23,18 @@ __all__ = ["auroc", "energy_score", "fpr_at_tpr", "knn_distance_score", "max_sof
 
 
 def max_softmax_score(logits: np.ndarray) -> np.ndarray:
-    return torch.from_numpy(np.asarray(logits, dtype=np.float64)).softmax(1).max(1).values.numpy()
+    """1 - the top-class probability."""
+    return 1.0 - torch.from_numpy(np.asarray(logits, dtype=np.float64)).softmax(1).max(1).values.numpy()
 
 
 def energy_score(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
+    """The free energy -T logsumexp(logits / T)."""
     x = torch.from_numpy(np.asarray(logits, dtype=np.float64))
-    return (temperature * torch.logsumexp(x / temperature, dim=1)).numpy()
+    return (-temperature * torch.logsumexp(x / temperature, dim=1)).numpy()
 
 
 def knn_distance_score(reference: np.ndarray, queries: np.ndarray, k: int = 10, chunk: int = 1024) -> np.ndarray:
-    """-||z - z_(k)|| for L2-normalised features, z_(k) the k-th nearest reference (train) feature.
+    """||z - z_(k)|| for L2-normalised features, z_(k) the k-th nearest reference (train) feature.
 
     k is capped at the number of reference features. Queries go in chunks so memory stays bounded.
     """
@@ -45,7 +48,7 @@ def knn_distance_score(reference: np.ndarray, queries: np.ndarray, k: int = 10, 
     for start in range(0, qry.shape[0], chunk):
         q = F.normalize(qry[start : start + chunk], dim=1)
         kth_sim = (q @ ref.T).topk(k, dim=1).values[:, -1]
-        out.append(-torch.sqrt((2 - 2 * kth_sim).clamp_min(0)))  # unit vectors: |a-b|^2 = 2 - 2 cos
+        out.append(torch.sqrt((2 - 2 * kth_sim).clamp_min(0)))  # unit vectors: |a-b|^2 = 2 - 2 cos
     return torch.cat(out).double().numpy() if out else np.zeros(0)
 
 
@@ -57,20 +60,21 @@ def _pair(id_scores: np.ndarray, ood_scores: np.ndarray) -> tuple[np.ndarray, np
 
 
 def auroc(id_scores: np.ndarray, ood_scores: np.ndarray) -> float:
-    """P(id > ood) + 0.5 P(id == ood): the Mann-Whitney U statistic, equal to the ROC area."""
+    """P(ood > id) + 0.5 P(ood == id): the Mann-Whitney U statistic, equal to the ROC area (OOD positive)."""
     a, b = _pair(id_scores, ood_scores)
-    b_sorted = np.sort(b)
-    below = np.searchsorted(b_sorted, a, side="left")
-    ties = np.searchsorted(b_sorted, a, side="right") - below
+    a_sorted = np.sort(a)
+    below = np.searchsorted(a_sorted, b, side="left")
+    ties = np.searchsorted(a_sorted, b, side="right") - below
     return float((below + 0.5 * ties).sum() / (a.size * b.size))
 
 
 def fpr_at_tpr(id_scores: np.ndarray, ood_scores: np.ndarray, tpr: float = 0.95) -> float:
-    """Fraction of OOD scores >= the highest threshold that accepts at least `tpr` of the ID scores."""
+    """Fraction of OOD scores <= the lowest threshold that accepts at least `tpr` of the ID scores
+    (an image is accepted as in-distribution when its score is at most the threshold)."""
     a, b = _pair(id_scores, ood_scores)
-    a_desc = np.sort(a)[::-1]
-    threshold = a_desc[max(int(np.ceil(tpr * a.size - 1e-9)), 1) - 1]  # accepting score >= threshold keeps >= tpr of a
-    return float((b >= threshold).mean())
+    a_asc = np.sort(a)
+    threshold = a_asc[max(int(np.ceil(tpr * a.size - 1e-9)), 1) - 1]  # accepting score <= threshold keeps >= tpr of a
+    return float((b <= threshold).mean())
 
 
 def ood_metrics(id_scores: np.ndarray, ood_scores: np.ndarray) -> dict[str, float]:

@@ -161,8 +161,15 @@ def _extra_sections(ev: EvaluationResult, report: Report) -> None:
         parts = [table(rows, {"method": "Score", "auroc": "AUROC", "fpr_at_95_tpr": "FPR at 95% TPR"}),
                  figure(_png(plots.ood_figure(ev.ood_scores)), "OOD score histograms"),
                  note(f"{ood['id_images']} in-distribution images against {ood['ood_images']} images from "
-                      f"{ood['ood_root']}. AUROC 1 = perfect separation; FPR at 95% TPR = share of OOD images "
+                      f"{ood['ood_root']}. Scores are oriented so that higher = more out-of-distribution; "
+                      "AUROC 1 = perfect separation, 0.5 = chance; FPR at 95% TPR = share of OOD images "
                       "still accepted when 95% of in-distribution images are.")]
+        backwards = [k for k, v in ood["methods"].items() if v["auroc"] < 0.5]
+        if backwards:
+            parts.append(note(f"AUROC below 0.5 for {', '.join(backwards)}: on these images the score ranks "
+                              "backwards (the model is more confident, or closer to its training features, on "
+                              "the OOD images than on its own test images); do not use it as an OOD detector "
+                              "here."))
         if "knn_skipped" in ood:
             parts.append(note(f"kNN distance not computed: {ood['knn_skipped']}."))
         report.add("ood", "Out-of-distribution detection", *parts)

@@ -41,6 +41,15 @@ def fmt(value: Any, digits: int = 3) -> str:
     return str(value)
 
 
+def percent(value: float) -> str:
+    """A share as a percentage that never rounds to a misleading 0% or 100% (99.75% stays 99.75%)."""
+    for digits in range(0, 4):
+        text = f"{value:.{digits}%}"
+        if (text not in (f"{0:.{digits}%}", f"{1:.{digits}%}")) or value in (0.0, 1.0):
+            return text
+    return f"{value:.4%}"
+
+
 def table(rows: Sequence[Mapping[str, Any]], columns: Mapping[str, str], digits: int = 3) -> str:
     """An HTML table of `rows` with `columns` {key: header}; missing keys show as '-'."""
     head = "".join(f"<th>{html.escape(h)}</th>" for h in columns.values())

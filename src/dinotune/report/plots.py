@@ -18,6 +18,8 @@ import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.figure import Figure
 
+from dinotune.report.html import percent
+
 __all__ = [
     "compare_figure",
     "confusion_matrix_figure",
@@ -167,7 +169,7 @@ def mistakes_figure(images: Sequence[np.ndarray], true: Sequence[str], predicted
     for ax, image, t, p, c in zip(axes.ravel(), images, true, predicted, confidence, strict=False):
         shown, cmap = _display(image)
         ax.imshow(shown, cmap=cmap, vmin=0, vmax=1)
-        ax.set_title(f"true: {_short(t, 14)}\npred: {_short(p, 14)} ({c:.0%})", fontsize=8.5, color="#b00020")
+        ax.set_title(f"true: {_short(t, 14)}\npred: {_short(p, 14)} ({percent(c)})", fontsize=8.5, color="#b00020")
     fig.suptitle("Most confident mistakes", fontsize=12)
     fig.tight_layout()
     return fig
@@ -248,7 +250,7 @@ def ood_figure(scores: Mapping[str, tuple[np.ndarray, np.ndarray]]) -> Figure:
         bins = np.histogram_bin_edges(np.concatenate([id_scores, ood_scores]), bins=30)
         ax.hist(id_scores, bins=bins, alpha=0.6, density=True, label="in-distribution")
         ax.hist(ood_scores, bins=bins, alpha=0.6, density=True, label="OOD")
-        ax.set(title=name, xlabel="score (higher = more in-distribution)", ylabel="density")
+        ax.set(title=name, xlabel="score (higher = more out-of-distribution)", ylabel="density")
         ax.legend(fontsize=8)
     fig.tight_layout()
     return fig
