@@ -1,7 +1,8 @@
 """Atomic file and folder writes: a crash leaves the old file or the new one, never a torn one.
 
-A writer killed mid-write (SIGKILL, power cut) leaves its temporary file `.<name>.<host>.<pid>.<random>.tmp`
-beside the target; `remove_stale_temps` deletes those whose writer is gone, so they do not pile up.
+A writer killed mid-write (SIGKILL, power cut) leaves its temporary file or folder
+`.<name>.<host>.<pid>.<random>.tmp` beside the target; `remove_stale_temps` deletes those whose writer
+is gone, so they do not pile up.
 """
 
 from __future__ import annotations
@@ -51,7 +52,7 @@ def atomic_dir(path: str | os.PathLike, overwrite: bool = False) -> Iterator[Pat
     """Yield a temporary folder beside `path`, renamed to `path` only if the block succeeds."""
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.{_HOST}.{os.getpid()}.", suffix=".tmp", dir=target.parent))
     try:
         yield tmp
         _normal_permissions(tmp)
@@ -91,7 +92,7 @@ def _alive(pid: int) -> bool:
 
 
 def remove_stale_temps(folder: str | os.PathLike, max_age_s: float = 24 * 3600) -> list[Path]:
-    """Delete temporary files of `atomic_path` writers that died; returns what was removed.
+    """Delete temporary files and folders of `atomic_path` / `atomic_dir` writers that died; returns them.
 
     A temp file is stale when its writer's process no longer exists on this host, or, for files written on
     another host (a shared file system) or before writers named themselves, when untouched for `max_age_s`.
@@ -108,8 +109,11 @@ def remove_stale_temps(folder: str | os.PathLike, max_age_s: float = 24 * 3600) 
                 stale = not _alive(int(match["pid"]))
             else:
                 stale = now - path.stat().st_mtime > max_age_s
-            if stale and path.is_file():
+            if stale and path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path)
+            elif stale:
                 path.unlink()
+            if stale:
                 removed.append(path)
         except OSError:
             continue  # vanished meanwhile (its writer finished) or not ours to delete
