@@ -70,6 +70,12 @@ class TrainerConfig(StrictModel):
         return self
 
 
+def _keep_on_cpu(storage: Any, location: str) -> Any:
+    """Lightning's default map_location: tensors stay on the CPU and the strategy moves them, rather than
+    every rank loading onto the device the checkpoint was saved from."""
+    return storage
+
+
 class AtomicCheckpointIO(TorchCheckpointIO):
     """Local checkpoints go to a temporary file beside the target, are fsynced, then renamed; every
     checkpoint is loaded with `weights_only=True`.
@@ -80,7 +86,10 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     leaves `weights_only` to torch's default, which `TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1` turns off.
     """
 
-    def load_checkpoint(self, path: Any, map_location: Any = None, weights_only: bool | None = None) -> dict[str, Any]:
+    def load_checkpoint(
+        self, path: Any, map_location: Any = _keep_on_cpu, weights_only: bool | None = None
+    ) -> dict[str, Any]:
+        """Lightning's `weights_only` argument is ignored: always True."""
         if not _is_local_file_protocol(str(path)):
             return super().load_checkpoint(path, map_location=map_location, weights_only=True)
         return load_checkpoint_file(path, map_location=map_location)
