@@ -4,8 +4,8 @@ The feature cache keys features by the SHA-256 of an image's bytes. Reading ever
 slow for large datasets, so `file_hashes.json` remembers each file's digest with its stat fields
 (size, mtime_ns, ctime_ns, inode) and a file is hashed again when any of them differs. Size and mtime
 alone are not enough: a rewrite that keeps the size and restores the mtime (`os.utime`, `cp -p`,
-`rsync -t`) still changes ctime, which no user call can set back, and two files swapped by renames (an
-archive extraction) swap inodes.
+`rsync -t`) still changes ctime (POSIX: the inode change time), which no user call can set back,
+and two files swapped by renames (an archive extraction) swap inodes.
 
 A digest is remembered only when the file's ctime is older than the hashing by more than `RACY_NS`:
 file system timestamps advance in coarse ticks, so a rewrite in the same tick as the hashing could keep

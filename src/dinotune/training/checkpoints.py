@@ -5,7 +5,8 @@ Lightning (2.6) loads `ckpt_path` with `torch.load(weights_only=None)`: torch's 
 code a crafted file names. Here every load passes `weights_only=True` explicitly, which that variable
 cannot override. dinotune's checkpoints need no extra allowlisting: they hold tensors, numbers, strings,
 lists and dicts only (optimizer and LambdaLR states, loop counters, plain callback states; no
-hyperparameters are saved), checked by tests/training/test_checkpoint_io.py on a real run.
+hyperparameters are saved). Every resume test (fine-tuning, pretraining, segmentation) loads through
+here, so a checkpoint needing more would fail them.
 
 A checkpoint is torch's zip archive with a CRC-32 per record, but `torch.load` does not check those
 CRCs, so a bit flip in the weights loads silently. `checkpoint_problem` reads every record against its
