@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 import logging
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -240,3 +242,22 @@ def test_interrupted_extraction_keeps_finished_shards_and_rerun_extracts_the_res
     reference = make_cache(backbone, 32, cache_dir=tmp_path / "fresh").get(paths, progress=False)
     for kind, value in reference.features.items():
         torch.testing.assert_close(rerun.features[kind], value)
+
+
+KILLED_SHARD_WRITER = """
+import os, signal, sys
+from dinotune.atomic import atomic_path
+with atomic_path(sys.argv[1]) as tmp:
+    tmp.write_bytes(b"half a shard")
+    os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+def test_temp_file_of_a_killed_shard_writer_is_removed_when_the_cache_opens(tmp_path: Path, backbone) -> None:
+    folder = make_cache(backbone, 32, cache_dir=tmp_path / "cache").dir
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    shard = str(folder / "shard-0123456789abcdef.safetensors")
+    assert subprocess.run([sys.executable, "-c", KILLED_SHARD_WRITER, shard], env=env, timeout=60).returncode == -9
+    (stale,) = folder.glob(".shard-*.tmp")
+    make_cache(backbone, 32, cache_dir=tmp_path / "cache")
+    assert not stale.exists() and not list(folder.glob("shard-*"))
