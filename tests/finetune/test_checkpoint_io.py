@@ -133,6 +133,7 @@ def test_damaged_last_ckpt_falls_back_to_the_newest_intact_checkpoint(
     _flip_a_weight_byte(checkpoints / "step=0000004.ckpt")
     caplog.set_level(logging.WARNING, logger="dinotune")
     assert resume_path(run_dir) == checkpoints / "step=0000002.ckpt"
+    assert resume_path(run_dir) == checkpoints / "step=0000002.ckpt"  # asked twice: checked and warned once
     (warning,) = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
     assert "last.ckpt" in warning and "step=0000002.ckpt" in warning
 

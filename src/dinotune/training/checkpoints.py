@@ -88,6 +88,14 @@ def checkpoint_problem(path: Path) -> str | None:
     return None
 
 
+def _stat_key(path: Path) -> tuple[int, int, int]:
+    stat = path.stat()
+    return stat.st_size, stat.st_mtime_ns, stat.st_ino
+
+
+_chosen: dict[tuple, Path] = {}  # the last choice, keyed by every candidate's path and stat
+
+
 def _step(path: Path) -> int:
     match = re.search(r"step=(\d+)", path.name)
     return int(match.group(1)) if match else -1
@@ -101,10 +109,15 @@ def choose_checkpoint(folder: Path, last_name: str) -> Path | None:
     candidates = ([last] if last.is_file() else []) + periodic
     if not candidates:
         return None
+    key = tuple((str(p), *_stat_key(p)) for p in candidates)
+    if key in _chosen:  # a verb may ask twice (refuse-or-resume, then resume): read the files once
+        return _chosen[key]
     problems: list[str] = []
     for path in candidates:
         problem = checkpoint_problem(path)
         if problem is None:
+            _chosen.clear()
+            _chosen[key] = path
             if problems:
                 log.warning(
                     "checkpoint %s: %s; resuming from %s instead (training after it is repeated)",
