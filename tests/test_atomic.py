@@ -3,27 +3,19 @@
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 import time
 from pathlib import Path
 
-from dinotune.atomic import atomic_path, remove_stale_temps
-
-KILLED_WRITER = """
-import os, signal, sys
-from dinotune.atomic import atomic_path
-with atomic_path(sys.argv[1]) as tmp:
-    tmp.write_bytes(b"half a checkpoint")
-    os.kill(os.getpid(), signal.SIGKILL)
-"""
+from dinotune.atomic import atomic_dir, atomic_path, remove_stale_temps
 
 
-def test_temp_of_a_killed_writer_is_removed_and_a_live_one_kept(tmp_path: Path) -> None:
-    target = tmp_path / "last.ckpt"
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
-    proc = subprocess.run([sys.executable, "-c", KILLED_WRITER, str(target)], env=env, timeout=60)
-    assert proc.returncode == -9
+def test_temp_of_a_killed_writer_is_removed_and_a_live_one_kept(tmp_path: Path, die_mid_write) -> None:
+    def write(kill) -> None:
+        with atomic_path(tmp_path / "last.ckpt") as tmp:
+            tmp.write_bytes(b"half a checkpoint")
+            kill()
+
+    die_mid_write(write)
     (stale,) = tmp_path.glob(".last.ckpt.*.tmp")
     foreign_old = tmp_path / ".old.ckpt.k3j2h1.tmp"  # an earlier naming, no pid: removed by age only
     foreign_new = tmp_path / ".new.ckpt.x8y7z6.tmp"
@@ -38,4 +30,16 @@ def test_temp_of_a_killed_writer_is_removed_and_a_live_one_kept(tmp_path: Path) 
         assert live.exists()
     assert sorted(removed) == sorted([stale, foreign_old])
     assert not stale.exists() and not foreign_old.exists() and foreign_new.exists()
-    assert not target.exists() and (tmp_path / "other.ckpt").read_bytes() == b"in progress"
+    assert not (tmp_path / "last.ckpt").exists() and (tmp_path / "other.ckpt").read_bytes() == b"in progress"
+
+
+def test_temp_folder_of_a_killed_writer_is_removed(tmp_path: Path, die_mid_write) -> None:
+    def write(kill) -> None:
+        with atomic_dir(tmp_path / "best") as folder:
+            (folder / "head.safetensors").write_bytes(b"half an export")
+            kill()
+
+    die_mid_write(write)
+    (stale,) = tmp_path.glob(".best.*.tmp")
+    assert (stale / "head.safetensors").is_file()
+    assert remove_stale_temps(tmp_path) == [stale] and not stale.exists()

@@ -6,8 +6,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +14,7 @@ import torch
 from PIL import Image
 
 from dinotune import load_backbone
+from dinotune.atomic import atomic_path
 from dinotune.features import cache as cache_module
 from dinotune.features import hashes as hashes_module
 from dinotune.features.extract import extract_features
@@ -244,20 +243,17 @@ def test_interrupted_extraction_keeps_finished_shards_and_rerun_extracts_the_res
         torch.testing.assert_close(rerun.features[kind], value)
 
 
-KILLED_SHARD_WRITER = """
-import os, signal, sys
-from dinotune.atomic import atomic_path
-with atomic_path(sys.argv[1]) as tmp:
-    tmp.write_bytes(b"half a shard")
-    os.kill(os.getpid(), signal.SIGKILL)
-"""
-
-
-def test_temp_file_of_a_killed_shard_writer_is_removed_when_the_cache_opens(tmp_path: Path, backbone) -> None:
+def test_temp_file_of_a_killed_shard_writer_is_removed_when_the_cache_opens(
+    tmp_path: Path, backbone, die_mid_write
+) -> None:
     folder = make_cache(backbone, 32, cache_dir=tmp_path / "cache").dir
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
-    shard = str(folder / "shard-0123456789abcdef.safetensors")
-    assert subprocess.run([sys.executable, "-c", KILLED_SHARD_WRITER, shard], env=env, timeout=60).returncode == -9
+
+    def write(kill) -> None:
+        with atomic_path(folder / "shard-0123456789abcdef.safetensors") as tmp:
+            tmp.write_bytes(b"half a shard")
+            kill()
+
+    die_mid_write(write)
     (stale,) = folder.glob(".shard-*.tmp")
     make_cache(backbone, 32, cache_dir=tmp_path / "cache")
     assert not stale.exists() and not list(folder.glob("shard-*"))

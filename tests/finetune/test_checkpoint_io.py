@@ -5,23 +5,21 @@ and the temporary files of a killed writer are removed when the next run starts.
 from __future__ import annotations
 
 import logging
-import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import lightning as L
 import pytest
 import torch
 
+from dinotune.atomic import atomic_dir, atomic_path
 from dinotune.errors import CheckpointError
 from dinotune.training import build_trainer, resume_path
 from dinotune.training.checkpoints import load_checkpoint_file
 from dinotune.training.trainer import AtomicCheckpointIO
 from dinotune.verbs.finetune import run_finetune
 
-from .conftest import SUBPROCESS_ENV, finetune_config
+from .conftest import finetune_config
 
 
 class _FirstStep(L.Callback):
@@ -152,23 +150,15 @@ def test_no_intact_checkpoint_is_a_one_line_error(run_dir: Path, digits: Path) -
         run_finetune(_config(digits, run_dir, 6), resume=True)
 
 
-KILLED_WRITER = """
-import os, signal, sys
-from pathlib import Path
-from dinotune.atomic import atomic_dir, atomic_path
-run = Path(sys.argv[1])
-with atomic_dir(run / "best", overwrite=True) as folder:
-    (folder / "head.safetensors").write_bytes(b"half an export")
-    with atomic_path(run / "checkpoints" / "last.ckpt") as tmp:
-        tmp.write_bytes(b"half a checkpoint")
-        os.kill(os.getpid(), signal.SIGKILL)
-"""
+def test_temporary_files_of_a_killed_writer_are_removed_at_start(run_dir: Path, digits: Path, die_mid_write) -> None:
+    def write(kill) -> None:
+        with atomic_dir(run_dir / "best", overwrite=True) as folder:
+            (folder / "head.safetensors").write_bytes(b"half an export")
+            with atomic_path(run_dir / "checkpoints" / "last.ckpt") as tmp:
+                tmp.write_bytes(b"half a checkpoint")
+                kill()
 
-
-def test_temporary_files_of_a_killed_writer_are_removed_at_start(run_dir: Path, digits: Path) -> None:
-    env = {**SUBPROCESS_ENV, "PYTHONPATH": os.pathsep.join(sys.path)}
-    proc = subprocess.run([sys.executable, "-c", KILLED_WRITER, str(run_dir)], env=env, timeout=120)
-    assert proc.returncode == -9
+    die_mid_write(write)
     (stale_file,) = (run_dir / "checkpoints").glob(".last.ckpt.*.tmp")
     (stale_dir,) = run_dir.glob(".best.*.tmp")
     assert stale_file.stat().st_size > 0 and (stale_dir / "head.safetensors").is_file()
