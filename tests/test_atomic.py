@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 
 from dinotune.atomic import atomic_dir, atomic_path, remove_stale_temps
+from dinotune.run_folder import staged_output
 
 
 def test_temp_of_a_killed_writer_is_removed_and_a_live_one_kept(tmp_path: Path, die_mid_write) -> None:
@@ -43,3 +44,22 @@ def test_temp_folder_of_a_killed_writer_is_removed(tmp_path: Path, die_mid_write
     (stale,) = tmp_path.glob(".best.*.tmp")
     assert (stale / "head.safetensors").is_file()
     assert remove_stale_temps(tmp_path) == [stale] and not stale.exists()
+
+
+def test_staging_folder_of_a_killed_run_is_removed_when_that_folder_is_written_again(
+    tmp_path: Path, die_mid_write
+) -> None:
+    for name in ("probe-a", "probe-b"):  # a killed probe / evaluate / export leaves its staging folder
+
+        def write(kill, name: str = name) -> None:
+            with staged_output(tmp_path / name) as stage:
+                (stage / "sweep.csv").write_text("half")
+                kill()
+
+        die_mid_write(write)
+    (stale_a,) = tmp_path.glob(".probe-a.*.tmp")
+    (stale_b,) = tmp_path.glob(".probe-b.*.tmp")
+    with staged_output(tmp_path / "probe-a") as stage:
+        (stage / "sweep.csv").write_text("done")
+    assert not stale_a.exists() and (tmp_path / "probe-a" / "sweep.csv").read_text() == "done"
+    assert stale_b.is_dir()  # another folder's leftovers wait for that folder's next run

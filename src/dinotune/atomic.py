@@ -91,11 +91,14 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def remove_stale_temps(folder: str | os.PathLike, max_age_s: float = 24 * 3600) -> list[Path]:
+def remove_stale_temps(
+    folder: str | os.PathLike, max_age_s: float = 24 * 3600, target: str | None = None
+) -> list[Path]:
     """Delete temporary files and folders of `atomic_path` / `atomic_dir` writers that died; returns them.
 
     A temp file is stale when its writer's process no longer exists on this host, or, for files written on
     another host (a shared file system) or before writers named themselves, when untouched for `max_age_s`.
+    `target`: only the temps of that file or folder name.
     """
     removed: list[Path] = []
     folder = Path(folder)
@@ -104,6 +107,8 @@ def remove_stale_temps(folder: str | os.PathLike, max_age_s: float = 24 * 3600) 
     now = time.time()
     for path in folder.glob(".*.tmp"):
         match = _TEMP.match(path.name)
+        if target is not None and (match is None or match["target"] != target):
+            continue
         try:
             if match and match["host"] == _HOST:
                 stale = not _alive(int(match["pid"]))
