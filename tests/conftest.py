@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+import signal
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -43,3 +45,22 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+def _die_mid_write(write: Callable[[Callable[[], None]], None]) -> None:
+    """Run `write(kill)` in a forked child that SIGKILLs itself when it calls `kill()` (a power cut in the
+    middle of a write); a fork costs milliseconds, where a fresh interpreter importing dinotune costs seconds."""
+    pid = os.fork()
+    if pid == 0:
+        try:
+            write(lambda: os.kill(os.getpid(), signal.SIGKILL))
+        finally:
+            os._exit(1)  # reached only if `write` never called kill(): the parent's assertion fails
+    _, status = os.waitpid(pid, 0)
+    assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL, "the writer should have been killed"
+
+
+@pytest.fixture
+def die_mid_write() -> Callable[[Callable[[Callable[[], None]], None]], None]:
+    """`die_mid_write(lambda kill: ...)`: a writer killed by SIGKILL, leaving whatever it had written."""
+    return _die_mid_write

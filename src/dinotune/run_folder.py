@@ -20,7 +20,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from dinotune.atomic import atomic_dir, write_text
+from dinotune.atomic import atomic_dir, remove_stale_temps, write_text
 from dinotune.errors import ConfigError
 
 log = logging.getLogger("dinotune")
@@ -70,6 +70,7 @@ def staged_output(folder: str | Path, *, overwrite: bool = False) -> Iterator[Pa
         if is_nonempty(folder) and not overwrite:
             raise ConfigError(f"'{folder}' already exists and is not empty; pass --overwrite to replace it, or "
                               "choose another output folder.")
+        remove_stale_temps(folder.parent, target=folder.name)  # the staging folder of a killed earlier run
         with atomic_dir(folder, overwrite=True) as tmp:
             yield tmp
 

@@ -5,12 +5,14 @@
   is several times slower) and distributes through Lightning strategies (`ddp`, `fsdp`);
 - writes checkpoints under `run_dir/checkpoints/`: `last.ckpt` (each epoch's last batch and wherever
   training stops, see `LastCheckpoint`) plus periodic `step=NNNNNNN.ckpt` files, each written
-  atomically (see `AtomicCheckpointIO`);
+  atomically (see `AtomicCheckpointIO`), and loaded with `weights_only=True` whatever torch's default
+  (see `checkpoints`); temporary files of writers killed earlier are removed when the trainer is built;
 - logs to CSV under `run_dir/logs/` always, and to TensorBoard / MLflow / W&B on request.
 
 Resume: `trainer.fit(module, data, ckpt_path=resume_path(run_dir))` restores weights, optimizer, loop
-counters and callback states; anything else a module needs (EMA teachers, loss centres) must be a
-parameter or buffer, or be saved in `on_save_checkpoint`.
+counters and callback states (from `last.ckpt`, or the newest intact periodic checkpoint if it is
+damaged); anything else a module needs (EMA teachers, loss centres) must be a parameter or buffer, or be
+saved in `on_save_checkpoint`.
 """
 
 from __future__ import annotations
@@ -29,9 +31,10 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 from pydantic import Field, model_validator
 from torch import nn
 
-from dinotune.atomic import atomic_path
+from dinotune.atomic import atomic_path, remove_stale_temps
 from dinotune.config import StrictModel
 from dinotune.errors import ConfigError
+from dinotune.training.checkpoints import choose_checkpoint, load_checkpoint_file
 
 LoggerName = Literal["csv", "tensorboard", "mlflow", "wandb"]
 CHECKPOINT_DIR = "checkpoints"
@@ -67,13 +70,29 @@ class TrainerConfig(StrictModel):
         return self
 
 
+def _keep_on_cpu(storage: Any, location: str) -> Any:
+    """Lightning's default map_location: tensors stay on the CPU and the strategy moves them, rather than
+    every rank loading onto the device the checkpoint was saved from."""
+    return storage
+
+
 class AtomicCheckpointIO(TorchCheckpointIO):
-    """Local checkpoints go to a temporary file beside the target, are fsynced, then renamed.
+    """Local checkpoints go to a temporary file beside the target, are fsynced, then renamed; every
+    checkpoint is loaded with `weights_only=True`.
 
     Lightning's own save (2.6) writes to a temporary file in the *system* temp folder and then
     `shutil.move`s it: when that folder is on another file system the move is a copy, and a crash
-    mid-copy leaves a torn `last.ckpt`. Remote paths keep Lightning's behaviour.
+    mid-copy leaves a torn `last.ckpt`. Remote paths keep Lightning's behaviour for saving. Its load
+    leaves `weights_only` to torch's default, which `TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1` turns off.
     """
+
+    def load_checkpoint(
+        self, path: Any, map_location: Any = _keep_on_cpu, weights_only: bool | None = None
+    ) -> dict[str, Any]:
+        """Lightning's `weights_only` argument is ignored: always True."""
+        if not _is_local_file_protocol(str(path)):
+            return super().load_checkpoint(path, map_location=map_location, weights_only=True)
+        return load_checkpoint_file(path, map_location=map_location)
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any = None) -> None:
         if storage_options is not None or not _is_local_file_protocol(str(path)):
@@ -160,6 +179,8 @@ def build_trainer(cfg: TrainerConfig, run_dir: str | os.PathLike, extra_callback
     run_dir = Path(run_dir)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     ckpt_dir = run_dir / CHECKPOINT_DIR
+    for folder in (run_dir, ckpt_dir):
+        remove_stale_temps(folder)  # of a run killed while writing a checkpoint or an export
     periodic = ModelCheckpoint(
         dirpath=ckpt_dir, filename="{step:07d}", monitor="step", mode="max", save_top_k=cfg.keep_checkpoints,
         every_n_train_steps=cfg.checkpoint_every_n_steps,
@@ -190,6 +211,9 @@ def build_trainer(cfg: TrainerConfig, run_dir: str | os.PathLike, extra_callback
 
 
 def resume_path(run_dir: str | os.PathLike) -> Path | None:
-    """`run_dir/checkpoints/last.ckpt` if a previous run left one, else None (start fresh)."""
-    path = Path(run_dir) / CHECKPOINT_DIR / LAST
-    return path if path.is_file() else None
+    """`run_dir/checkpoints/last.ckpt` if a previous run left one, else None (start fresh).
+
+    A damaged `last.ckpt` falls back to the newest intact periodic checkpoint with a warning; a folder
+    with none intact, or a file naming code to run, is a one-line CheckpointError.
+    """
+    return choose_checkpoint(Path(run_dir) / CHECKPOINT_DIR, LAST)
