@@ -7,9 +7,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from dinotune.config import load_config, parse_override, save_resolved
+from dinotune.config import load_config, parse_override, read_yaml, save_resolved, validate
 from dinotune.errors import ConfigError
 from dinotune.verbs.embed import EmbedConfig
+from dinotune.verbs.probe import ProbeConfig
 
 
 def test_yaml_then_cli_values_then_overrides(tmp_path: Path) -> None:
@@ -81,3 +82,22 @@ def test_example_configs_are_valid() -> None:
             load_config(EmbedConfig, path, ["data_dir=imgs", "out=e.safetensors"])
         else:
             raise AssertionError(f"{path.name}: no test knows which command it is for")
+
+
+def test_yaml_alias_bomb_is_refused_at_once(tmp_path: Path) -> None:
+    import time
+
+    lines = ['a0: &a0 ["x", "x", "x", "x", "x", "x", "x", "x", "x", "x"]']
+    lines += [f"a{i}: &a{i} [{', '.join(f'*a{i - 1}' for _ in range(10))}]" for i in range(1, 9)]
+    path = tmp_path / "bomb.yaml"
+    path.write_text("\n".join(lines) + "\n")  # ~500 bytes that expand to 10^9 strings
+    start = time.perf_counter()
+    with pytest.raises(ConfigError, match="expands to more than") as err:
+        read_yaml(path)
+    assert time.perf_counter() - start < 2 and "\n" not in str(err.value) and len(str(err.value)) < 300
+
+
+def test_validation_errors_stay_short_for_huge_values() -> None:
+    with pytest.raises(ConfigError) as err:
+        validate(ProbeConfig, {"data": {"root": "x", "image_size": ["y" * 100_000]}})
+    assert len(str(err.value)) < 400 and "\n" not in str(err.value)

@@ -81,3 +81,62 @@ def test_not_a_model_folder(tmp_path: Path) -> None:
     (tmp_path / "model.json").write_text('{"task": "classify"}')
     with pytest.raises(CheckpointError, match="not a dinotune model card"):
         read_card(tmp_path)
+
+
+def _saved(tmp_path: Path) -> Path:
+    model = _classifier("vit_test16", "cls")
+    return save_model(tmp_path / "m", model, _card(model))
+
+
+def _edit_card(folder: Path, **changes) -> None:
+    card = json.loads((folder / "model.json").read_text())
+    for key, value in changes.items():
+        section, _, field = key.partition("__")
+        if field:
+            card[section][field] = value
+        else:
+            card[section] = value
+    (folder / "model.json").write_text(json.dumps(card))
+
+
+@pytest.mark.parametrize(("changes", "message"), [
+    ({"head__file": "/etc/passwd"}, "points outside the model folder"),
+    ({"head__file": "../other_run/head.safetensors"}, "points outside the model folder"),
+    ({"backbone__weights_dir": "/etc"}, "points outside the model folder"),
+    ({"classes": ["a", "b"]}, "has 3 outputs but the card lists 2 classes"),
+    ({"task": "multilabel"}, "single-label head but the card's task is 'multilabel'"),
+    ({"preprocessing__image_size": 20000}, "image_size=20000 is outside"),
+])
+def test_crafted_or_broken_model_folders_are_refused_at_load(tmp_path: Path, changes: dict, message: str) -> None:
+    folder = _saved(tmp_path)
+    other = tmp_path / "other_run"
+    other.mkdir()
+    (other / "head.safetensors").write_bytes((folder / "head.safetensors").read_bytes())  # a valid foreign head
+    _edit_card(folder, **changes)
+    with pytest.raises(CheckpointError, match=message):
+        load_model(folder)
+
+
+def test_a_symlink_out_of_the_folder_is_refused(tmp_path: Path) -> None:
+    folder = _saved(tmp_path)
+    outside = tmp_path / "outside.safetensors"
+    (folder / "head.safetensors").rename(outside)
+    (folder / "head.safetensors").symlink_to(outside)
+    with pytest.raises(CheckpointError, match="points outside the model folder"):
+        load_model(folder)
+
+
+@pytest.mark.parametrize("poison", [float("nan"), float("inf")])
+def test_non_finite_heads_are_refused_so_ready_never_lies(tmp_path: Path, poison: float) -> None:
+    from safetensors.torch import load_file, save_file
+
+    from dinotune.serve.runtime import load_engine
+
+    folder = _saved(tmp_path)
+    tensors = load_file(str(folder / "head.safetensors"))
+    tensors["linear.weight"][0, 0] = poison
+    save_file(tensors, str(folder / "head.safetensors"), metadata={"feature_choice": "cls", "multilabel": "false"})
+    with pytest.raises(CheckpointError, match="NaN or infinite"):
+        load_model(folder)
+    with pytest.raises(CheckpointError, match="NaN or infinite"):  # the server's loader: /ready stays 503
+        load_engine(folder)

@@ -72,12 +72,38 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
     return data
 
 
+MAX_CONFIG_BYTES = 1 << 20  # a config is a page of text, not a data file
+MAX_CONFIG_NODES = 100_000  # values after expanding YAML aliases (an alias "bomb" expands exponentially)
+
+
+def _expanded_size(node: yaml.Node, budget: int) -> int:
+    """Nodes the document expands to (aliases counted every time they are used), stopping past `budget`."""
+    count, stack = 0, [node]
+    while stack:
+        current = stack.pop()
+        count += 1
+        if count > budget:
+            break
+        if isinstance(current, yaml.SequenceNode):
+            stack.extend(current.value)
+        elif isinstance(current, yaml.MappingNode):
+            stack.extend(item for pair in current.value for item in pair)
+    return count
+
+
 def read_yaml(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"Config file '{path}' does not exist.")
+    if path.stat().st_size > MAX_CONFIG_BYTES:
+        raise ConfigError(f"Config file '{path}' is larger than {MAX_CONFIG_BYTES >> 20} MB; is it a config?")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        text = path.read_text()
+        node = yaml.compose(text, Loader=yaml.SafeLoader)  # the node graph: aliases are shared, not copied
+        if node is not None and _expanded_size(node, MAX_CONFIG_NODES) > MAX_CONFIG_NODES:
+            raise ConfigError(f"Config file '{path}' expands to more than {MAX_CONFIG_NODES:,} values through "
+                              "YAML aliases; write the values out.")
+        data = yaml.safe_load(text) or {}
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark else ""
@@ -117,7 +143,9 @@ def validate(model: type[ModelT], data: dict[str, Any], origin: str = "config") 
                 messages.append(f"unknown key '{key}'{hint}")
             else:
                 text = error["msg"].removeprefix("Value error, ")
-                got = "" if error["type"] == "value_error" else f" (got {error.get('input')!r})"
+                shown = repr(error.get("input"))
+                shown = shown if len(shown) <= 80 else shown[:77] + "..."  # a message stays one short line
+                got = "" if error["type"] == "value_error" else f" (got {shown})"
                 messages.append(f"'{key}': {text}{got}" if key else f"{text}{got}")
         raise ConfigError(f"Invalid {origin}: " + "; ".join(messages)) from None
 

@@ -194,3 +194,10 @@ def test_ready_is_503_while_a_model_cannot_load(tmp_path: Path) -> None:
         assert ready.status_code == 503 and "failed to load" in ready.json()["detail"]
         response = httpx.post(f"{url}/predict", files={"file": ("x.png", png_bytes(0))})
         assert response.status_code == 503 and "retry-after" in response.headers
+
+
+def test_deeply_nested_json_is_a_400(base: str) -> None:
+    body = "[" * 100_000 + "]" * 100_000
+    answer = httpx.post(f"{base}/predict", content=body, headers={"content-type": "application/json"}, timeout=30)
+    assert answer.status_code == 400 and "nested" in answer.json()["detail"]
+    _alive(base)

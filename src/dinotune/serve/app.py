@@ -185,6 +185,8 @@ async def _read_uploads(request: Request, batch: bool, limit: int) -> list[tuple
             payload = await request.json()
         except ValueError:
             raise UploadError(400, "body is not valid JSON") from None
+        except RecursionError:  # a deeply nested body: refuse it, never a 500
+            raise UploadError(400, "JSON body is nested too deeply") from None
         key = "images" if batch else "image"
         items = payload.get(key) if isinstance(payload, dict) else None
         items = [items] if isinstance(items, str) and not batch else items
