@@ -52,8 +52,12 @@ def matmul_flops(size: int = 2048, repeats: int = 5) -> float:
 
 
 def machine() -> dict:
-    return {"platform": platform.platform(), "cpu_threads": torch.get_num_threads(), "torch": torch.__version__,
-            "cuda": torch.cuda.is_available()}
+    return {
+        "platform": platform.platform(),
+        "cpu_threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "cuda": torch.cuda.is_available(),
+    }
 
 
 def write_result(name: str, result: dict) -> Path:

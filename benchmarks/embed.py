@@ -60,8 +60,13 @@ def main() -> None:
     naive = naive_embed(backbone, paths, args.image_size)
     naive_s = time.perf_counter() - start
 
-    cfg = EmbedConfig(data_dir=folder, out=Path(tempfile.mkdtemp()) / "e.safetensors", image_size=args.image_size,
-                      batch_size=args.batch_size, cache_dir=Path(tempfile.mkdtemp()))
+    cfg = EmbedConfig(
+        data_dir=folder,
+        out=Path(tempfile.mkdtemp()) / "e.safetensors",
+        image_size=args.image_size,
+        batch_size=args.batch_size,
+        cache_dir=Path(tempfile.mkdtemp()),
+    )
     start = time.perf_counter()
     run_embed(cfg, backbone=backbone, progress=False)
     ours_s = time.perf_counter() - start
@@ -71,7 +76,10 @@ def main() -> None:
 
     gflop = GFLOP_PER_IMAGE.get(args.arch)
     result = {
-        "arch": args.arch, "images": len(paths), "image_size": args.image_size, "batch_size": args.batch_size,
+        "arch": args.arch,
+        "images": len(paths),
+        "image_size": args.image_size,
+        "batch_size": args.batch_size,
         "num_workers": cfg.num_workers,
         "naive_images_per_s": len(paths) / naive_s,
         "dinotune_images_per_s": len(paths) / ours_s,

@@ -34,13 +34,22 @@ def model_folder(folder: Path, arch: str, size: int, classes: int = 10) -> Path:
     backbone = load_backbone(f"random:{arch}", device="cpu")
     dim = 2 * backbone.embed_dim
     gen = torch.Generator().manual_seed(0)
-    head = LinearHead(torch.randn(classes, dim, generator=gen) / dim**0.5, torch.zeros(classes),
-                      torch.zeros(dim), torch.ones(dim), feature_choice="cls+patch_mean")
+    head = LinearHead(
+        torch.randn(classes, dim, generator=gen) / dim**0.5,
+        torch.zeros(classes),
+        torch.zeros(dim),
+        torch.ones(dim),
+        feature_choice="cls+patch_mean",
+    )
     info = backbone.info
-    card = ModelCard(task="classify", classes=[f"c{i}" for i in range(classes)],
-                     preprocessing=Preprocessing(image_size=size, mean=info.mean, std=info.std),
-                     backbone={"source": info.source, "in_chans": 3, "seed": 0, "identity": info.identity},
-                     head={}, license=info.license)
+    card = ModelCard(
+        task="classify",
+        classes=[f"c{i}" for i in range(classes)],
+        preprocessing=Preprocessing(image_size=size, mean=info.mean, std=info.std),
+        backbone={"source": info.source, "in_chans": 3, "seed": 0, "identity": info.identity},
+        head={},
+        license=info.license,
+    )
     return save_model(folder, Classifier(backbone, head).eval(), card)
 
 
@@ -58,8 +67,15 @@ def main() -> None:
     result = {}
     for method in ("dynamic", "static"):
         start = time.perf_counter()
-        report = export_model(folder, root / f"onnx-{method}", quantize="int8", static=method == "static",
-                              calibration_images=images, max_images=args.images, timing_repeats=args.repeats)
+        report = export_model(
+            folder,
+            root / f"onnx-{method}",
+            quantize="int8",
+            static=method == "static",
+            calibration_images=images,
+            max_images=args.images,
+            timing_repeats=args.repeats,
+        )
         report["export_seconds"] = round(time.perf_counter() - start, 1)
         result[f"int8_{method}"] = report
     fp32 = result["int8_dynamic"]
@@ -71,9 +87,12 @@ def main() -> None:
     }
     for method in ("dynamic", "static"):
         q = result[f"int8_{method}"]["int8"]
-        summary[f"int8_{method}"] = {"top1_agreement": q["top1_agreement"], "n": q["n"],
-                                     "speedup_vs_fp32": q["timing"]["int8_speedup_vs_fp32"],
-                                     "size_ratio": q["size_ratio"]}
+        summary[f"int8_{method}"] = {
+            "top1_agreement": q["top1_agreement"],
+            "n": q["n"],
+            "speedup_vs_fp32": q["timing"]["int8_speedup_vs_fp32"],
+            "size_ratio": q["size_ratio"],
+        }
     write_result("export", {"summary": summary, "torch_threads": torch.get_num_threads(), "reports": result})
     print(summary)
 

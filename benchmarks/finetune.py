@@ -23,9 +23,11 @@ import subprocess
 import sys
 from pathlib import Path
 
-CONFIGS = {"full": {"mode": "finetune", "checkpointing": False},
-           "lora": {"mode": "lora", "checkpointing": False},
-           "full+checkpointing": {"mode": "finetune", "checkpointing": True}}
+CONFIGS = {
+    "full": {"mode": "finetune", "checkpointing": False},
+    "lora": {"mode": "lora", "checkpointing": False},
+    "full+checkpointing": {"mode": "finetune", "checkpointing": True},
+}
 
 
 def measure(name: str, steps: int, batch: int, size: int, threads: int) -> dict:
@@ -49,8 +51,7 @@ def measure(name: str, steps: int, batch: int, size: int, threads: int) -> dict:
     backbone = load_backbone("random:vits16", device="cpu")
     model = Classifier(backbone, new_linear_head(backbone.feature_widths, 10, "cls+patch_mean", False, 0))
     counts = prepare_model(model, cfg["mode"], activation_checkpointing=cfg["checkpointing"])
-    groups = param_groups(backbone, [model.head], lr=1e-5, head_lr=1e-3, layer_decay=0.9,
-                          weight_decay=0.05)
+    groups = param_groups(backbone, [model.head], lr=1e-5, head_lr=1e-3, layer_decay=0.9, weight_decay=0.05)
     optimizer = build_optimizer(groups, OptimConfig())
     model.train()
     gen = torch.Generator().manual_seed(0)
@@ -69,11 +70,18 @@ def measure(name: str, steps: int, batch: int, size: int, threads: int) -> dict:
         step()
     seconds = time.perf_counter() - start
     peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return {"config": name, "steps_per_s": steps / seconds, "seconds_per_step": seconds / steps,
-            "baseline_rss_mb": base_kb / 1024, "peak_rss_mb": peak_kb / 1024,
-            "step_peak_mb": (peak_kb - base_kb) / 1024, "trainable_params": counts["trainable"],
-            "total_params": counts["total"], "trainable_percent": 100 * counts["trainable"] / counts["total"],
-            "threads": torch.get_num_threads()}
+    return {
+        "config": name,
+        "steps_per_s": steps / seconds,
+        "seconds_per_step": seconds / steps,
+        "baseline_rss_mb": base_kb / 1024,
+        "peak_rss_mb": peak_kb / 1024,
+        "step_peak_mb": (peak_kb - base_kb) / 1024,
+        "trainable_params": counts["trainable"],
+        "total_params": counts["total"],
+        "trainable_percent": 100 * counts["trainable"] / counts["total"],
+        "threads": torch.get_num_threads(),
+    }
 
 
 def main() -> None:
@@ -92,22 +100,47 @@ def main() -> None:
 
     rows = []
     for name in CONFIGS:
-        command = [sys.executable, __file__, "--one", name, "--steps", str(args.steps), "--batch", str(args.batch),
-                   "--size", str(args.size), "--threads", str(args.threads)]
-        out = subprocess.run(command, capture_output=True, text=True, check=True,
-                             env={**os.environ, "PYTHONWARNINGS": "ignore"})
+        command = [
+            sys.executable,
+            __file__,
+            "--one",
+            name,
+            "--steps",
+            str(args.steps),
+            "--batch",
+            str(args.batch),
+            "--size",
+            str(args.size),
+            "--threads",
+            str(args.threads),
+        ]
+        out = subprocess.run(
+            command, capture_output=True, text=True, check=True, env={**os.environ, "PYTHONWARNINGS": "ignore"}
+        )
         rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
         print(json.dumps(rows[-1]))
     by = {r["config"]: r for r in rows}
     cut = 1 - by["full+checkpointing"]["step_peak_mb"] / by["full"]["step_peak_mb"]
-    summary = {"activation_checkpointing_memory_cut": cut, "goal_cut_at_least": 0.40,
-               "lora_trainable_percent": by["lora"]["trainable_percent"], "goal_lora_percent_below": 2.0,
-               "checkpointing_slowdown": by["full"]["steps_per_s"] / by["full+checkpointing"]["steps_per_s"],
-               "lora_speedup": by["lora"]["steps_per_s"] / by["full"]["steps_per_s"]}
-    write_result("finetune", {"backbone": "random:vits16", "image_size": args.size, "batch": args.batch,
-                              "steps": args.steps, "memory_method": "max RSS after steps minus max RSS before "
-                              "the first step, fresh process per configuration", "results": rows,
-                              "summary": summary})
+    summary = {
+        "activation_checkpointing_memory_cut": cut,
+        "goal_cut_at_least": 0.40,
+        "lora_trainable_percent": by["lora"]["trainable_percent"],
+        "goal_lora_percent_below": 2.0,
+        "checkpointing_slowdown": by["full"]["steps_per_s"] / by["full+checkpointing"]["steps_per_s"],
+        "lora_speedup": by["lora"]["steps_per_s"] / by["full"]["steps_per_s"],
+    }
+    write_result(
+        "finetune",
+        {
+            "backbone": "random:vits16",
+            "image_size": args.size,
+            "batch": args.batch,
+            "steps": args.steps,
+            "memory_method": "max RSS after steps minus max RSS before the first step, fresh process per configuration",
+            "results": rows,
+            "summary": summary,
+        },
+    )
     print(json.dumps(summary, indent=2))
 
 

@@ -87,8 +87,15 @@ def main() -> None:
     backbone = load_backbone(args.backbone, device="cpu")
 
     start = time.perf_counter()
-    ours = probe({"root": root, "image_size": args.image_size}, backbone=backbone, out=work / "run",
-                 cache_dir=work / "cache", sweep={"epochs": args.epochs}, knn={"enabled": False}, progress=False)
+    ours = probe(
+        {"root": root, "image_size": args.image_size},
+        backbone=backbone,
+        out=work / "run",
+        cache_dir=work / "cache",
+        sweep={"epochs": args.epochs},
+        knn={"enabled": False},
+        progress=False,
+    )
     ours_s = time.perf_counter() - start
     ours_acc = ours.metrics["probe"]["test"]["accuracy"]
 
@@ -113,19 +120,24 @@ def main() -> None:
     seed_s, seed_acc = seed_way(backbone, spec, prep, args.epochs)
     sk_acc = sklearn_accuracy(ours)
     result = {
-        "backbone": args.backbone, "dataset": f"ELPV {args.per_class}/class at {args.image_size}px",
-        "train_val_test": {k: len(v) for k, v in sets.items()}, "epochs": args.epochs,
-        "seed_way_seconds": seed_s, "seed_way_test_accuracy": seed_acc,
-        "dinotune_seconds": ours_s, "dinotune_test_accuracy": ours_acc,
+        "backbone": args.backbone,
+        "dataset": f"ELPV {args.per_class}/class at {args.image_size}px",
+        "train_val_test": {k: len(v) for k, v in sets.items()},
+        "epochs": args.epochs,
+        "seed_way_seconds": seed_s,
+        "seed_way_test_accuracy": seed_acc,
+        "dinotune_seconds": ours_s,
+        "dinotune_test_accuracy": ours_acc,
         "speedup_vs_seed_way": seed_s / ours_s,
         "dinotune_best_head": ours.sweep.best.as_dict(),
         "sklearn_logreg_test_accuracy": sk_acc,
         "dinotune_minus_sklearn_points": 100 * (ours_acc - sk_acc),
         "sweep_seconds_one_head": timings["one_head"][0],
-        "sweep_seconds_full_grid": timings["full_grid"][0], "heads_in_full_grid": timings["full_grid"][1],
+        "sweep_seconds_full_grid": timings["full_grid"][0],
+        "heads_in_full_grid": timings["full_grid"][1],
         "sweep_cost_ratio_grid_vs_one_head": timings["full_grid"][0] / timings["one_head"][0],
-        "end_to_end_cost_ratio_grid_vs_one_head":
-            (extraction_s + timings["full_grid"][0]) / (extraction_s + timings["one_head"][0]),
+        "end_to_end_cost_ratio_grid_vs_one_head": (extraction_s + timings["full_grid"][0])
+        / (extraction_s + timings["one_head"][0]),
     }
     for key, value in result.items():
         print(f"{key:42s} {value:.4f}" if isinstance(value, float) else f"{key:42s} {value}")

@@ -27,9 +27,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import sample_images, write_result
-from export import model_folder
 
 from dinotune.export.onnx import export_model
+from export import model_folder
 
 SERVER = """
 import sys
@@ -67,8 +67,11 @@ async def load(url: str, images: list[bytes], clients: int, requests: int) -> tu
 
 
 def mean_batch(metrics: str) -> float:
-    values = {line.split()[0]: float(line.split()[1]) for line in metrics.splitlines()
-              if line.startswith(("dinotune_batch_size_sum", "dinotune_batch_size_count"))}
+    values = {
+        line.split()[0]: float(line.split()[1])
+        for line in metrics.splitlines()
+        if line.startswith(("dinotune_batch_size_sum", "dinotune_batch_size_count"))
+    }
     return values["dinotune_batch_size_sum"] / max(values["dinotune_batch_size_count"], 1)
 
 
@@ -93,11 +96,16 @@ def run(model: Path, images: list[bytes], batch: int, wait_ms: float, clients: i
         server.terminate()
         server.wait(timeout=30)
     ordered = sorted(latencies)
-    return {"max_batch_size": batch, "max_wait_ms": wait_ms, "requests": len(latencies),
-            "ok": codes.count(200), "throughput_rps": round(len(latencies) / seconds, 2),
-            "p50_ms": round(1000 * statistics.median(ordered), 1),
-            "p99_ms": round(1000 * ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))], 1),
-            "mean_batch_size": round(batch_mean, 2)}
+    return {
+        "max_batch_size": batch,
+        "max_wait_ms": wait_ms,
+        "requests": len(latencies),
+        "ok": codes.count(200),
+        "throughput_rps": round(len(latencies) / seconds, 2),
+        "p50_ms": round(1000 * statistics.median(ordered), 1),
+        "p99_ms": round(1000 * ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))], 1),
+        "mean_batch_size": round(batch_mean, 2),
+    }
 
 
 def main() -> None:
@@ -124,9 +132,16 @@ def main() -> None:
             print(runtime, label, results[f"{runtime}_{label}"], flush=True)
         on, off = results[f"{runtime}_batching_on"], results[f"{runtime}_batching_off"]
         results[f"{runtime}_throughput_ratio_on_vs_off"] = round(on["throughput_rps"] / off["throughput_rps"], 2)
-    write_result("serve", {"model": f"random:{args.arch} + linear head, {args.size}px", "clients": args.clients,
-                           "requests_per_client": args.requests,
-                           "image_bytes_mean": int(np.mean([len(i) for i in images])), "results": results})
+    write_result(
+        "serve",
+        {
+            "model": f"random:{args.arch} + linear head, {args.size}px",
+            "clients": args.clients,
+            "requests_per_client": args.requests,
+            "image_bytes_mean": int(np.mean([len(i) for i in images])),
+            "results": results,
+        },
+    )
 
 
 if __name__ == "__main__":

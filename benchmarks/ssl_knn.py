@@ -42,12 +42,24 @@ def settings(root: Path, out: Path, source: str, steps: int, minutes: float, **o
     cfg = {
         "data": {"root": str(root), "subfolders": ["train"], "batch_size": 32, "num_workers": 1},
         "backbone": {"source": source},
-        "crops": {"global_size": SIZE, "local_size": 32, "n_local": 2, "hflip": False,
-                  "global_scale": [0.4, 1.0], "local_scale": [0.1, 0.4]},
+        "crops": {
+            "global_size": SIZE,
+            "local_size": 32,
+            "n_local": 2,
+            "hflip": False,
+            "global_scale": [0.4, 1.0],
+            "local_scale": [0.1, 0.4],
+        },
         "heads": {"out_dim": 256, "hidden_dim": 256, "bottleneck_dim": 64},
         "loss": {"koleo_weight": 0.1, "ibot_weight": 1.0, "teacher_temp_warmup": 0.2},
-        "optim": {"lr": 2e-3, "min_lr_ratio": 0.005, "warmup": 0.1, "layer_decay": 1.0, "head_warmup": 0.0,
-                  "momentum_start": 0.99},
+        "optim": {
+            "lr": 2e-3,
+            "min_lr_ratio": 0.005,
+            "warmup": 0.1,
+            "layer_decay": 1.0,
+            "head_warmup": 0.0,
+            "momentum_start": 0.99,
+        },
         "trainer": {"max_steps": steps, "max_time_minutes": minutes, "progress_bar": False, "log_every_n_steps": 10},
         "out": str(out),
     }
@@ -72,8 +84,16 @@ def mean_first_last(values: list[float], n: int = 5) -> tuple[float, float]:
 def patch_cosine(a_src: str, b_src: str, paths: list[Path]) -> float:
     """Mean cosine similarity of the same images' patch features under two backbones."""
     a, b = load_backbone(a_src, device="cpu"), load_backbone(b_src, device="cpu")
-    tr = build_transform(train=False, image_size=SIZE, patch_size=16, resize="crop", augment="none",
-                         mean=a.info.mean, std=a.info.std, channels=3)
+    tr = build_transform(
+        train=False,
+        image_size=SIZE,
+        patch_size=16,
+        resize="crop",
+        augment="none",
+        mean=a.info.mean,
+        std=a.info.std,
+        channels=3,
+    )
     from dinotune.data.decode import read_image
 
     x = torch.stack([tr(read_image(p, 3))["image"] for p in paths])
@@ -106,12 +126,19 @@ def main() -> None:
     after = knn(str(run1 / "backbone.pth"))
     dino = loss_curve(run1, "loss/dino")
     result = {
-        "machine": machine(), "note": "CPU shared with other jobs: timings are noisy upper bounds",
-        "learning": {"backbone": args.source, "data": f"digits {SIZE}px train split, labels unused",
-                     "knn": "k=20, T=0.07, class token, bank=train split, queries=test split",
-                     "knn_before": before, "knn_after": after, "minutes": minutes,
-                     "steps": int(torch.load(run1 / "checkpoints/last.ckpt", weights_only=False)["global_step"]),
-                     "loss_dino_first_last": mean_first_last(dino), "settings": cfg},
+        "machine": machine(),
+        "note": "CPU shared with other jobs: timings are noisy upper bounds",
+        "learning": {
+            "backbone": args.source,
+            "data": f"digits {SIZE}px train split, labels unused",
+            "knn": "k=20, T=0.07, class token, bank=train split, queries=test split",
+            "knn_before": before,
+            "knn_after": after,
+            "minutes": minutes,
+            "steps": int(torch.load(run1 / "checkpoints/last.ckpt", weights_only=False)["global_step"]),
+            "loss_dino_first_last": mean_first_last(dino),
+            "settings": cfg,
+        },
     }
     print(f"kNN top-1: {before:.4f} -> {after:.4f} in {minutes:.1f} min", flush=True)
     if not args.skip_gram:
@@ -130,8 +157,12 @@ def main() -> None:
                 "loss_gram_first_last": mean_first_last(loss_curve(run, "loss/gram")) if weight else None,
             }
             print(weight, gram[f"gram_weight={weight}"], flush=True)
-        result["continuation"] = {"start": "part 1 result", "steps": args.gram_steps, "runs": gram,
-                                  "note": "fresh heads, lr 1e-3 (deliberately aggressive) to make drift visible"}
+        result["continuation"] = {
+            "start": "part 1 result",
+            "steps": args.gram_steps,
+            "runs": gram,
+            "note": "fresh heads, lr 1e-3 (deliberately aggressive) to make drift visible",
+        }
     print(write_result("ssl_knn", result))
 
 

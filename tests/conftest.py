@@ -13,6 +13,8 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing may download at test time
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
+pytest_plugins = ["tests.training_fixtures"]  # finetune_config, segment_config, digits, finetuned, seg_root, ...
+
 REPO = Path(__file__).resolve().parents[1]
 FIXTURES = REPO.parent / "shared" / "fixtures" / "dinov3_reference"
 FIXTURE_NAMES = ["vits16_style_depth3", "vithplus_style_depth2", "convnext_tiny_style"]

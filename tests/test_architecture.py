@@ -75,6 +75,11 @@ def test_modules_and_functions_are_small() -> None:
 def test_backbone_internals_stay_inside_backbones() -> None:
     """Training, export and serving use the Backbone interface (freeze, layer_id, save_pretrained, ...)."""
     pattern = re.compile(r"\.hf\b|isinstance\([^)]*(ViTBackbone|ConvNeXtBackbone)")
-    found = [f"{path.relative_to(SRC)}:{n}" for path in sorted(SRC.rglob("*.py")) if "backbones" not in path.parts
-             for n, line in enumerate(path.read_text().splitlines(), 1) if pattern.search(line)]
+    found = [
+        f"{path.relative_to(SRC)}:{n}"
+        for path in sorted(SRC.rglob("*.py"))
+        if "backbones" not in path.parts
+        for n, line in enumerate(path.read_text().splitlines(), 1)
+        if pattern.search(line)
+    ]
     assert not found, found

@@ -14,8 +14,9 @@ from safetensors import safe_open
 
 def run(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    return subprocess.run([sys.executable, "-m", "dinotune", *args], capture_output=True, text=True, env=env,
-                          cwd=cwd, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "dinotune", *args], capture_output=True, text=True, env=env, cwd=cwd, timeout=300
+    )
 
 
 def test_user_error_is_one_line_and_exit_2(tmp_path: Path) -> None:
@@ -46,8 +47,19 @@ def test_embed_writes_features_and_names(tmp_path: Path) -> None:
         Image.new("RGB", (40 + i, 30), color=(i * 40, 10, 200)).save(images / f"im{i}.png")
     (images / "broken.jpg").write_bytes(b"not an image")
     out = tmp_path / "emb.safetensors"
-    result = run("embed", str(tmp_path / "imgs"), "--out", str(out), "-b", "random:vit_test16",
-                 "--image-size", "32", "--num-workers", "0", f"cache_dir={tmp_path / 'cache'}")
+    result = run(
+        "embed",
+        str(tmp_path / "imgs"),
+        "--out",
+        str(out),
+        "-b",
+        "random:vit_test16",
+        "--image-size",
+        "32",
+        "--num-workers",
+        "0",
+        f"cache_dir={tmp_path / 'cache'}",
+    )
     assert result.returncode == 0, result.stderr
     with safe_open(str(out), framework="pt") as handle:
         files = json.loads(handle.metadata()["files"])

@@ -28,8 +28,9 @@ def test_python_examples_import_what_exists(page: Path) -> None:
                 module = importlib.import_module(node.module)  # type: ignore[arg-type]
                 for alias in node.names:
                     value = getattr(module, alias.name, None)  # a submodule is an attribute too: not a name
-                    assert value is not None and not isinstance(value, types.ModuleType), \
+                    assert value is not None and not isinstance(value, types.ModuleType), (
                         f"{page.name}: {node.module} has no {alias.name}"
+                    )
             elif isinstance(node, ast.Import):
                 for alias in node.names:
                     if alias.name.startswith("dinotune"):

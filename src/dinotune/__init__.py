@@ -23,7 +23,28 @@ from dinotune.verbs.quickstart import quickstart
 from dinotune.verbs.segment import SegmentConfig, run_segment
 from dinotune.version import __version__
 
-__all__ = ["DinotuneError", "FinetuneConfig", "PretrainConfig", "ProbeConfig", "Result", "SegmentConfig",
-           "__version__", "convert_checkpoint", "embed", "load_backbone", "load_model", "predict", "probe",
-           "quickstart", "run_compare", "run_embed", "run_evaluate", "run_export", "run_finetune", "run_predict",
-           "run_pretrain", "run_probe", "run_segment"]
+__all__ = [
+    "DinotuneError",
+    "FinetuneConfig",
+    "PretrainConfig",
+    "ProbeConfig",
+    "Result",
+    "SegmentConfig",
+    "__version__",
+    "convert_checkpoint",
+    "embed",
+    "load_backbone",
+    "load_model",
+    "predict",
+    "probe",
+    "quickstart",
+    "run_compare",
+    "run_embed",
+    "run_evaluate",
+    "run_export",
+    "run_finetune",
+    "run_predict",
+    "run_pretrain",
+    "run_probe",
+    "run_segment",
+]

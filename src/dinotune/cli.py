@@ -89,8 +89,14 @@ def embed(
     overwrite: bool = OverwriteOpt,
 ) -> None:
     """Write CLS and mean-patch embeddings of every image in a folder to a safetensors file."""
-    base = {"data_dir": data_dir, "out": out, "backbone": {"source": backbone}, "image_size": image_size,
-            "batch_size": batch_size, "num_workers": num_workers}
+    base = {
+        "data_dir": data_dir,
+        "out": out,
+        "backbone": {"source": backbone},
+        "image_size": image_size,
+        "batch_size": batch_size,
+        "num_workers": num_workers,
+    }
     cfg = load_config(EmbedConfig, config, overrides, base=base)
     result = run_embed(cfg, overwrite=overwrite)
     typer.echo(f"wrote {result.run_dir} ({result.metrics['count']} images, dim {result.metrics['dim']})")
@@ -123,8 +129,12 @@ def knn(
     overwrite: bool = OverwriteOpt,
 ) -> None:
     """Weighted kNN on frozen features (k and the temperature chosen on validation)."""
-    base = {"data": {"root": data, "image_size": image_size}, "backbone": {"source": backbone},
-            "out": out or new_run_dir("knn"), "sweep": {"enabled": False}}
+    base = {
+        "data": {"root": data, "image_size": image_size},
+        "backbone": {"source": backbone},
+        "out": out or new_run_dir("knn"),
+        "sweep": {"enabled": False},
+    }
     result = run_probe(load_config(ProbeConfig, config, overrides, base=base), overwrite=overwrite)
     typer.echo(f"run folder: {result.run_dir}")
 
@@ -134,8 +144,12 @@ def predict(
     run: Path = typer.Argument(..., help="Run, model or export folder (with model.json)."),
     images: list[Path] = typer.Argument(..., help="Image files or folders."),
     top_k: int = typer.Option(3, help="Labels to show per image."),
-    out: Path = typer.Option(None, "--out", "-o", help="Also write the predictions to this CSV file "
-                             "(segmentation: the output folder, default ./masks)."),
+    out: Path = typer.Option(
+        None,
+        "--out",
+        "-o",
+        help="Also write the predictions to this CSV file (segmentation: the output folder, default ./masks).",
+    ),
 ) -> None:
     """Classify images with a run, model or export folder (a segmenter writes index-PNG masks and overlays)."""
     result, predictions = run_predict(run, images, out=out, top_k=top_k)
@@ -150,8 +164,13 @@ def predict(
 
 @app.command()
 def quickstart(
-    backbone: str = typer.Option(None, "--backbone", "-b", help="Backbone source; default: $DINOTUNE_BACKBONE, "
-                                 "a DINOv3 in the local Hugging Face cache, else a small random-weight ViT."),
+    backbone: str = typer.Option(
+        None,
+        "--backbone",
+        "-b",
+        help="Backbone source; default: $DINOTUNE_BACKBONE, "
+        "a DINOv3 in the local Hugging Face cache, else a small random-weight ViT.",
+    ),
     per_class: int = typer.Option(300, help="Images per class taken from the bundled dataset."),
     image_size: int = typer.Option(112, help="Input side in pixels."),
     out: Path = typer.Option(None, "--out", "-o", help="Run folder (default: runs/quickstart-<time>)."),
@@ -174,8 +193,9 @@ def pretrain(
 @app.command()
 def evaluate(
     run: Path = typer.Argument(..., help="Run, model or export folder (with model.json)."),
-    data: list[Path] = typer.Option(None, "--data", "-d", help="Dataset (default: the run's own); repeat for a "
-                                    "domain-shift table."),
+    data: list[Path] = typer.Option(
+        None, "--data", "-d", help="Dataset (default: the run's own); repeat for a domain-shift table."
+    ),
     split: str = typer.Option("test", help="Split to evaluate when the data has splits."),
     out: Path = typer.Option(None, "--out", "-o", help="Output folder (default: RUN/evaluation)."),
     overwrite: bool = OverwriteOpt,
@@ -213,8 +233,17 @@ def export(
     calibration: Path = typer.Option(None, help="Folder of images for verification and int8 calibration."),
 ) -> None:
     """Export to ONNX, verified against PyTorch (max abs difference), optionally int8-quantised."""
-    result = run_export(run, out, fmt=fmt, quantize=quantize, static=static, opset=opset,
-                        backbone_only=backbone_only, calibration_images=calibration, overwrite=overwrite)
+    result = run_export(
+        run,
+        out,
+        fmt=fmt,
+        quantize=quantize,
+        static=static,
+        opset=opset,
+        backbone_only=backbone_only,
+        calibration_images=calibration,
+        overwrite=overwrite,
+    )
     typer.echo(json.dumps(result.metrics, indent=2, default=str))
 
 
@@ -240,8 +269,7 @@ TRAIN_TASKS = {  # the YAML's `task` key -> (config model, verb)
 
 @app.command()
 def train(
-    config: Path = typer.Argument(..., help="YAML config whose `task` key names the job "
-                                  f"({', '.join(TRAIN_TASKS)})."),
+    config: Path = typer.Argument(..., help=f"YAML config whose `task` key names the job ({', '.join(TRAIN_TASKS)})."),
     overrides: list[str] = OverridesArg,
     resume: bool = typer.Option(False, "--resume", help="Continue the run in `out` exactly where it stopped."),
 ) -> None:

@@ -101,8 +101,10 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
         text = path.read_text()
         node = yaml.compose(text, Loader=yaml.SafeLoader)  # the node graph: aliases are shared, not copied
         if node is not None and _expanded_size(node, MAX_CONFIG_NODES) > MAX_CONFIG_NODES:
-            raise ConfigError(f"Config file '{path}' expands to more than {MAX_CONFIG_NODES:,} values through "
-                              "YAML aliases; write the values out.")
+            raise ConfigError(
+                f"Config file '{path}' expands to more than {MAX_CONFIG_NODES:,} values through "
+                "YAML aliases; write the values out."
+            )
         data = yaml.safe_load(text) or {}
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
@@ -150,8 +152,12 @@ def validate(model: type[ModelT], data: dict[str, Any], origin: str = "config") 
         raise ConfigError(f"Invalid {origin}: " + "; ".join(messages)) from None
 
 
-def load_config(model: type[ModelT], path: str | Path | None = None, overrides: list[str] | None = None,
-                base: dict[str, Any] | None = None) -> ModelT:
+def load_config(
+    model: type[ModelT],
+    path: str | Path | None = None,
+    overrides: list[str] | None = None,
+    base: dict[str, Any] | None = None,
+) -> ModelT:
     """YAML file (optional) < `base` values (e.g. from CLI options) < `key=value` overrides."""
     data: dict[str, Any] = read_yaml(path) if path else {}
     _deep_update(data, base or {})

@@ -51,8 +51,9 @@ def writer_lock(folder: Path) -> Iterator[None]:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            raise ConfigError(f"'{folder}' is being written by another dinotune process; wait for it or "
-                              "choose another output folder.") from None
+            raise ConfigError(
+                f"'{folder}' is being written by another dinotune process; wait for it or choose another output folder."
+            ) from None
         handle.seek(0)
         handle.truncate()
         handle.write(f"{os.getpid()}\n")
@@ -68,8 +69,10 @@ def staged_output(folder: str | Path, *, overwrite: bool = False) -> Iterator[Pa
     folder = Path(folder)
     with writer_lock(folder):
         if is_nonempty(folder) and not overwrite:
-            raise ConfigError(f"'{folder}' already exists and is not empty; pass --overwrite to replace it, or "
-                              "choose another output folder.")
+            raise ConfigError(
+                f"'{folder}' already exists and is not empty; pass --overwrite to replace it, or "
+                "choose another output folder."
+            )
         remove_stale_temps(folder.parent, target=folder.name)  # the staging folder of a killed earlier run
         with atomic_dir(folder, overwrite=True) as tmp:
             yield tmp
@@ -86,8 +89,9 @@ def training_output(folder: str | Path, *, resume: bool, has_checkpoint: bool) -
         return
     with writer_lock(folder):
         if resume and not has_checkpoint:
-            raise ConfigError(f"--resume: '{folder}' holds no checkpoint to continue from; run without --resume "
-                              "to start it.")
+            raise ConfigError(
+                f"--resume: '{folder}' holds no checkpoint to continue from; run without --resume to start it."
+            )
         if not resume and is_nonempty(folder):
             hint = "pass --resume to continue it" if has_checkpoint else "it is not a resumable run"
             raise ConfigError(f"'{folder}' already exists and is not empty ({hint}); or choose another out.")

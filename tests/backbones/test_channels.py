@@ -49,8 +49,16 @@ def test_frozen_probe_sees_classes_that_differ_only_in_bands_4_to_6(tmp_path: Pa
                 image = rng.uniform(0, 0.5, (32, 32, 6)).astype(np.float32)
                 image[:, :, 3 + label] += 0.5  # the class is which of bands 4, 5, 6 is bright
                 tifffile.imwrite(folder / f"{i}.tif", image, photometric="minisblack", planarconfig="contig")
-    cfg = validate(ProbeConfig, {"data": {"root": str(root), "image_size": 32, "channels": 6, "num_workers": 0},
-                                 "backbone": {"source": "random:vit_test16"}, "sweep": {"epochs": 30},
-                                 "progress": False, "out": str(tmp_path / "run"), "cache_dir": str(tmp_path / "c")})
+    cfg = validate(
+        ProbeConfig,
+        {
+            "data": {"root": str(root), "image_size": 32, "channels": 6, "num_workers": 0},
+            "backbone": {"source": "random:vit_test16"},
+            "sweep": {"epochs": 30},
+            "progress": False,
+            "out": str(tmp_path / "run"),
+            "cache_dir": str(tmp_path / "c"),
+        },
+    )
     metrics = run_probe(cfg).metrics
     assert metrics["probe"]["test"]["accuracy"] >= 0.9, metrics["summary"]

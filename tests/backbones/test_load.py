@@ -16,8 +16,16 @@ from dinotune.errors import BackboneNotFoundError, CheckpointError, ConfigError
 
 # Parameter counts from the official release table (millions).
 RELEASED = {
-    "vits16": 21, "vits16plus": 29, "vitb16": 86, "vitl16": 300, "vith16plus": 840, "vit7b16": 6716,
-    "convnext_tiny": 29, "convnext_small": 50, "convnext_base": 89, "convnext_large": 198,
+    "vits16": 21,
+    "vits16plus": 29,
+    "vitb16": 86,
+    "vitl16": 300,
+    "vith16plus": 840,
+    "vit7b16": 6716,
+    "convnext_tiny": 29,
+    "convnext_small": 50,
+    "convnext_base": 89,
+    "convnext_large": 198,
 }
 
 
@@ -137,8 +145,9 @@ def test_all_twelve_names_are_known() -> None:
     assert tags == 12
 
 
-def test_cached_hub_model_loads_without_network(fixtures_dir: Path, tmp_path: Path,
-                                                monkeypatch: pytest.MonkeyPatch) -> None:
+def test_cached_hub_model_loads_without_network(
+    fixtures_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     import shutil
     import socket
 

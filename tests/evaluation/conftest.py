@@ -53,13 +53,22 @@ def make_model_folder(folder: Path, classes: list[str], seed: int = 0) -> Path:
     backbone = load_backbone("random:vit_test16", device="cpu")
     generator = torch.Generator().manual_seed(seed)
     dim = backbone.embed_dim
-    head = LinearHead(torch.randn(len(classes), dim, generator=generator), torch.zeros(len(classes)),
-                      torch.zeros(dim), torch.ones(dim), feature_choice="cls")
+    head = LinearHead(
+        torch.randn(len(classes), dim, generator=generator),
+        torch.zeros(len(classes)),
+        torch.zeros(dim),
+        torch.ones(dim),
+        feature_choice="cls",
+    )
     info = backbone.info
-    card = ModelCard(task="classify", classes=classes,
-                     preprocessing=Preprocessing(image_size=32, mean=info.mean, std=info.std),
-                     backbone={"source": info.source, "arch": info.arch, "in_chans": 3, "seed": 0,
-                               "identity": info.identity}, head={}, license=info.license)
+    card = ModelCard(
+        task="classify",
+        classes=classes,
+        preprocessing=Preprocessing(image_size=32, mean=info.mean, std=info.std),
+        backbone={"source": info.source, "arch": info.arch, "in_chans": 3, "seed": 0, "identity": info.identity},
+        head={},
+        license=info.license,
+    )
     return save_model(folder, Classifier(backbone, head).eval(), card)
 
 

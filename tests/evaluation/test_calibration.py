@@ -64,7 +64,8 @@ def test_temperature_scaling_recovers_the_scale_and_lowers_nll(scale: float) -> 
     after = negative_log_likelihood(test_logits, test_labels, t)
     assert after < before - 0.01
     assert expected_calibration_error(softmax(test_logits, t), test_labels) < expected_calibration_error(
-        softmax(test_logits), test_labels)
+        softmax(test_logits), test_labels
+    )
 
 
 def test_temperature_stays_bounded_on_separable_data() -> None:

@@ -13,12 +13,19 @@ from dinotune.evaluation.compare import compare, format_table, read_run
 
 def _probe_like_run(folder: Path) -> Path:
     folder.mkdir(parents=True)
-    (folder / "model.json").write_text(json.dumps({"backbone": {"arch": "vit_test16"}, "head": {"file": "head.st"},
-                                                   "metrics": {"test/accuracy": 0.5}}))
+    (folder / "model.json").write_text(
+        json.dumps({"backbone": {"arch": "vit_test16"}, "head": {"file": "head.st"}, "metrics": {"test/accuracy": 0.5}})
+    )
     (folder / "head.st").write_bytes(b"x" * 2_000_000)
-    (folder / "metrics.json").write_text(json.dumps({
-        "report_split": "test", "seconds": 12.5,
-        "probe": {"summary": {}, "test": {"accuracy": 0.8, "balanced_accuracy": 0.75, "f1_macro": 0.7}}}))
+    (folder / "metrics.json").write_text(
+        json.dumps(
+            {
+                "report_split": "test",
+                "seconds": 12.5,
+                "probe": {"summary": {}, "test": {"accuracy": 0.8, "balanced_accuracy": 0.75, "f1_macro": 0.7}},
+            }
+        )
+    )
     return folder
 
 

@@ -43,9 +43,17 @@ class _Parsed(HTMLParser):
 def evaluation(model_dir: Path, small_digits: Path, noise_images: Path, tmp_path_factory) -> EvaluationResult:
     shifted = tmp_path_factory.mktemp("shift") / "digits_test_only"
     shutil.copytree(small_digits / "test", shifted)  # no split folders: all images are evaluated
-    return evaluate(model_dir, data=[small_digits, shifted], split="test", robustness=True, ood_data=noise_images,
-                    out=tmp_path_factory.mktemp("eval"), pgd_steps=2, max_robustness_images=20,
-                    progress=False)
+    return evaluate(
+        model_dir,
+        data=[small_digits, shifted],
+        split="test",
+        robustness=True,
+        ood_data=noise_images,
+        out=tmp_path_factory.mktemp("eval"),
+        pgd_steps=2,
+        max_robustness_images=20,
+        progress=False,
+    )
 
 
 def test_metrics_json(evaluation: EvaluationResult) -> None:
@@ -119,10 +127,21 @@ def test_report_renders_in_headless_chromium(evaluation: EvaluationResult, tmp_p
         pytest.skip("Chromium is not installed (apt-get install chromium)")
     shot = tmp_path / "report.png"
     with tempfile.TemporaryDirectory() as profile:
-        cmd = [browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-               "--disable-background-networking", "--disable-component-update", "--disable-sync",
-               f"--user-data-dir={profile}", f"--screenshot={shot}", "--window-size=1280,4000",
-               evaluation.report_path.resolve().as_uri()]
+        cmd = [
+            browser,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            f"--user-data-dir={profile}",
+            f"--screenshot={shot}",
+            "--window-size=1280,4000",
+            evaluation.report_path.resolve().as_uri(),
+        ]
         try:
             done = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
         except (OSError, subprocess.TimeoutExpired) as err:
@@ -154,8 +173,9 @@ def test_multilabel_model_gets_a_report_with_reasons(small_digits: Path, tmp_pat
     model, card = load_model(base, device="cpu")
     dim = model.backbone.embed_dim
     head = LinearHead(torch.randn(3, dim), torch.zeros(3), torch.zeros(dim), torch.ones(dim), multilabel=True)
-    card = ModelCard(task="multilabel", classes=["a", "b", "c"], preprocessing=card.preprocessing,
-                     backbone=card.backbone, head={})
+    card = ModelCard(
+        task="multilabel", classes=["a", "b", "c"], preprocessing=card.preprocessing, backbone=card.backbone, head={}
+    )
     save_model(tmp_path / "ml", Classifier(model.backbone, head), card)
     result = evaluate(tmp_path / "ml", data=tmp_path / "labels.csv", out=tmp_path / "out", progress=False)
     assert result.metrics["datasets"][0]["split"] == "all"

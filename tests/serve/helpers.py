@@ -30,13 +30,22 @@ def make_model_folder(folder: Path, arch: str = "vit_test16", choice: str = "cls
     backbone = load_backbone(f"random:{arch}", device="cpu")
     gen = torch.Generator().manual_seed(0)
     dim = (2 if choice == "cls+patch_mean" else 1) * backbone.embed_dim
-    head = LinearHead(torch.randn(3, dim, generator=gen), torch.randn(3, generator=gen),
-                      torch.zeros(dim), torch.ones(dim), feature_choice=choice)
+    head = LinearHead(
+        torch.randn(3, dim, generator=gen),
+        torch.randn(3, generator=gen),
+        torch.zeros(dim),
+        torch.ones(dim),
+        feature_choice=choice,
+    )
     info = backbone.info
-    card = ModelCard(task="classify", classes=list(CLASSES),
-                     preprocessing=Preprocessing(image_size=image_size, mean=info.mean, std=info.std),
-                     backbone={"source": info.source, "in_chans": 3, "seed": 0, "identity": info.identity},
-                     head={}, license=info.license)
+    card = ModelCard(
+        task="classify",
+        classes=list(CLASSES),
+        preprocessing=Preprocessing(image_size=image_size, mean=info.mean, std=info.std),
+        backbone={"source": info.source, "in_chans": 3, "seed": 0, "identity": info.identity},
+        head={},
+        license=info.license,
+    )
     return save_model(folder, Classifier(backbone, head).eval(), card)
 
 
@@ -49,12 +58,14 @@ def png_bytes(seed: int = 0, size: tuple[int, int] = (40, 50), fmt: str = "PNG")
 
 def bomb_png(width: int = 50_000, height: int = 50_000) -> bytes:
     """A valid ~70-byte PNG whose header declares width x height RGB pixels."""
+
     def chunk(kind: bytes, data: bytes) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
 
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\x00" * 64)) + chunk(
-        b"IEND", b"")
+    return (
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\x00" * 64)) + chunk(b"IEND", b"")
+    )
 
 
 @contextmanager

@@ -42,6 +42,18 @@ def test_dockerfile_is_cpu_non_root_and_health_checked() -> None:
     assert "\nUSER 10001" in text and "\nHEALTHCHECK" in text and "/health" in text
     assert 'ENTRYPOINT ["dinotune", "serve"]' in text
     instructions = [line.split()[0] for line in text.splitlines() if line and not line.startswith((" ", "#"))]
-    known = {"ARG", "FROM", "ENV", "RUN", "WORKDIR", "COPY", "LABEL", "USER", "EXPOSE", "HEALTHCHECK", "ENTRYPOINT",
-             "CMD"}
+    known = {
+        "ARG",
+        "FROM",
+        "ENV",
+        "RUN",
+        "WORKDIR",
+        "COPY",
+        "LABEL",
+        "USER",
+        "EXPOSE",
+        "HEALTHCHECK",
+        "ENTRYPOINT",
+        "CMD",
+    }
     assert set(instructions) <= known, set(instructions) - known

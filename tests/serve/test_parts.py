@@ -18,11 +18,13 @@ from tests.serve.helpers import bomb_png, png_bytes
 
 def _echo_batches(sizes: list[int], delay: float = 0.0):
     """A fake model: probability row = the image's first pixel, so answers can be matched to inputs."""
+
     def run(batch: np.ndarray):
         sizes.append(len(batch))
         time.sleep(delay)
         values = batch[:, 0, 0, 0]
         return np.stack([values, -values], 1), batch[:, 0, 0, :]
+
     return run
 
 
@@ -111,13 +113,16 @@ def test_low_confidence_alert_turns_on_once_and_clears(caplog: pytest.LogCapture
     assert not monitor.snapshot()["low_confidence_alert"]
 
 
-@pytest.mark.parametrize(("data", "status"), [
-    (b"", 400),
-    (b"GIF89a-but-not-really" + b"\x00" * 8, 400),
-    (b"just text", 415),
-    (bomb_png(), 413),
-    (bomb_png(3000, 3000), 413),
-])
+@pytest.mark.parametrize(
+    ("data", "status"),
+    [
+        (b"", 400),
+        (b"GIF89a-but-not-really" + b"\x00" * 8, 400),
+        (b"just text", 415),
+        (bomb_png(), 413),
+        (bomb_png(3000, 3000), 413),
+    ],
+)
 def test_bad_uploads_map_to_http_status(data: bytes, status: int) -> None:
     with pytest.raises(UploadError) as info:
         decode_upload(data, "upload.bin", channels=3, max_pixels=4_000_000)
@@ -130,5 +135,6 @@ def test_good_upload_decodes_like_the_training_path(tmp_path) -> None:
 
     data = png_bytes(0, size=(20, 30))
     (tmp_path / "x.png").write_bytes(data)
-    np.testing.assert_array_equal(decode_upload(data, "x", channels=3, max_pixels=10**6),
-                                  read_image(tmp_path / "x.png", 3))
+    np.testing.assert_array_equal(
+        decode_upload(data, "x", channels=3, max_pixels=10**6), read_image(tmp_path / "x.png", 3)
+    )

@@ -20,8 +20,9 @@ LIMIT = 256 * 1024
 
 @pytest.fixture(scope="module")
 def base(model_folder: Path) -> Iterator[str]:
-    config = ServeConfig(max_upload_bytes=LIMIT, max_pixels=1_000_000, max_batch_size=8, max_wait_ms=10,
-                         alert_min_samples=5)
+    config = ServeConfig(
+        max_upload_bytes=LIMIT, max_pixels=1_000_000, max_batch_size=8, max_wait_ms=10, alert_min_samples=5
+    )
     with running(create_app(model_folder, config)) as url:
         yield url
 
@@ -50,8 +51,9 @@ def test_predict_matches_the_model(base: str, model_folder: Path) -> None:
     response = _post_file(base, data)
     assert response.status_code == 200, response.text
     predictions = response.json()["predictions"]
-    assert [p["label"] for p in predictions] == sorted(CLASSES, key=lambda c: -next(
-        p["probability"] for p in predictions if p["label"] == c))
+    assert [p["label"] for p in predictions] == sorted(
+        CLASSES, key=lambda c: -next(p["probability"] for p in predictions if p["label"] == c)
+    )
     # the same image through the engine directly: same probabilities
     from dinotune.serve.images import decode_upload
 
@@ -67,8 +69,9 @@ def test_base64_json_top_k_and_batch(base: str) -> None:
     encoded = base64.b64encode(png_bytes(2)).decode()
     one = httpx.post(f"{base}/predict?top_k=2", json={"image": encoded}, timeout=30)
     assert one.status_code == 200 and len(one.json()["predictions"]) == 2
-    many = httpx.post(f"{base}/predict/batch", json={"images": [encoded, "data:image/png;base64," + encoded]},
-                      timeout=30)
+    many = httpx.post(
+        f"{base}/predict/batch", json={"images": [encoded, "data:image/png;base64," + encoded]}, timeout=30
+    )
     assert many.status_code == 200
     results = many.json()["results"]
     assert len(results) == 2 and results[0] == results[1] and len(results[0]["predictions"]) == 3
@@ -93,8 +96,11 @@ def test_bad_uploads_get_the_right_4xx_and_the_server_stays_up(base: str) -> Non
         assert words in response.json()["detail"], (name, response.json())
     for body, headers, status in [
         (b"garbage", {"content-type": "multipart/form-data"}, 400),  # no boundary
-        (b"--xyz\r\nContent-Disposition: form-data; name=\"file\"\r\n", {"content-type":
-                                                                         "multipart/form-data; boundary=xyz"}, 400),
+        (
+            b'--xyz\r\nContent-Disposition: form-data; name="file"\r\n',
+            {"content-type": "multipart/form-data; boundary=xyz"},
+            400,
+        ),
         (b"{not json", {"content-type": "application/json"}, 400),
         (b'{"image": "***"}', {"content-type": "application/json"}, 400),
         (png_bytes(4), {"content-type": "image/png"}, 415),
@@ -109,8 +115,9 @@ def test_bad_uploads_get_the_right_4xx_and_the_server_stays_up(base: str) -> Non
         for _ in range(LIMIT // 8192 + 4):
             yield b"\x00" * 8192
 
-    streamed = httpx.post(f"{base}/predict", content=chunks(), timeout=30,
-                          headers={"content-type": "multipart/form-data; boundary=xyz"})
+    streamed = httpx.post(
+        f"{base}/predict", content=chunks(), timeout=30, headers={"content-type": "multipart/form-data; boundary=xyz"}
+    )
     assert streamed.status_code == 413
     _alive(base)
     metrics = httpx.get(f"{base}/metrics").text
@@ -121,10 +128,12 @@ def test_bad_uploads_get_the_right_4xx_and_the_server_stays_up(base: str) -> Non
 async def _burst(base: str, n: int) -> list[int]:
     good, bad = png_bytes(7), png_bytes(8, fmt="JPEG")[:200]
     async with httpx.AsyncClient(timeout=60, limits=httpx.Limits(max_connections=n)) as client:
+
         async def one(i: int) -> int:
             data = bad if i % 5 == 4 else good
             response = await client.post(f"{base}/predict", files={"file": ("x.png", data, "image/png")})
             return response.status_code
+
         return list(await asyncio.gather(*(one(i) for i in range(n))))
 
 
@@ -168,11 +177,15 @@ class _SlowEngine:
 def test_full_queue_answers_503_with_retry_after(model_folder: Path) -> None:
     config = ServeConfig(max_queue=2, max_batch_size=1, retry_after_s=3)
     with running(create_app(_SlowEngine(load_engine(model_folder)), config)) as url:
+
         async def burst() -> list[httpx.Response]:
             async with httpx.AsyncClient(timeout=30) as client:
                 data = png_bytes(9)
-                return list(await asyncio.gather(*(client.post(f"{url}/predict", files={"file": ("x.png", data)})
-                                                   for _ in range(8))))
+                return list(
+                    await asyncio.gather(
+                        *(client.post(f"{url}/predict", files={"file": ("x.png", data)}) for _ in range(8))
+                    )
+                )
 
         responses = asyncio.run(burst())
         codes = sorted(r.status_code for r in responses)

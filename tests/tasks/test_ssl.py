@@ -61,8 +61,7 @@ def test_layer_decay_scales_as_ssl_uses_them():
     """SSL builds its groups with unit rates, so lr / weight_decay are the scales it multiplies by."""
     backbone = load_backbone("random:vit_test16", device="cpu")  # 2 blocks
     head = nn.Linear(4, 4)
-    groups = param_groups(backbone, [head], lr=1.0, head_lr=1.0, layer_decay=0.5,
-                          weight_decay=1.0)
+    groups = param_groups(backbone, [head], lr=1.0, head_lr=1.0, layer_decay=0.5, weight_decay=1.0)
     by_name = {name: g for g in groups for name in g["param_names"]}
     assert by_name["hf.embeddings.patch_embeddings.weight"]["lr"] == pytest.approx(0.125)
     assert by_name["hf.model.layer.0.mlp.up_proj.weight"]["lr"] == pytest.approx(0.25)
@@ -94,8 +93,15 @@ def test_block_mask_counts():
 
 @pytest.mark.parametrize("channels", [1, 3, 5])
 def test_multicrop_shapes_and_band_safety(channels):
-    cfg = MultiCropConfig(global_size=32, local_size=16, n_local=3, colour_jitter_p=1.0, solarize_p=1.0,
-                          blur_p=(0.0, 0.0, 0.0), hflip=False)
+    cfg = MultiCropConfig(
+        global_size=32,
+        local_size=16,
+        n_local=3,
+        colour_jitter_p=1.0,
+        solarize_p=1.0,
+        blur_p=(0.0, 0.0, 0.0),
+        hflip=False,
+    )
     crops = MultiCrop(cfg, channels, [0.0] * channels, [1.0] * channels)
     image = np.full((40, 40, channels), 0.3, dtype=np.float32)
     image[..., 0] = np.linspace(0, 1, 40, dtype=np.float32)[None, :]

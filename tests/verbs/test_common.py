@@ -26,11 +26,18 @@ def test_the_training_backbone_takes_the_data_channels() -> None:
     assert preprocessing_for(DataConfig(root="x", image_size=32), backbone).channels == 1
 
 
-@pytest.mark.parametrize(("source", "size", "message"), [
-    ("random:vit_test16", 200, r"data.image_size=200 is not a multiple of 16 \(this backbone's patch size\); "
-                               r"use 192 or 208"),
-    ("random:convnext_test", 48, r"data.image_size=48 is not a multiple of 32 .*; use 32 or 64"),
-])
+@pytest.mark.parametrize(
+    ("source", "size", "message"),
+    [
+        (
+            "random:vit_test16",
+            200,
+            r"data.image_size=200 is not a multiple of 16 \(this backbone's patch size\); "
+            r"use 192 or 208",
+        ),
+        ("random:convnext_test", 48, r"data.image_size=48 is not a multiple of 32 .*; use 32 or 64"),
+    ],
+)
 def test_image_size_is_refused_never_rounded(source: str, size: int, message: str) -> None:
     backbone = load_backbone(source, device="cpu")
     with pytest.raises(ConfigError, match=message):

@@ -53,16 +53,29 @@ def masks(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _finetune(digits: Path, out: Path, mode: str, **extra: Any) -> Result:
-    values = {"data": {"root": str(digits), "image_size": 32, "num_workers": 0, "augment": "none"},
-              "backbone": BACKBONE, "mode": mode, "batch_size": 32, "freeze_blocks": 1,
-              "optim": {"lr": 1e-3, "head_lr": 1e-3}, "trainer": TRAINER, "out": str(out), **extra}
+    values = {
+        "data": {"root": str(digits), "image_size": 32, "num_workers": 0, "augment": "none"},
+        "backbone": BACKBONE,
+        "mode": mode,
+        "batch_size": 32,
+        "freeze_blocks": 1,
+        "optim": {"lr": 1e-3, "head_lr": 1e-3},
+        "trainer": TRAINER,
+        "out": str(out),
+        **extra,
+    }
     return run_finetune(validate(FinetuneConfig, values))
 
 
 def _probe(digits: Path, out: Path, sweep: bool) -> Result:
-    values = {"data": {"root": str(digits), "image_size": 32, "num_workers": 0}, "backbone": BACKBONE,
-              "sweep": {"enabled": sweep, "epochs": 5}, "progress": False, "out": str(out),
-              "cache_dir": str(out.parent / "cache")}
+    values = {
+        "data": {"root": str(digits), "image_size": 32, "num_workers": 0},
+        "backbone": BACKBONE,
+        "sweep": {"enabled": sweep, "epochs": 5},
+        "progress": False,
+        "out": str(out),
+        "cache_dir": str(out.parent / "cache"),
+    }
     return run_probe(validate(ProbeConfig, values))
 
 
@@ -74,13 +87,23 @@ def runs(digits: Path, masks: Path, tmp_path_factory: pytest.TempPathFactory) ->
     for mode in ("finetune", "lora", "partial"):
         out[mode] = _finetune(digits, root / mode, mode)
     out["distill"] = _finetune(digits, root / "distill", "distill", distill={"teacher": str(out["finetune"].run_dir)})
-    seg = {"data": {"root": str(masks), "image_size": 64, "num_workers": 0, "augment": "none"}, "backbone": BACKBONE,
-           "batch_size": 8, "trainer": TRAINER, "inference": {"mode": "whole"}, "out": str(root / "segment")}
+    seg = {
+        "data": {"root": str(masks), "image_size": 64, "num_workers": 0, "augment": "none"},
+        "backbone": BACKBONE,
+        "batch_size": 8,
+        "trainer": TRAINER,
+        "inference": {"mode": "whole"},
+        "out": str(root / "segment"),
+    }
     out["segment"] = run_segment(validate(SegmentConfig, seg))
-    ssl = {"data": {"root": str(digits / "train"), "batch_size": 8, "num_workers": 0}, "backbone": BACKBONE,
-           "crops": {"global_size": 32, "local_size": 16, "n_local": 1},
-           "heads": {"out_dim": 64, "hidden_dim": 32, "bottleneck_dim": 16},
-           "trainer": {"max_steps": 2, "progress_bar": False}, "out": str(root / "pretrain")}
+    ssl = {
+        "data": {"root": str(digits / "train"), "batch_size": 8, "num_workers": 0},
+        "backbone": BACKBONE,
+        "crops": {"global_size": 32, "local_size": 16, "n_local": 1},
+        "heads": {"out_dim": 64, "hidden_dim": 32, "bottleneck_dim": 16},
+        "trainer": {"max_steps": 2, "progress_bar": False},
+        "out": str(root / "pretrain"),
+    }
     out["pretrain"] = run_pretrain(validate(PretrainConfig, ssl))
     return out
 
@@ -119,8 +142,9 @@ def test_classifier_lifecycle(kind: str, runs: dict[str, Result], digits: Path) 
     assert [p.label for p in on_run] == [p.label for p in on_export]
     for a, b in zip(on_run, on_export, strict=True):
         np.testing.assert_allclose([v for _, v in a.top], [v for _, v in b.top], atol=1e-4)
-    assert run_evaluate(export.run_dir, digits, out=run / "evaluation-onnx").metrics["summary"]["accuracy"] == \
-        pytest.approx(evaluation.metrics["summary"]["accuracy"], abs=1e-9)
+    assert run_evaluate(export.run_dir, digits, out=run / "evaluation-onnx").metrics["summary"][
+        "accuracy"
+    ] == pytest.approx(evaluation.metrics["summary"]["accuracy"], abs=1e-9)
     with TestClient(create_app(export.run_dir, ServeConfig(max_wait_ms=0))) as client:
         _wait_ready(client)
         answer = client.post("/predict", files={"file": ("x.png", images[0].read_bytes(), "image/png")}).json()
@@ -149,8 +173,9 @@ def test_segmenter_lifecycle(runs: dict[str, Result], masks: Path) -> None:
         same, total = same + int((a == b).sum()), total + a.numel()
     assert same / total >= 0.999
     onnx_eval = run_evaluate(export.run_dir, masks, split="val", out=run / "evaluation-onnx")
-    assert onnx_eval.metrics["summary"]["val/miou"] == pytest.approx(evaluation.metrics["summary"]["val/miou"],
-                                                                      abs=1e-3)
+    assert onnx_eval.metrics["summary"]["val/miou"] == pytest.approx(
+        evaluation.metrics["summary"]["val/miou"], abs=1e-3
+    )
     with TestClient(create_app(export.run_dir)) as client:
         _wait_ready(client)
         answer = client.post("/predict", files={"file": ("x.png", image_path.read_bytes(), "image/png")}).json()
@@ -170,8 +195,15 @@ def test_run_folder_contract(runs: dict[str, Result]) -> None:
     expected["knn"] = set(common)  # no model: kNN keeps the training features, not a head
     for kind in ("finetune", "lora", "partial", "distill"):
         expected[kind] |= {"backbone", "last", "checkpoints", "logs"}
-    expected["segment"] = common | {"model.json", "head.safetensors", "per_image_iou.csv", "predictions",
-                                    "report.html", "checkpoints", "logs"}
+    expected["segment"] = common | {
+        "model.json",
+        "head.safetensors",
+        "per_image_iou.csv",
+        "predictions",
+        "report.html",
+        "checkpoints",
+        "logs",
+    }
     expected["pretrain"] = {"config.yaml", "metrics.json", "backbone_hf", "backbone.pth", "checkpoints", "logs"}
     for kind, names in expected.items():
         present = {p.name for p in runs[kind].run_dir.iterdir() if not p.name.startswith(".")}

@@ -6,5 +6,13 @@ from dinotune.backbones.load import Backbone, load_backbone
 from dinotune.backbones.specs import ARCHS, ArchSpec, get_arch
 from dinotune.backbones.vit import ViTBackbone
 
-__all__ = ["ARCHS", "ArchSpec", "Backbone", "BackboneInfo", "ConvNeXtBackbone", "ViTBackbone", "get_arch",
-           "load_backbone"]
+__all__ = [
+    "ARCHS",
+    "ArchSpec",
+    "Backbone",
+    "BackboneInfo",
+    "ConvNeXtBackbone",
+    "ViTBackbone",
+    "get_arch",
+    "load_backbone",
+]

@@ -57,8 +57,12 @@ CONVNEXT_RENAMES: list[tuple[str, str]] = [
     ("norm.{p}", "layer_norm.{p}"),
 ]
 
-_DROPPED_PATTERNS = [r"rope_embed\.periods", r"blocks\.\d+\.attn\.qkv\.bias_mask", r"local_cls_norm\..+",
-                     r"norms\.3\..+"]
+_DROPPED_PATTERNS = [
+    r"rope_embed\.periods",
+    r"blocks\.\d+\.attn\.qkv\.bias_mask",
+    r"local_cls_norm\..+",
+    r"norms\.3\..+",
+]
 _WRAPPER_KEYS = ("teacher", "model", "state_dict", "student")
 _PREFIXES = ("backbone.", "module.", "_orig_mod.")
 
@@ -285,10 +289,25 @@ def hf_to_official(
 def hf_config_to_arch(config: Any) -> OfficialArch:
     """The `OfficialArch` of a loaded Hugging Face config."""
     if config.model_type == "dinov3_vit":
-        keys = ["hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size", "use_gated_mlp",
-                "hidden_act", "patch_size", "num_channels", "num_register_tokens", "rope_theta",
-                "layer_norm_eps", "query_bias", "key_bias", "value_bias", "proj_bias", "mlp_bias",
-                "layerscale_value"]
+        keys = [
+            "hidden_size",
+            "num_hidden_layers",
+            "num_attention_heads",
+            "intermediate_size",
+            "use_gated_mlp",
+            "hidden_act",
+            "patch_size",
+            "num_channels",
+            "num_register_tokens",
+            "rope_theta",
+            "layer_norm_eps",
+            "query_bias",
+            "key_bias",
+            "value_bias",
+            "proj_bias",
+            "mlp_bias",
+            "layerscale_value",
+        ]
         return OfficialArch("vit", {k: getattr(config, k) for k in keys})
     if config.model_type == "dinov3_convnext":
         keys = ["hidden_sizes", "depths", "num_channels", "layer_norm_eps", "hidden_act"]
@@ -329,7 +348,8 @@ def load_into(model: torch.nn.Module, hf_sd: dict[str, Tensor], source: str, arc
         problems.append(f"wrong shapes ({len(wrong)}): {_preview(wrong)}")
     if problems:
         raise CheckpointError(
-            f"{source} does not fit the architecture: " + "; ".join(problems)
+            f"{source} does not fit the architecture: "
+            + "; ".join(problems)
             + ". Is the file complete (not truncated) and is `arch` right?"
         )
     model.load_state_dict(hf_sd, strict=True)

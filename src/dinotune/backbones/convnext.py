@@ -118,7 +118,6 @@ class ConvNeXtBackbone(BackboneBase):
         return self.forward_features(x)["x_norm_clstoken"]
 
 
-
 def _checkpointed_forward(stage: nn.Module, x: Tensor) -> Tensor:
     plain = functools.partial(type(stage).forward, stage)
     return checkpoint(plain, x, use_reentrant=False) if stage.training and torch.is_grad_enabled() else plain(x)

@@ -63,15 +63,15 @@ def load_backbone(
     return backbone.to(resolve_device(device)).eval()
 
 
-
 def _wrap(hf_model: nn.Module, info: BackboneInfo) -> Backbone:
     if info.family == "vit":
         return ViTBackbone(hf_model, info)
     return ConvNeXtBackbone(hf_model, info)
 
 
-def _make_info(arch_name: str, family: str, source: str, weights: str | None, in_chans: int,
-               identity: str, random: bool = False) -> BackboneInfo:
+def _make_info(
+    arch_name: str, family: str, source: str, weights: str | None, in_chans: int, identity: str, random: bool = False
+) -> BackboneInfo:
     mean, std = norm_stats(weights)
     return BackboneInfo(
         arch=arch_name,
@@ -89,26 +89,49 @@ def _make_info(arch_name: str, family: str, source: str, weights: str | None, in
 def spec_to_arch(spec: ArchSpec) -> convert.OfficialArch:
     """The Hugging Face configuration of a named architecture (as released: masked K bias, RoPE 100)."""
     if spec.family == "convnext":
-        return convert.OfficialArch("convnext", {
-            "hidden_sizes": list(spec.dims), "depths": list(spec.depths), "num_channels": 3,
-            "layer_norm_eps": 1e-6, "hidden_act": "gelu",
-        })
-    return convert.OfficialArch("vit", {
-        "hidden_size": spec.embed_dim, "num_hidden_layers": spec.depth, "num_attention_heads": spec.num_heads,
-        "intermediate_size": spec.intermediate_size, "use_gated_mlp": spec.ffn == "swiglu",
-        "hidden_act": "silu" if spec.ffn == "swiglu" else "gelu", "patch_size": spec.patch_size,
-        "num_channels": 3, "num_register_tokens": spec.n_storage_tokens, "rope_theta": 100.0,
-        "layer_norm_eps": 1e-5, "query_bias": True, "key_bias": False, "value_bias": True,
-        "proj_bias": True, "mlp_bias": True, "layerscale_value": 1.0,
-    })
+        return convert.OfficialArch(
+            "convnext",
+            {
+                "hidden_sizes": list(spec.dims),
+                "depths": list(spec.depths),
+                "num_channels": 3,
+                "layer_norm_eps": 1e-6,
+                "hidden_act": "gelu",
+            },
+        )
+    return convert.OfficialArch(
+        "vit",
+        {
+            "hidden_size": spec.embed_dim,
+            "num_hidden_layers": spec.depth,
+            "num_attention_heads": spec.num_heads,
+            "intermediate_size": spec.intermediate_size,
+            "use_gated_mlp": spec.ffn == "swiglu",
+            "hidden_act": "silu" if spec.ffn == "swiglu" else "gelu",
+            "patch_size": spec.patch_size,
+            "num_channels": 3,
+            "num_register_tokens": spec.n_storage_tokens,
+            "rope_theta": 100.0,
+            "layer_norm_eps": 1e-5,
+            "query_bias": True,
+            "key_bias": False,
+            "value_bias": True,
+            "proj_bias": True,
+            "mlp_bias": True,
+            "layerscale_value": 1.0,
+        },
+    )
 
 
 def match_spec(arch: convert.OfficialArch) -> str:
     """Name of the released (or test) architecture with this shape, or 'custom'."""
     for spec in ARCHS.values():
         known = spec_to_arch(spec).hf_config
-        keys = ("hidden_sizes", "depths") if arch.family == "convnext" else (
-            "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size", "use_gated_mlp")
+        keys = (
+            ("hidden_sizes", "depths")
+            if arch.family == "convnext"
+            else ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size", "use_gated_mlp")
+        )
         if spec.family == arch.family and all(known[k] == arch.hf_config[k] for k in keys):
             return spec.name
     return "custom"
@@ -125,8 +148,7 @@ def _load_random(name: str, seed: int) -> Backbone:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         hf_model = convert.build_hf_model(arch)
-    info = _make_info(spec.name, spec.family, f"random:{spec.name}", None, 3, f"random:{spec.name}:{seed}",
-                      random=True)
+    info = _make_info(spec.name, spec.family, f"random:{spec.name}", None, 3, f"random:{spec.name}:{seed}", random=True)
     return _wrap(hf_model, info)
 
 
@@ -163,8 +185,14 @@ def _load_official_file(path: Path, arch_name: str | None) -> Backbone:
     stat = path.stat()
     name = (arch_name and get_arch(arch_name).name) or match_spec(arch)
     weights = "sat493m" if "sat493m" in path.name.lower() else ("lvd1689m" if "lvd1689m" in path.name else None)
-    info = _make_info(name, arch.family, str(path), weights, arch.hf_config["num_channels"],
-                      f"pth:{path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}")
+    info = _make_info(
+        name,
+        arch.family,
+        str(path),
+        weights,
+        arch.hf_config["num_channels"],
+        f"pth:{path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}",
+    )
     if dropped:
         log.info("Dropped %d tensors unused at inference from %s", len(dropped), path)
     return _wrap(hf_model, info)
@@ -174,10 +202,16 @@ def _check_expected_arch(found: convert.OfficialArch, spec: ArchSpec, path: Path
     expected = spec_to_arch(spec)
     if found.family != expected.family:
         raise CheckpointError(f"'{path}' holds a {found.family}, but arch='{spec.name}' is a {expected.family}.")
-    keys = ["hidden_sizes", "depths"] if found.family == "convnext" else [
-        "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size", "use_gated_mlp"]
-    diffs = [f"{k}: checkpoint {found.hf_config[k]} vs {spec.name} {expected.hf_config[k]}"
-             for k in keys if found.hf_config[k] != expected.hf_config[k]]
+    keys = (
+        ["hidden_sizes", "depths"]
+        if found.family == "convnext"
+        else ["hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size", "use_gated_mlp"]
+    )
+    diffs = [
+        f"{k}: checkpoint {found.hf_config[k]} vs {spec.name} {expected.hf_config[k]}"
+        for k in keys
+        if found.hf_config[k] != expected.hf_config[k]
+    ]
     if diffs:
         raise CheckpointError(
             f"'{path}' does not match arch='{spec.name}' ({'; '.join(diffs)}). Omit `arch` to load it as it is, "
@@ -192,7 +226,8 @@ def _load_hf_folder(path: Path, source: str) -> Backbone:
         raise CheckpointError(f"Folder '{path}' has no config.json, so it is not a Hugging Face model folder.{hint}")
     hf_model = from_pretrained(str(path), local_files_only=True)
     identity = (path / "config.json").read_text() + "".join(
-        f"{p.name}:{p.stat().st_size}:{p.stat().st_mtime_ns}" for p in sorted(path.glob("*.safetensors")))
+        f"{p.name}:{p.stat().st_size}:{p.stat().st_mtime_ns}" for p in sorted(path.glob("*.safetensors"))
+    )
     return _wrap_pretrained(hf_model, source, identity, path.name)
 
 

@@ -23,7 +23,8 @@ class LoraConfig(StrictModel):
     alpha: float = Field(8.0, gt=0, description="Scale alpha; the update is B A * alpha / r.")
     dropout: float = Field(0.0, ge=0, lt=1, description="Dropout on the adapter input.")
     targets: list[str] | None = Field(
-        None, description="Linear module names to adapt (None: all attention and MLP linears of the backbone).")
+        None, description="Linear module names to adapt (None: all attention and MLP linears of the backbone)."
+    )
 
 
 def apply_lora(backbone: nn.Module, cfg: LoraConfig, default_targets: tuple[str, ...]) -> int:
@@ -38,11 +39,13 @@ def apply_lora(backbone: nn.Module, cfg: LoraConfig, default_targets: tuple[str,
     targets = cfg.targets or [n for n in default_targets if n in linear_names]
     unknown = sorted(set(targets) - linear_names)
     if unknown:
-        raise ConfigError(f"lora.targets {unknown} are not linear layers of this backbone; "
-                          f"choose from {sorted(linear_names)}.")
+        raise ConfigError(
+            f"lora.targets {unknown} are not linear layers of this backbone; choose from {sorted(linear_names)}."
+        )
     backbone.requires_grad_(False)
-    peft_cfg = PeftLoraConfig(r=cfg.rank, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout,
-                              target_modules=list(targets), bias="none")
+    peft_cfg = PeftLoraConfig(
+        r=cfg.rank, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout, target_modules=list(targets), bias="none"
+    )
     inject_adapter_in_model(peft_cfg, backbone.hf)
     adapters = [p for n, p in backbone.named_parameters() if "lora_" in n]
     for param in adapters:

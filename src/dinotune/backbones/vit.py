@@ -73,9 +73,7 @@ class ViTBackbone(BackboneBase):
         """Tokens after each block in `take` (un-normed), and after the last block."""
         _, _, height, width = x.shape
         if height % self.patch_size or width % self.patch_size:
-            raise ValueError(
-                f"input size {height}x{width} is not a multiple of the patch size {self.patch_size}"
-            )
+            raise ValueError(f"input size {height}x{width} is not a multiple of the patch size {self.patch_size}")
         x = x.to(self.hf.embeddings.patch_embeddings.weight.dtype)
         tokens = self.hf.embeddings(x, bool_masked_pos=masks)
         rope = self.hf.rope_embeddings(x)

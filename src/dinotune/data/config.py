@@ -34,8 +34,9 @@ class ScalingConfig(StrictModel):
     """
 
     mode: Literal["fixed", "percentile", "per_image"] = Field(
-        "fixed", description="fixed: divide by `divisor`; percentile: map per-band low/high to 0/1 and clip; "
-        "per_image: each image's own per-channel `percentiles` map to 0/1 (low-light microscopy, fluorescence)."
+        "fixed",
+        description="fixed: divide by `divisor`; percentile: map per-band low/high to 0/1 and clip; "
+        "per_image: each image's own per-channel `percentiles` map to 0/1 (low-light microscopy, fluorescence).",
     )
     divisor: float | None = Field(
         None, gt=0, description="Divisor for >8-bit integer images (default 65535; e.g. 4095 for 12-bit)."
@@ -85,8 +86,12 @@ class DataConfig(StrictModel):
     layout: Layout = Field("auto", description="Dataset layout; `auto` detects it from the folder structure.")
     csv_file: Path | None = Field(None, description="CSV annotation file (relative to root) if not auto-detected.")
     image_size: int = Field(224, gt=0, description="Side of the square network input (a multiple of the patch).")
-    channels: int | None = Field(None, ge=1, le=64, description="Input channels: 3 (RGB), 1 (grayscale) or N "
-                                 "bands; default: the backbone's in_chans, else 3.")
+    channels: int | None = Field(
+        None,
+        ge=1,
+        le=64,
+        description="Input channels: 3 (RGB), 1 (grayscale) or N bands; default: the backbone's in_chans, else 3.",
+    )
     resize: ResizeMode = Field("crop", description="crop: shorter side + crop; pad: letterbox; keep: keep aspect.")
     augment: AugmentPreset = Field("default", description="Training augmentation preset.")
     hflip: bool | None = Field(None, description="Override the preset's horizontal flip (medical: off by default).")

@@ -51,10 +51,12 @@ class MultiCropConfig(StrictModel):
     hue: float = Field(0.1, ge=0, le=0.5, description="Only for 3 colour bands.")
     grayscale_p: float = Field(0.2, ge=0, le=1, description="Probability of grayscale (3 colour bands only).")
     blur_p: tuple[float, float, float] = Field(
-        (1.0, 0.1, 0.5), description="Gaussian blur probability: global crop 1, global crop 2, local crops.")
+        (1.0, 0.1, 0.5), description="Gaussian blur probability: global crop 1, global crop 2, local crops."
+    )
     solarize_p: float = Field(0.2, ge=0, le=1, description="Solarisation probability of global crop 2.")
     colour_bands: int | None = Field(
-        None, ge=0, description="Leading colour channels (None: 3 if the image has >= 3 channels, else 1).")
+        None, ge=0, description="Leading colour channels (None: 3 if the image has >= 3 channels, else 1)."
+    )
 
     @model_validator(mode="after")
     def _check(self) -> MultiCropConfig:
@@ -74,8 +76,14 @@ class MultiCropConfig(StrictModel):
                 raise ConfigError(f"crops.{name}={value} is not a multiple of the patch size {patch_size}; use {lo}.")
 
 
-def block_mask(grid: tuple[int, int], n_masked: int, rng: np.random.Generator, min_block: int = 4,
-               max_aspect: float = 3.0, max_tries: int = 10) -> np.ndarray:
+def block_mask(
+    grid: tuple[int, int],
+    n_masked: int,
+    rng: np.random.Generator,
+    min_block: int = 4,
+    max_aspect: float = 3.0,
+    max_tries: int = 10,
+) -> np.ndarray:
     """(H, W) bool mask with about `n_masked` patches, as random rectangles (BEiT/iBOT block masking).
 
     Blocks of random area (>= `min_block` patches) and aspect ratio are added until the target is met;
@@ -93,7 +101,7 @@ def block_mask(grid: tuple[int, int], n_masked: int, rng: np.random.Generator, m
         h = max(1, min(height, round(math.sqrt(area * aspect))))
         w = max(1, min(width, round(math.sqrt(area / aspect))))
         top, left = rng.integers(0, height - h + 1), rng.integers(0, width - w + 1)
-        block = mask[top:top + h, left:left + w]
+        block = mask[top : top + h, left : left + w]
         new = int((~block).sum())
         if 0 < new <= remaining:
             block[...] = True
@@ -136,19 +144,34 @@ class MultiCrop:
         """(colour ops on the colour bands or None, ops on all bands)."""
         cfg, ops = self.cfg, []
         if self.colour_bands == 3:
-            ops.append(A.ColorJitter(brightness=cfg.brightness, contrast=cfg.contrast, saturation=cfg.saturation,
-                                     hue=cfg.hue, p=cfg.colour_jitter_p))
+            ops.append(
+                A.ColorJitter(
+                    brightness=cfg.brightness,
+                    contrast=cfg.contrast,
+                    saturation=cfg.saturation,
+                    hue=cfg.hue,
+                    p=cfg.colour_jitter_p,
+                )
+            )
             ops.append(A.ToGray(num_output_channels=3, p=cfg.grayscale_p))
         elif self.colour_bands >= 1:
-            ops.append(A.RandomBrightnessContrast(brightness_limit=cfg.brightness, contrast_limit=cfg.contrast,
-                                                  p=cfg.colour_jitter_p))
+            ops.append(
+                A.RandomBrightnessContrast(
+                    brightness_limit=cfg.brightness, contrast_limit=cfg.contrast, p=cfg.colour_jitter_p
+                )
+            )
         if solarize_p > 0 and self.colour_bands:
             ops.append(A.Solarize(threshold_range=(0.5, 0.5), p=solarize_p))
         colour = A.Compose(ops) if ops and self.colour_bands else None
         return colour, A.Compose([A.GaussianBlur(sigma_limit=(0.1, 2.0), blur_limit=0, p=blur_p)])
 
-    def _view(self, image: np.ndarray, geometry: A.Compose, colour: tuple[A.Compose | None, A.Compose],
-              rng: np.random.Generator) -> torch.Tensor:
+    def _view(
+        self,
+        image: np.ndarray,
+        geometry: A.Compose,
+        colour: tuple[A.Compose | None, A.Compose],
+        rng: np.random.Generator,
+    ) -> torch.Tensor:
         colour_ops, all_ops = colour
         for compose in (geometry, colour_ops, all_ops):
             if compose is not None:
@@ -159,7 +182,7 @@ class MultiCrop:
         if colour_ops is not None:
             bands = np.ascontiguousarray(out[:, :, : self.colour_bands])
             jittered = colour_ops(image=bands)["image"]
-            out = np.concatenate([jittered.reshape(*bands.shape), out[:, :, self.colour_bands:]], axis=2)
+            out = np.concatenate([jittered.reshape(*bands.shape), out[:, :, self.colour_bands :]], axis=2)
         out = all_ops(image=np.ascontiguousarray(out))["image"].reshape(out.shape)
         out = (np.clip(out, 0.0, 1.0).astype(np.float32) - self.mean) / self.std
         return torch.from_numpy(np.ascontiguousarray(out.transpose(2, 0, 1)))
@@ -180,9 +203,17 @@ class MultiCropDataset(Dataset):
     files are skipped (logged by the decoder's error) and replaced by the next image.
     """
 
-    def __init__(self, paths: Sequence[Path], crops: MultiCrop, patch_size: int, seed: int = 0,
-                 mask_ratio: tuple[float, float] = (0.1, 0.5), mask_probability: float = 0.5,
-                 channels: int = 3, on_bad_file: str = "skip") -> None:
+    def __init__(
+        self,
+        paths: Sequence[Path],
+        crops: MultiCrop,
+        patch_size: int,
+        seed: int = 0,
+        mask_ratio: tuple[float, float] = (0.1, 0.5),
+        mask_probability: float = 0.5,
+        channels: int = 3,
+        on_bad_file: str = "skip",
+    ) -> None:
         self.paths, self.crops, self.seed = list(paths), crops, seed
         self.grid = crops.cfg.global_size // patch_size
         self.mask_ratio, self.mask_probability = mask_ratio, mask_probability

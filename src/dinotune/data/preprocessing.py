@@ -24,8 +24,16 @@ class Preprocessing:
     def transform(self, patch_size: int, train: bool = False, augment: str = "none"):
         from dinotune.data.transforms import build_transform
 
-        return build_transform(train=train, image_size=self.image_size, patch_size=patch_size, resize=self.resize,
-                               augment=augment, mean=self.mean, std=self.std, channels=self.channels)
+        return build_transform(
+            train=train,
+            image_size=self.image_size,
+            patch_size=patch_size,
+            resize=self.resize,
+            augment=augment,
+            mean=self.mean,
+            std=self.std,
+            channels=self.channels,
+        )
 
     def scaling_config(self):
         """The 16-bit / multi-band scaling (None: the default divisor)."""

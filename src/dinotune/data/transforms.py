@@ -198,7 +198,11 @@ def _augmentations(p: Preset, hflip: bool, ignore_index: int, resize: str) -> li
 
 
 def transform_from_config(
-    cfg: Any, *, train: bool, mean: Sequence[float] | None = None, std: Sequence[float] | None = None,
+    cfg: Any,
+    *,
+    train: bool,
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
     patch_size: int = 16,
 ) -> Transform:
     """Pipeline from a DataConfig; cfg.mean/std override the backbone statistics passed in; `patch_size` is the

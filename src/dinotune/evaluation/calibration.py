@@ -46,8 +46,9 @@ class Reliability:
 def _check(probs: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     probs, labels = np.asarray(probs, dtype=np.float64), np.asarray(labels).astype(np.int64)
     if probs.ndim != 2 or labels.shape != (probs.shape[0],) or probs.shape[0] == 0:
-        raise DataError(f"calibration needs (N, C) probabilities and (N,) labels, N > 0; got "
-                        f"{probs.shape} and {labels.shape}.")
+        raise DataError(
+            f"calibration needs (N, C) probabilities and (N,) labels, N > 0; got {probs.shape} and {labels.shape}."
+        )
     return probs, labels
 
 
@@ -93,8 +94,9 @@ def fit_temperature(logits: np.ndarray, labels: np.ndarray, max_iter: int = 200)
     x = torch.as_tensor(np.asarray(logits), dtype=torch.float64)
     y = torch.as_tensor(np.asarray(labels).astype(np.int64))
     if x.ndim != 2 or y.shape != (x.shape[0],) or x.shape[0] == 0:
-        raise DataError(f"temperature scaling needs (N, C) logits and (N,) labels; got {tuple(x.shape)}, "
-                        f"{tuple(y.shape)}.")
+        raise DataError(
+            f"temperature scaling needs (N, C) logits and (N,) labels; got {tuple(x.shape)}, {tuple(y.shape)}."
+        )
     log_t = torch.zeros((), dtype=torch.float64, requires_grad=True)
     opt = torch.optim.LBFGS([log_t], lr=0.5, max_iter=max_iter, line_search_fn="strong_wolfe")
 

@@ -21,10 +21,24 @@ from dinotune.report.html import Report, figure, fmt, note, table
 
 __all__ = ["COLUMNS", "compare", "format_table", "read_run"]
 
-COLUMNS = {"run": "Run", "task": "Task", "backbone": "Backbone", "metric": "Main metric", "value": "Value",
-           "accuracy": "Accuracy", "balanced_accuracy": "Balanced acc.", "f1_macro": "Macro F1", "auroc": "AUROC",
-           "map": "mAP", "miou": "mIoU", "ece": "ECE", "train_seconds": "Training time (s)",
-           "trainable": "Trainable params", "total": "Total params", "model_mb": "Model size (MB)"}
+COLUMNS = {
+    "run": "Run",
+    "task": "Task",
+    "backbone": "Backbone",
+    "metric": "Main metric",
+    "value": "Value",
+    "accuracy": "Accuracy",
+    "balanced_accuracy": "Balanced acc.",
+    "f1_macro": "Macro F1",
+    "auroc": "AUROC",
+    "map": "mAP",
+    "miou": "mIoU",
+    "ece": "ECE",
+    "train_seconds": "Training time (s)",
+    "trainable": "Trainable params",
+    "total": "Total params",
+    "model_mb": "Model size (MB)",
+}
 METRICS = ("accuracy", "balanced_accuracy", "f1_macro", "auroc", "map", "miou", "ece")
 MAIN_METRIC = {"classify": "accuracy", "multilabel": "map", "segment": "miou"}
 
@@ -65,8 +79,9 @@ def read_run(run: str | Path) -> dict[str, Any]:
     """One comparison row for `run` (any run type); keys of COLUMNS, None where unknown."""
     run = Path(run)
     if not run.is_dir() or not ((run / "metrics.json").is_file() or (run / "model.json").is_file()):
-        raise DataError(f"'{run}' is not a run folder (no metrics.json or model.json); pass folders written by "
-                        "probe, knn or train.")
+        raise DataError(
+            f"'{run}' is not a run folder (no metrics.json or model.json); pass folders written by probe, knn or train."
+        )
     row: dict[str, Any] = dict.fromkeys(COLUMNS)
     row["run"] = run.name
     card = _json(run / "model.json")
@@ -110,15 +125,22 @@ def compare(runs: Sequence[str | Path], *, out: str | Path | None = None) -> lis
         out = Path(out)
         out.mkdir(parents=True, exist_ok=True)
         write_text(out / "comparison.json", json.dumps(rows, indent=2))
-        shown = [m for m in ("accuracy", "balanced_accuracy", "f1_macro", "auroc", "map", "miou")
-                 if any(r[m] is not None for r in rows)]
+        shown = [
+            m
+            for m in ("accuracy", "balanced_accuracy", "f1_macro", "auroc", "map", "miou")
+            if any(r[m] is not None for r in rows)
+        ]
         report = Report("Run comparison", f"{len(rows)} runs")
         body = [table(rows, {k: v for k, v in COLUMNS.items() if any(r.get(k) is not None for r in rows)})]
         if shown:
             fig = plots.compare_figure([r["run"] for r in rows], {COLUMNS[m]: [r[m] for r in rows] for m in shown})
             body.append(figure(plots.figure_png(fig), "runs compared", 900))
-        body.append(note("Metrics from <run>/evaluation/metrics.json, else the run's metrics.json (its report "
-                         "split), else model.json; '-' = not recorded. Model size: files in the model folder."))
+        body.append(
+            note(
+                "Metrics from <run>/evaluation/metrics.json, else the run's metrics.json (its report "
+                "split), else model.json; '-' = not recorded. Model size: files in the model folder."
+            )
+        )
         report.add("comparison", "Comparison", *body)
         report.write(out / "comparison.html")
     return rows

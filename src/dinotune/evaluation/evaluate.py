@@ -57,13 +57,19 @@ def _calibrate(result: DatasetResult, val: Predictions | None, fit: bool) -> Non
     pred = result.predictions
     rel = cal.reliability(pred.probs, pred.labels)
     result.reliability = rel
-    info: dict[str, Any] = {"ece": rel.ece, "bins": cal.N_BINS,
-                            "nll": cal.negative_log_likelihood(pred.logits, pred.labels)}
+    info: dict[str, Any] = {
+        "ece": rel.ece,
+        "bins": cal.N_BINS,
+        "nll": cal.negative_log_likelihood(pred.logits, pred.labels),
+    }
     if fit and val is not None:
         t = cal.fit_temperature(val.logits, val.labels)
         result.reliability_scaled = cal.reliability(cal.softmax(pred.logits, t), pred.labels)
-        info.update(temperature=t, ece_scaled=result.reliability_scaled.ece,
-                    nll_scaled=cal.negative_log_likelihood(pred.logits, pred.labels, t))
+        info.update(
+            temperature=t,
+            ece_scaled=result.reliability_scaled.ece,
+            nll_scaled=cal.negative_log_likelihood(pred.logits, pred.labels, t),
+        )
     result.calibration = info
 
 
@@ -86,8 +92,11 @@ def read_training_curves(run: Path) -> tuple[dict[str, tuple[np.ndarray, np.ndar
         if column in ("step", "epoch"):
             continue
         try:
-            points = [(float(r[x_key]), float(r[column])) for r in rows if r.get(column) not in ("", None)
-                      and r.get(x_key) not in ("", None)]
+            points = [
+                (float(r[x_key]), float(r[column]))
+                for r in rows
+                if r.get(column) not in ("", None) and r.get(x_key) not in ("", None)
+            ]
         except ValueError:  # a text column (e.g. a logged name): not a curve
             continue
         if points:
@@ -152,21 +161,17 @@ def evaluate(
     roots = [Path(data)] if isinstance(data, (str, Path)) else [Path(d) for d in data]
     if not roots:
         raise DataError("evaluate needs at least one dataset folder (--data).")
-    results = [_dataset_result(run, model, card, root, split, n == 0 and temperature_scaling, batch_size, progress)
-               for n, root in enumerate(roots)]
+    results = [
+        _dataset_result(run, model, card, root, split, n == 0 and temperature_scaling, batch_size, progress)
+        for n, root in enumerate(roots)
+    ]
     main = results[0]
-    ev = EvaluationResult(run, out_dir, card, results, {})
-    ev.metrics = {"run": str(run), "task": card.task, "classes": card.classes, "multilabel": card.multilabel,
-                  "report_split": main.split, "summary": _summary(main), "datasets": [
-                      {"name": r.name, "root": str(r.root), "split": r.split, "note": r.note,
-                       "metrics": r.metrics, "calibration": r.calibration} for r in results]}
-    if len(results) > 1:
-        ev.metrics["domain_shift"] = [_summary(r) for r in results]
+    ev = EvaluationResult(run, out_dir, card, results, _metrics_json(run, card, results))
     main_samples = _samples(run, main.root, main.split, card.classes)[0]
     torch_model = isinstance(model, Classifier)
     if robustness and not card.multilabel:
-        _robustness(ev, model, card, main_samples, max_robustness_images, batch_size, progress,
-                    (epsilon, pgd_steps) if torch_model else None)
+        attack = (epsilon, pgd_steps) if torch_model else None
+        _robustness(ev, model, card, main_samples, max_robustness_images, batch_size, progress, attack)
     if ood_data is not None:
         ev.metrics["ood"] = _ood(ev, model, card, Path(ood_data), max_reference_images, batch_size, progress)
     _pictures(ev, model, card, main_samples, patches=torch_model)
@@ -178,18 +183,46 @@ def evaluate(
     return ev
 
 
-def _robustness(ev: EvaluationResult, model: Any, card: ModelCard, samples: list[Sample], limit: int | None,
-                batch_size: int, progress: bool, attack: tuple[float, int] | None) -> None:
+def _metrics_json(run: Path, card: ModelCard, results: list[DatasetResult]) -> dict[str, Any]:
+    """What metrics.json holds before robustness and OOD are added."""
+    datasets = [{"name": r.name, "root": str(r.root), "split": r.split, "note": r.note, "metrics": r.metrics,
+                 "calibration": r.calibration} for r in results]  # fmt: skip
+    metrics = {"run": str(run), "task": card.task, "classes": card.classes, "multilabel": card.multilabel,
+               "report_split": results[0].split, "summary": _summary(results[0]), "datasets": datasets}  # fmt: skip
+    if len(results) > 1:
+        metrics["domain_shift"] = [_summary(r) for r in results]
+    return metrics
+
+
+def _robustness(
+    ev: EvaluationResult,
+    model: Any,
+    card: ModelCard,
+    samples: list[Sample],
+    limit: int | None,
+    batch_size: int,
+    progress: bool,
+    attack: tuple[float, int] | None,
+) -> None:
     """Corruptions (and, for a PyTorch model, FGSM/PGD at `attack` = (epsilon, steps)) on a spread subset."""
     subset = samples[:: max(1, -(-len(samples) // limit))] if limit else samples
     ev.metrics["robustness"] = run_corruptions(model, card, subset, batch_size=batch_size, progress=progress)
     if attack is not None:
-        ev.metrics["adversarial"] = adversarial_accuracy(model, card, subset, epsilon=attack[0], pgd_steps=attack[1],
-                                                         progress=progress)
+        ev.metrics["adversarial"] = adversarial_accuracy(
+            model, card, subset, epsilon=attack[0], pgd_steps=attack[1], progress=progress
+        )
 
 
-def _dataset_result(run: Path, model: Any, card: ModelCard, root: Path, split: str, fit_temperature: bool,
-                    batch_size: int, progress: bool) -> DatasetResult:
+def _dataset_result(
+    run: Path,
+    model: Any,
+    card: ModelCard,
+    root: Path,
+    split: str,
+    fit_temperature: bool,
+    batch_size: int,
+    progress: bool,
+) -> DatasetResult:
     """Predictions, metrics and calibration of one dataset (temperature fitted on its val split)."""
     samples, used, note = _samples(run, root, split, card.classes)
     pred = predict(model, card, samples, batch_size=batch_size, progress=progress, desc=f"{root.name} {used}")
@@ -222,18 +255,30 @@ def _write_predictions(path: Path, result: DatasetResult, card: ModelCard) -> No
             writer.writerow([file, true, guess, *[f"{p:.6f}" for p in pred.probs[i]]])
 
 
-def _ood(ev: EvaluationResult, model: Classifier, card: ModelCard, root: Path, max_reference: int, batch_size: int,
-         progress: bool) -> dict[str, Any]:
+def _ood(
+    ev: EvaluationResult,
+    model: Classifier,
+    card: ModelCard,
+    root: Path,
+    max_reference: int,
+    batch_size: int,
+    progress: bool,
+) -> dict[str, Any]:
     """Max-softmax, energy and kNN-distance scores of the main split (ID) against every image in `root`."""
     images = list_images(root) if root.is_dir() else []
     if not images:
         raise DataError(f"--ood-data {root}: no images found; pass a folder of out-of-distribution images.")
     main = ev.datasets[0]
-    ood = predict(model, card, [Sample(p, None) for p in images], batch_size=batch_size, progress=progress,
-                  desc="OOD images")
-    scores = {"maximum softmax": (ood_scores.max_softmax_score(main.predictions.logits),
-                                  ood_scores.max_softmax_score(ood.logits)),
-              "energy": (ood_scores.energy_score(main.predictions.logits), ood_scores.energy_score(ood.logits))}
+    ood = predict(
+        model, card, [Sample(p, None) for p in images], batch_size=batch_size, progress=progress, desc="OOD images"
+    )
+    scores = {
+        "maximum softmax": (
+            ood_scores.max_softmax_score(main.predictions.logits),
+            ood_scores.max_softmax_score(ood.logits),
+        ),
+        "energy": (ood_scores.energy_score(main.predictions.logits), ood_scores.energy_score(ood.logits)),
+    }
     result: dict[str, Any] = {"ood_root": str(root), "ood_images": len(ood), "id_images": len(main.predictions)}
     try:
         train = _samples(ev.run, main.root, "train", card.classes)[0]
@@ -242,8 +287,10 @@ def _ood(ev: EvaluationResult, model: Classifier, card: ModelCard, root: Path, m
         train = train[:: max(1, -(-len(train) // max_reference))]
         ref = predict(model, card, train, batch_size=batch_size, progress=progress, desc="kNN reference")
         result["knn_reference_images"] = len(ref)
-        scores["kNN distance"] = (ood_scores.knn_distance_score(ref.features, main.predictions.features),
-                                  ood_scores.knn_distance_score(ref.features, ood.features))
+        scores["kNN distance"] = (
+            ood_scores.knn_distance_score(ref.features, main.predictions.features),
+            ood_scores.knn_distance_score(ref.features, ood.features),
+        )
     except DataError as err:
         result["knn_skipped"] = str(err)
     result["methods"] = {name: ood_scores.ood_metrics(a, b) for name, (a, b) in scores.items()}
@@ -266,11 +313,14 @@ def _pictures(ev: EvaluationResult, model: Any, card: ModelCard, samples: list[S
         wrong = wrong[np.argsort(-pred.probs[wrong].max(1), kind="stable")][:12]
         picked = [by_path[pred.paths[i]] for i in wrong if pred.paths[i] in by_path]
         images = display_images(model, card, picked)
-        ev.mistakes = [(img, card.classes[int(pred.labels[i])], card.classes[int(pred.predicted[i])],
-                        float(pred.probs[i].max())) for img, i in zip(images, wrong, strict=False)]
+        ev.mistakes = [
+            (img, card.classes[int(pred.labels[i])], card.classes[int(pred.predicted[i])], float(pred.probs[i].max()))
+            for img, i in zip(images, wrong, strict=False)
+        ]
     few = _few_per_class(samples, 8)
     if few and patches:
         images, maps = patch_pca(model, card, few)
-        titles = [card.classes[s.label] if isinstance(s.label, int) and s.label >= 0 else Path(s.path).name
-                  for s in few]
+        titles = [
+            card.classes[s.label] if isinstance(s.label, int) and s.label >= 0 else Path(s.path).name for s in few
+        ]
         ev.patches = (images, maps, titles)

@@ -41,8 +41,10 @@ def knn_distance_score(reference: np.ndarray, queries: np.ndarray, k: int = 10, 
     ref = F.normalize(torch.as_tensor(np.asarray(reference), dtype=torch.float32), dim=1)
     qry = torch.as_tensor(np.asarray(queries), dtype=torch.float32)
     if ref.ndim != 2 or qry.ndim != 2 or ref.shape[1] != qry.shape[1] or ref.shape[0] == 0:
-        raise DataError(f"kNN OOD score needs (N, D) reference and (M, D) query features with N > 0; got "
-                        f"{tuple(ref.shape)} and {tuple(qry.shape)}.")
+        raise DataError(
+            f"kNN OOD score needs (N, D) reference and (M, D) query features with N > 0; got "
+            f"{tuple(ref.shape)} and {tuple(qry.shape)}."
+        )
     k = max(1, min(k, ref.shape[0]))
     out = []
     for start in range(0, qry.shape[0], chunk):

@@ -52,8 +52,13 @@ class Predictions:
         return self.probs.argmax(1)
 
     def subset(self, index: np.ndarray) -> Predictions:
-        return Predictions(self.logits[index], self.probs[index], self.labels[index], self.features[index],
-                           [self.paths[i] for i in np.asarray(index).tolist()])
+        return Predictions(
+            self.logits[index],
+            self.probs[index],
+            self.labels[index],
+            self.features[index],
+            [self.paths[i] for i in np.asarray(index).tolist()],
+        )
 
 
 def load_run_dataset(run: Path, root: Path, task: str) -> tuple[DatasetSpec, str]:
@@ -71,8 +76,14 @@ def load_run_dataset(run: Path, root: Path, task: str) -> tuple[DatasetSpec, str
     if not same:
         count = len(spec.splits["all"])
         return spec, f"{root} has no split folders and no split from this run: all {count} images used."
-    spec = load_dataset(root, task=task, split_file=split_file, seed=saved.get("seed", 0),
-                        val_fraction=saved.get("val_fraction", 0.1), test_fraction=saved.get("test_fraction", 0.1))
+    spec = load_dataset(
+        root,
+        task=task,
+        split_file=split_file,
+        seed=saved.get("seed", 0),
+        val_fraction=saved.get("val_fraction", 0.1),
+        test_fraction=saved.get("test_fraction", 0.1),
+    )
     return spec, f"split as recorded in {split_file}."
 
 
@@ -83,15 +94,18 @@ def samples_for_model(spec: DatasetSpec, split: str, classes: Sequence[str]) -> 
     model does not know is an error, since no prediction could ever be right for it.
     """
     if split not in spec.splits:
-        raise DataError(f"{spec.root} has no '{split}' split (found: {', '.join(sorted(spec.splits))}); "
-                        "pass another split.")
+        raise DataError(
+            f"{spec.root} has no '{split}' split (found: {', '.join(sorted(spec.splits))}); pass another split."
+        )
     index = {name: i for i, name in enumerate(classes)}
     remap = [index.get(c, UNLABELLED) for c in spec.classes]
     used = {lab for s in spec.splits[split] for lab in (s.label if isinstance(s.label, list) else [s.label])}
     unknown = sorted({spec.classes[i] for i in used if remap[i] == UNLABELLED})
     if unknown:
-        raise DataError(f"{spec.root}: classes {unknown} are not classes of this model ({list(classes)}); "
-                        "rename the folders/labels to the model's class names or remove those images.")
+        raise DataError(
+            f"{spec.root}: classes {unknown} are not classes of this model ({list(classes)}); "
+            "rename the folders/labels to the model's class names or remove those images."
+        )
     out = []
     for s in spec.splits[split]:
         label = [remap[i] for i in s.label] if isinstance(s.label, list) else remap[int(s.label)]
@@ -109,18 +123,36 @@ def model_transform(model: Classifier, card: ModelCard, corruption: Any = None) 
 
     from dinotune.data.transforms import Transform
 
-    return Transform(A.Compose([transform.pipeline, corruption], seed=0), transform.mean, transform.std,
-                     transform.keep_size, transform.patch_size)
+    return Transform(
+        A.Compose([transform.pipeline, corruption], seed=0),
+        transform.mean,
+        transform.std,
+        transform.keep_size,
+        transform.patch_size,
+    )
 
 
-def batches(samples: Sequence[Sample], transform: Callable[..., dict[str, Any]], card: ModelCard, *,
-            batch_size: int = 64, num_workers: int = 0, progress: bool = False,
-            desc: str = "evaluating") -> Iterator[dict[str, Any]]:
+def batches(
+    samples: Sequence[Sample],
+    transform: Callable[..., dict[str, Any]],
+    card: ModelCard,
+    *,
+    batch_size: int = 64,
+    num_workers: int = 0,
+    progress: bool = False,
+    desc: str = "evaluating",
+) -> Iterator[dict[str, Any]]:
     """Batches of {"image", "label", "path", "index"}; unreadable files are skipped (logged once)."""
     labelled = [Sample(s.path, UNLABELLED if s.label is None else s.label) for s in samples]
-    dataset = ClassificationDataset(labelled, transform, card.preprocessing.channels, "skip",
-                                    num_classes=len(card.classes), multilabel=card.multilabel,
-                                    scaling=card.preprocessing.scaling_config())
+    dataset = ClassificationDataset(
+        labelled,
+        transform,
+        card.preprocessing.channels,
+        "skip",
+        num_classes=len(card.classes),
+        multilabel=card.multilabel,
+        scaling=card.preprocessing.scaling_config(),
+    )
     loader = DataLoader(dataset, batch_size=batch_size, num_workers=num_workers, shuffle=False)
     seen: set[int] = set()
     for batch in tqdm(loader, desc=desc, disable=not progress, leave=False):
@@ -133,17 +165,26 @@ def batches(samples: Sequence[Sample], transform: Callable[..., dict[str, Any]],
 
 
 @torch.no_grad()
-def predict(model: Classifier, card: ModelCard, samples: Sequence[Sample], *, batch_size: int = 64,
-            corruption: Any = None, num_workers: int = 0, progress: bool = True,
-            desc: str = "evaluating") -> Predictions:
+def predict(
+    model: Classifier,
+    card: ModelCard,
+    samples: Sequence[Sample],
+    *,
+    batch_size: int = 64,
+    corruption: Any = None,
+    num_workers: int = 0,
+    progress: bool = True,
+    desc: str = "evaluating",
+) -> Predictions:
     """Run `model` over `samples` (labels already in the model's class order, None if unlabelled)."""
     if not samples:
         raise DataError("there are no images to evaluate (the split is empty).")
     device = model_device(model)
     transform = model_transform(model, card, corruption)
     logits, labels, feats, paths = [], [], [], []
-    for batch in batches(samples, transform, card, batch_size=batch_size, num_workers=num_workers,
-                         progress=progress, desc=desc):
+    for batch in batches(
+        samples, transform, card, batch_size=batch_size, num_workers=num_workers, progress=progress, desc=desc
+    ):
         with autocast(device):
             out, features = model.logits_and_features(batch["image"].to(device))
         logits.append(out.float().cpu())
@@ -154,5 +195,6 @@ def predict(model: Classifier, card: ModelCard, samples: Sequence[Sample], *, ba
         raise DataError(f"none of the {len(samples)} images could be read (first: {samples[0].path}).")
     x = torch.cat(logits)
     probs = torch.sigmoid(x) if card.multilabel else x.softmax(1)
-    return Predictions(x.numpy(), probs.numpy(), torch.cat(labels).numpy(), torch.cat(feats).numpy(),
-                       [str(Path(p)) for p in paths])
+    return Predictions(
+        x.numpy(), probs.numpy(), torch.cat(labels).numpy(), torch.cat(feats).numpy(), [str(Path(p)) for p in paths]
+    )

@@ -17,12 +17,34 @@ from dinotune.report.html import Report, cards, figure, note, paragraph, table
 __all__ = ["SECTIONS", "build_report"]
 
 # Section ids in report order (the tests check they are all present).
-SECTIONS = ("summary", "per-class", "confusion", "curves", "calibration", "mistakes", "training", "features",
-            "patches", "domain-shift", "robustness", "ood")
+SECTIONS = (
+    "summary",
+    "per-class",
+    "confusion",
+    "curves",
+    "calibration",
+    "mistakes",
+    "training",
+    "features",
+    "patches",
+    "domain-shift",
+    "robustness",
+    "ood",
+)
 
-SUMMARY_HEADERS = {"dataset": "Dataset", "split": "Split", "images": "Images", "accuracy": "Accuracy",
-                   "balanced_accuracy": "Balanced acc.", "f1_macro": "Macro F1", "auroc": "AUROC", "map": "mAP",
-                   "f1_micro": "Micro F1", "auroc_macro": "Macro AUROC", "ece": "ECE"}
+SUMMARY_HEADERS = {
+    "dataset": "Dataset",
+    "split": "Split",
+    "images": "Images",
+    "accuracy": "Accuracy",
+    "balanced_accuracy": "Balanced acc.",
+    "f1_macro": "Macro F1",
+    "auroc": "AUROC",
+    "map": "mAP",
+    "f1_micro": "Micro F1",
+    "auroc_macro": "Macro AUROC",
+    "ece": "ECE",
+}
 
 
 def _png(fig: Any) -> bytes:
@@ -32,8 +54,11 @@ def _png(fig: Any) -> bytes:
 def _summary(ev: EvaluationResult, report: Report) -> None:
     main = ev.datasets[0]
     m = main.metrics
-    keys = ("map", "f1_micro", "f1_macro", "auroc_macro") if ev.card.multilabel else \
-        ("accuracy", "balanced_accuracy", "f1_macro", "auroc", "top5_accuracy")
+    keys = (
+        ("map", "f1_micro", "f1_macro", "auroc_macro")
+        if ev.card.multilabel
+        else ("accuracy", "balanced_accuracy", "f1_macro", "auroc", "top5_accuracy")
+    )
     tiles = {SUMMARY_HEADERS.get(k, "Top-5 accuracy"): m.get(k) for k in keys if k in m}
     if main.calibration:
         tiles["ECE (15 bins)"] = main.calibration["ece"]
@@ -42,13 +67,27 @@ def _summary(ev: EvaluationResult, report: Report) -> None:
         text.append(note(main.note))
     report.add("summary", "Summary", *text)
     per = m.get("per_label" if ev.card.multilabel else "per_class", [])
-    columns = ({"label": "Label", "average_precision": "AP", "auroc": "AUROC", "f1": "F1", "support": "Support"}
-               if ev.card.multilabel else
-               {"class": "Class", "precision": "Precision", "recall": "Recall", "f1": "F1", "support": "Support",
-                "auroc": "AUROC"})
-    report.add("per-class", "Per-class metrics", table(per, columns),
-               note("Precision: of the images predicted as the class, the share that is right. Recall: of the "
-                    "images of the class, the share found. Support: images of the class."))
+    columns = (
+        {"label": "Label", "average_precision": "AP", "auroc": "AUROC", "f1": "F1", "support": "Support"}
+        if ev.card.multilabel
+        else {
+            "class": "Class",
+            "precision": "Precision",
+            "recall": "Recall",
+            "f1": "F1",
+            "support": "Support",
+            "auroc": "AUROC",
+        }
+    )
+    report.add(
+        "per-class",
+        "Per-class metrics",
+        table(per, columns),
+        note(
+            "Precision: of the images predicted as the class, the share that is right. Recall: of the "
+            "images of the class, the share found. Support: images of the class."
+        ),
+    )
 
 
 def _curves_sections(ev: EvaluationResult, report: Report) -> None:
@@ -58,29 +97,52 @@ def _curves_sections(ev: EvaluationResult, report: Report) -> None:
         report.add("confusion", "Confusion matrix", note("Not shown for multi-label models (see per-label table)."))
         onehot = pred.labels
     else:
-        report.add("confusion", "Confusion matrix",
-                   figure(_png(plots.confusion_matrix_figure(main.metrics["confusion_matrix"], names)),
-                          "normalised confusion matrix", 900),
-                   note("Rows are true classes and sum to 1; the diagonal is each class's recall."))
+        report.add(
+            "confusion",
+            "Confusion matrix",
+            figure(
+                _png(plots.confusion_matrix_figure(main.metrics["confusion_matrix"], names)),
+                "normalised confusion matrix",
+                900,
+            ),
+            note("Rows are true classes and sum to 1; the diagonal is each class's recall."),
+        )
         onehot = np.eye(len(names))[pred.labels]
-    report.add("curves", "ROC and precision-recall curves",
-               figure(_png(plots.roc_pr_figure(pred.probs, onehot, names)), "ROC and precision-recall curves"))
+    report.add(
+        "curves",
+        "ROC and precision-recall curves",
+        figure(_png(plots.roc_pr_figure(pred.probs, onehot, names)), "ROC and precision-recall curves"),
+    )
     if main.reliability is None:
         report.add("calibration", "Calibration", note("Calibration is reported for single-label models only."))
         return
     c = main.calibration or {}
     rows = [{"what": "before", "ece": c.get("ece"), "nll": c.get("nll")}]
     if main.reliability_scaled is not None:
-        rows.append({"what": f"temperature scaled (T = {c['temperature']:.3f}, fitted on val)",
-                     "ece": c.get("ece_scaled"), "nll": c.get("nll_scaled")})
-        explain = note("Temperature scaling divides the logits by T, fitted on the validation split; it changes "
-                       "confidences, never predictions.")
+        rows.append(
+            {
+                "what": f"temperature scaled (T = {c['temperature']:.3f}, fitted on val)",
+                "ece": c.get("ece_scaled"),
+                "nll": c.get("nll_scaled"),
+            }
+        )
+        explain = note(
+            "Temperature scaling divides the logits by T, fitted on the validation split; it changes "
+            "confidences, never predictions."
+        )
     else:
         explain = note("No temperature scaling: it needs a validation split distinct from the evaluated split.")
-    report.add("calibration", "Calibration",
-               figure(_png(plots.reliability_figure(main.reliability, main.reliability_scaled, c.get("temperature"))),
-                      "reliability diagram", 640),
-               table(rows, {"what": "", "ece": "ECE (15 bins)", "nll": "NLL"}), explain)
+    report.add(
+        "calibration",
+        "Calibration",
+        figure(
+            _png(plots.reliability_figure(main.reliability, main.reliability_scaled, c.get("temperature"))),
+            "reliability diagram",
+            640,
+        ),
+        table(rows, {"what": "", "ece": "ECE (15 bins)", "nll": "NLL"}),
+        explain,
+    )
 
 
 def _picture_sections(ev: EvaluationResult, report: Report) -> None:
@@ -93,28 +155,47 @@ def _picture_sections(ev: EvaluationResult, report: Report) -> None:
     if ev.curves:
         body = figure(_png(plots.training_curves_figure(ev.curves, ev.curve_x)), "training curves")
     else:
-        body = note("No training curves: this run has no training log (logs/**/metrics.csv); linear probes "
-                    "train their heads in a sweep, see sweep.csv.")
+        body = note(
+            "No training curves: this run has no training log (logs/**/metrics.csv); linear probes "
+            "train their heads in a sweep, see sweep.csv."
+        )
     report.add("training", "Training curves", body)
     main = ev.datasets[0]
     if ev.projections and not ev.card.multilabel:
-        body = "".join(figure(_png(plots.feature_view_figure(points, main.predictions.labels, ev.card.classes,
-                                                             method)), f"feature space {method}", 760)
-                       for method, points in ev.projections.items())
+        body = "".join(
+            figure(
+                _png(plots.feature_view_figure(points, main.predictions.labels, ev.card.classes, method)),
+                f"feature space {method}",
+                760,
+            )
+            for method, points in ev.projections.items()
+        )
         if "UMAP" not in ev.projections:
             body += note("UMAP view: install the `umap-learn` package to add it.")
     else:
         body = note("Needs a single-label model and at least 3 images.")
-    report.add("features", "Feature space", body,
-               note("The features the classifier's head sees, projected to 2-D; well separated colours mean "
-                    "the backbone already tells the classes apart."))
+    report.add(
+        "features",
+        "Feature space",
+        body,
+        note(
+            "The features the classifier's head sees, projected to 2-D; well separated colours mean "
+            "the backbone already tells the classes apart."
+        ),
+    )
     if ev.patches and ev.patches[0]:
         body = figure(_png(plots.patch_pca_figure(*ev.patches)), "patch feature PCA")
     else:
         body = note("No images available.")
-    report.add("patches", "Patch features", body,
-               note("One PCA over the patch features of these images; similar colours mark parts the backbone "
-                    "sees as similar, across images."))
+    report.add(
+        "patches",
+        "Patch features",
+        body,
+        note(
+            "One PCA over the patch features of these images; similar colours mark parts the backbone "
+            "sees as similar, across images."
+        ),
+    )
 
 
 def _robustness_table(rows: list[dict[str, Any]]) -> str:
@@ -134,42 +215,70 @@ def _extra_sections(ev: EvaluationResult, report: Report) -> None:
         report.add("domain-shift", "Domain shift", table(shift, cols))
     else:
         report.add("domain-shift", "Domain shift", note("One dataset evaluated; pass several to compare them."))
+    _robustness_section(ev, report)
+    _ood_section(ev, report)
+
+
+def _robustness_section(ev: EvaluationResult, report: Report) -> None:
     rob = ev.metrics.get("robustness")
     if rob:
-        parts = [figure(_png(plots.robustness_figure(rob["rows"])), "robustness to corruptions", 820),
-                 paragraph(f"Clean accuracy on these {rob['num_samples']} images: {rob['clean_accuracy']:.3f}."),
-                 _robustness_table(rob["rows"]),
-                 note("Each cell: accuracy (accuracy relative to clean). Severity parameters follow ImageNet-C; "
-                      "metrics.json lists the parameter values.")]
+        parts = [
+            figure(_png(plots.robustness_figure(rob["rows"])), "robustness to corruptions", 820),
+            paragraph(f"Clean accuracy on these {rob['num_samples']} images: {rob['clean_accuracy']:.3f}."),
+            _robustness_table(rob["rows"]),
+            note(
+                "Each cell: accuracy (accuracy relative to clean). Severity parameters follow ImageNet-C; "
+                "metrics.json lists the parameter values."
+            ),
+        ]
         if rob.get("skipped"):
             parts.append(note(f"Skipped (need 1 or 3 channels): {', '.join(rob['skipped'])}."))
         adv = ev.metrics.get("adversarial")
         if adv:
-            parts += [table([{"attack": "none (clean)", "acc": adv["clean_accuracy"]},
-                             {"attack": "FGSM", "acc": adv["fgsm_accuracy"]},
-                             {"attack": f"PGD ({adv['pgd_steps']} steps)", "acc": adv["pgd_accuracy"]}],
-                            {"attack": "Adversarial attack", "acc": "Accuracy"}),
-                      note(f"L-inf epsilon {adv['epsilon']} in normalised-pixel space (about "
-                           f"{255 * float(np.mean(adv['epsilon_raw_pixels'])):.1f}/255 in raw pixels), "
-                           f"{adv['num_samples']} images.")]
+            parts += [
+                table(
+                    [
+                        {"attack": "none (clean)", "acc": adv["clean_accuracy"]},
+                        {"attack": "FGSM", "acc": adv["fgsm_accuracy"]},
+                        {"attack": f"PGD ({adv['pgd_steps']} steps)", "acc": adv["pgd_accuracy"]},
+                    ],
+                    {"attack": "Adversarial attack", "acc": "Accuracy"},
+                ),
+                note(
+                    f"L-inf epsilon {adv['epsilon']} in normalised-pixel space (about "
+                    f"{255 * float(np.mean(adv['epsilon_raw_pixels'])):.1f}/255 in raw pixels), "
+                    f"{adv['num_samples']} images."
+                ),
+            ]
         report.add("robustness", "Robustness", *parts)
     else:
         report.add("robustness", "Robustness", note("Not run: pass --robustness (single-label models)."))
+
+
+def _ood_section(ev: EvaluationResult, report: Report) -> None:
     ood = ev.metrics.get("ood")
     if ood:
         rows = [{"method": k, **v} for k, v in ood["methods"].items()]
-        parts = [table(rows, {"method": "Score", "auroc": "AUROC", "fpr_at_95_tpr": "FPR at 95% TPR"}),
-                 figure(_png(plots.ood_figure(ev.ood_scores)), "OOD score histograms"),
-                 note(f"{ood['id_images']} in-distribution images against {ood['ood_images']} images from "
-                      f"{ood['ood_root']}. Scores are oriented so that higher = more out-of-distribution; "
-                      "AUROC 1 = perfect separation, 0.5 = chance; FPR at 95% TPR = share of OOD images "
-                      "still accepted when 95% of in-distribution images are.")]
+        parts = [
+            table(rows, {"method": "Score", "auroc": "AUROC", "fpr_at_95_tpr": "FPR at 95% TPR"}),
+            figure(_png(plots.ood_figure(ev.ood_scores)), "OOD score histograms"),
+            note(
+                f"{ood['id_images']} in-distribution images against {ood['ood_images']} images from "
+                f"{ood['ood_root']}. Scores are oriented so that higher = more out-of-distribution; "
+                "AUROC 1 = perfect separation, 0.5 = chance; FPR at 95% TPR = share of OOD images "
+                "still accepted when 95% of in-distribution images are."
+            ),
+        ]
         backwards = [k for k, v in ood["methods"].items() if v["auroc"] < 0.5]
         if backwards:
-            parts.append(note(f"AUROC below 0.5 for {', '.join(backwards)}: on these images the score ranks "
-                              "backwards (the model is more confident, or closer to its training features, on "
-                              "the OOD images than on its own test images); do not use it as an OOD detector "
-                              "here."))
+            parts.append(
+                note(
+                    f"AUROC below 0.5 for {', '.join(backwards)}: on these images the score ranks "
+                    "backwards (the model is more confident, or closer to its training features, on "
+                    "the OOD images than on its own test images); do not use it as an OOD detector "
+                    "here."
+                )
+            )
         if "knn_skipped" in ood:
             parts.append(note(f"kNN distance not computed: {ood['knn_skipped']}."))
         report.add("ood", "Out-of-distribution detection", *parts)
@@ -180,10 +289,12 @@ def _extra_sections(ev: EvaluationResult, report: Report) -> None:
 def build_report(ev: EvaluationResult) -> Report:
     """The full report of one evaluation, sections in the order of SECTIONS."""
     card = ev.card
-    report = Report(f"Evaluation of {ev.run.name}",
-                    f"{card.backbone.get('arch') or card.backbone.get('source')} + {card.head.get('type', 'head')} "
-                    f"head ({card.head.get('feature_choice', '')}), {len(card.classes)} classes"
-                    f"{', multi-label' if card.multilabel else ''}. Run folder: {ev.run}")
+    report = Report(
+        f"Evaluation of {ev.run.name}",
+        f"{card.backbone.get('arch') or card.backbone.get('source')} + {card.head.get('type', 'head')} "
+        f"head ({card.head.get('feature_choice', '')}), {len(card.classes)} classes"
+        f"{', multi-label' if card.multilabel else ''}. Run folder: {ev.run}",
+    )
     _summary(ev, report)
     _curves_sections(ev, report)
     _picture_sections(ev, report)

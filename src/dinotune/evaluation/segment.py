@@ -30,9 +30,16 @@ from dinotune.run_folder import write_json
 
 
 @torch.no_grad()
-def evaluate_segmenter(model: Any, dataset: SegmentationDataset, classes: list[str],
-                       colours: list[list[int]], inference: InferenceConfig, ignore_index: int = 255,
-                       out: Path | None = None, csv_path: Path | None = None) -> dict[str, Any]:
+def evaluate_segmenter(
+    model: Any,
+    dataset: SegmentationDataset,
+    classes: list[str],
+    colours: list[list[int]],
+    inference: InferenceConfig,
+    ignore_index: int = 255,
+    out: Path | None = None,
+    csv_path: Path | None = None,
+) -> dict[str, Any]:
     """Full-size metrics of `model` on `dataset` (one image at a time); optional masks/overlays/CSV."""
     n = len(classes)
     device = model_device(model)
@@ -45,8 +52,14 @@ def evaluate_segmenter(model: Any, dataset: SegmentationDataset, classes: list[s
         total += cm
         path = Path(item["path"][0])
         per = scores(cm)
-        rows.append([str(path), f"{per['miou']:.6f}", f"{per['pixel_accuracy']:.6f}",
-                     *("" if v is None else f"{v:.6f}" for v in per["iou"])])
+        rows.append(
+            [
+                str(path),
+                f"{per['miou']:.6f}",
+                f"{per['pixel_accuracy']:.6f}",
+                *("" if v is None else f"{v:.6f}" for v in per["iou"]),
+            ]
+        )
         if out is not None:
             write_index_png(out / "masks" / f"{path.stem}.png", pred.numpy(), colours)
             image = read_image(path, dataset.channels, dataset.scaling, dataset.max_pixels)
@@ -71,9 +84,14 @@ def _save_rgb(path: Path, rgb: np.ndarray) -> None:
 
 
 @torch.no_grad()
-def predict_masks(model_dir: str | Path, images: Iterable[str | Path], out: str | Path,
-                  inference: InferenceConfig | None = None, device: str | None = None,
-                  overlays: bool = True) -> list[Path]:
+def predict_masks(
+    model_dir: str | Path,
+    images: Iterable[str | Path],
+    out: str | Path,
+    inference: InferenceConfig | None = None,
+    device: str | None = None,
+    overlays: bool = True,
+) -> list[Path]:
     """Predict index-PNG masks (out/masks/<stem>.png) and overlays (out/overlays/) for image files or folders."""
     model, card = load_model(model_dir, device)
     if card.task != "segment":
@@ -96,8 +114,9 @@ def predict_masks(model_dir: str | Path, images: Iterable[str | Path], out: str 
     return written
 
 
-def evaluate_segmentation(run: str | Path, root: str | Path, *, split: str = "test", out: Path,
-                          device: str | None = None) -> dict[str, Any]:
+def evaluate_segmentation(
+    run: str | Path, root: str | Path, *, split: str = "test", out: Path, device: str | None = None
+) -> dict[str, Any]:
     """mIoU, per-class IoU and the confusion matrix of the model in `run` on the masks under `root`,
     with masks/overlays under `out/predictions`, per_image_iou.csv, metrics.json and report.html."""
     model, card = load_model(run, device)
@@ -107,15 +126,34 @@ def evaluate_segmentation(run: str | Path, root: str | Path, *, split: str = "te
         raise DataError(f"{root} has no '{split}' split (found: {', '.join(sorted(spec.splits))}); pass another split.")
     cfg = InferenceConfig(**card.inference)
     prep = card.preprocessing
-    dataset = SegmentationDataset(spec.splits[used], FullSize(prep.mean, prep.std), prep.channels, "skip",
-                                  ignore_index=card.ignore_index, colours=spec.colours,
-                                  scaling=prep.scaling_config())
-    result = evaluate_segmenter(model, dataset, card.classes, card.colours, cfg, card.ignore_index,
-                                out / "predictions", csv_path=out / "per_image_iou.csv")
-    metrics: dict[str, Any] = {"task": "segment", "run": str(run), "data": str(root), "classes": card.classes,
-                               "report_split": used, used: result,
-                               "summary": {f"{used}/miou": result["miou"],
-                                           f"{used}/pixel_accuracy": result["pixel_accuracy"]}}
+    dataset = SegmentationDataset(
+        spec.splits[used],
+        FullSize(prep.mean, prep.std),
+        prep.channels,
+        "skip",
+        ignore_index=card.ignore_index,
+        colours=spec.colours,
+        scaling=prep.scaling_config(),
+    )
+    result = evaluate_segmenter(
+        model,
+        dataset,
+        card.classes,
+        card.colours,
+        cfg,
+        card.ignore_index,
+        out / "predictions",
+        csv_path=out / "per_image_iou.csv",
+    )
+    metrics: dict[str, Any] = {
+        "task": "segment",
+        "run": str(run),
+        "data": str(root),
+        "classes": card.classes,
+        "report_split": used,
+        used: result,
+        "summary": {f"{used}/miou": result["miou"], f"{used}/pixel_accuracy": result["pixel_accuracy"]},
+    }
     write_json(out / "metrics.json", metrics)
     write_segmentation_report(out, metrics)
     return metrics

@@ -16,9 +16,11 @@ _MODES = {"linear": "frozen", "finetune": "fine-tuned", "partial": "partly froze
 def _tile(path: Path, width: int = 192) -> str:
     """An overlay scaled to a readable size; small masks stay crisp (no smoothing)."""
     data = base64.b64encode(path.read_bytes()).decode("ascii")
-    return (f'<figure style="margin:0"><img alt="{html.escape(path.stem)}" src="data:image/png;base64,{data}" '
-            f'style="width:{width}px;image-rendering:pixelated"><figcaption style="font-size:12px">'
-            f"{html.escape(path.stem)}</figcaption></figure>")
+    return (
+        f'<figure style="margin:0"><img alt="{html.escape(path.stem)}" src="data:image/png;base64,{data}" '
+        f'style="width:{width}px;image-rendering:pixelated"><figcaption style="font-size:12px">'
+        f"{html.escape(path.stem)}</figcaption></figure>"
+    )
 
 
 def write_segmentation_report(run_dir: Path, metrics: dict[str, Any], max_overlays: int = 6) -> Path:
@@ -27,21 +29,37 @@ def write_segmentation_report(run_dir: Path, metrics: dict[str, Any], max_overla
     split = metrics["report_split"]
     result = metrics.get(split, {})
     mode = metrics.get("mode", "")
-    report = Report(title=f"Segmentation: {run_dir.name}",
-                    subtitle=f"{_MODES.get(mode, mode) or 'trained'} backbone + {metrics.get('head', 'a')} head, "
-                             f"{len(classes)} classes, split '{split}'")
-    report.add("summary", "Summary", cards(metrics["summary"]),
-               note("IoU = TP / (TP + FP + FN) over all pixels of the split, ignore pixels excluded; classes absent "
-                    "from both prediction and ground truth are left out of the mean."))
+    report = Report(
+        title=f"Segmentation: {run_dir.name}",
+        subtitle=f"{_MODES.get(mode, mode) or 'trained'} backbone + {metrics.get('head', 'a')} head, "
+        f"{len(classes)} classes, split '{split}'",
+    )
+    report.add(
+        "summary",
+        "Summary",
+        cards(metrics["summary"]),
+        note(
+            "IoU = TP / (TP + FP + FN) over all pixels of the split, ignore pixels excluded; classes absent "
+            "from both prediction and ground truth are left out of the mean."
+        ),
+    )
     if result:
         rows = [{"class": name, "iou": iou} for name, iou in zip(classes, result["iou"], strict=True)]
-        report.add("per-class", "Per-class IoU", figure(figure_png(iou_figure(result["iou"], classes)), "IoU bars"),
-                   table(rows, {"class": "Class", "iou": "IoU"}))
+        report.add(
+            "per-class",
+            "Per-class IoU",
+            figure(figure_png(iou_figure(result["iou"], classes)), "IoU bars"),
+            table(rows, {"class": "Class", "iou": "IoU"}),
+        )
     overlays = sorted((run_dir / "predictions" / "overlays").glob("*.png"))[:max_overlays]
     if overlays:
         tiles = "".join(_tile(path) for path in overlays)
-        report.add("predictions", "Predictions", note("Predicted classes over the image (colours of the class map)."),
-                   f'<div style="display:flex;flex-wrap:wrap;gap:12px">{tiles}</div>')
+        report.add(
+            "predictions",
+            "Predictions",
+            note("Predicted classes over the image (colours of the class map)."),
+            f'<div style="display:flex;flex-wrap:wrap;gap:12px">{tiles}</div>',
+        )
     else:
         report.add("predictions", "Predictions", note("No prediction overlays were saved (save_predictions=false)."))
     return report.write(run_dir / "report.html")

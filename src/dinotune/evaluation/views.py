@@ -49,8 +49,9 @@ def display_images(model: Classifier, card: ModelCard, samples: Sequence[Sample]
 
 
 @torch.no_grad()
-def patch_pca(model: Classifier, card: ModelCard,
-              samples: Sequence[Sample]) -> tuple[list[np.ndarray], list[np.ndarray]]:
+def patch_pca(
+    model: Classifier, card: ModelCard, samples: Sequence[Sample]
+) -> tuple[list[np.ndarray], list[np.ndarray]]:
     """For each sample: the model-input image (HxWxC in [0, 1]) and its patch PCA map (h x w x 3).
 
     Uses the last block's normed patch features (`get_intermediate_layers(reshape=True)`), which both

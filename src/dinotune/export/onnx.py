@@ -101,12 +101,21 @@ def export_model(
     if static and quantize and not images:
         raise ConfigError("static int8 quantisation needs calibration images (--calibration FOLDER).")
     with staged_output(out, overwrite=overwrite) as tmp:
-        report, cases, batch = _export_into(tmp, module, card, images, paths, model.input_multiple, opset,
-                                            dynamic_spatial, timing_repeats)
+        report, cases, batch = _export_into(
+            tmp, module, card, images, paths, model.input_multiple, opset, dynamic_spatial, timing_repeats
+        )
         served = FP32_FILE
         if quantize:
-            report["int8"] = quantize_graph(tmp / FP32_FILE, tmp / INT8_FILE, onnx_session(tmp / FP32_FILE), cases,
-                                      images if static else None, batch, timing_repeats, backbone_only)
+            report["int8"] = quantize_graph(
+                tmp / FP32_FILE,
+                tmp / INT8_FILE,
+                onnx_session(tmp / FP32_FILE),
+                cases,
+                images if static else None,
+                batch,
+                timing_repeats,
+                backbone_only,
+            )
             served = INT8_FILE
         export_card = _export_card(card, module, served, model.input_multiple, report, backbone_only)
         write_text(tmp / "model.json", export_card.to_json())
@@ -114,15 +123,29 @@ def export_model(
     return {"folder": str(out), **report}
 
 
-def _export_into(tmp: Path, module: ExportModule, card: ModelCard, images: list[Tensor], paths: list[Path],
-                 multiple: int, opset: int | None, dynamic_spatial: bool,
-                 repeats: int) -> tuple[dict[str, Any], dict[str, Tensor], Tensor]:
+def _export_into(
+    tmp: Path,
+    module: ExportModule,
+    card: ModelCard,
+    images: list[Tensor],
+    paths: list[Path],
+    multiple: int,
+    opset: int | None,
+    dynamic_spatial: bool,
+    repeats: int,
+) -> tuple[dict[str, Any], dict[str, Tensor], Tensor]:
     """Write model.onnx (+ reference stats) into `tmp`: its report, parity inputs and timing batch."""
     size, channels = card.preprocessing.image_size, card.preprocessing.channels
     dynamic = _export_onnx(module, tmp / FP32_FILE, channels, size, multiple, opset, dynamic_spatial)
     fp32 = onnx_session(tmp / FP32_FILE)
-    report: dict[str, Any] = {"format": "onnx", "file": FP32_FILE, "opset": _opset(tmp / FP32_FILE),
-                              "dynamic_axes": dynamic, "outputs": module.output_names, "torch": torch.__version__}
+    report: dict[str, Any] = {
+        "format": "onnx",
+        "file": FP32_FILE,
+        "opset": _opset(tmp / FP32_FILE),
+        "dynamic_axes": dynamic,
+        "outputs": module.output_names,
+        "torch": torch.__version__,
+    }
     cases = _parity_inputs(images, channels, size, multiple, "height" in dynamic)
     report["parity"] = _parity(module, fp32, cases)
     batch = timing_batch(images, cases)
@@ -150,8 +173,9 @@ def _quiet_exporter() -> Iterator[None]:
             lg.setLevel(level)
 
 
-def _export_onnx(module: nn.Module, path: Path, channels: int, size: int, multiple: int, opset: int | None,
-                 dynamic_spatial: bool) -> list[str]:
+def _export_onnx(
+    module: nn.Module, path: Path, channels: int, size: int, multiple: int, opset: int | None, dynamic_spatial: bool
+) -> list[str]:
     """Export with a dynamic batch (and height/width) axis; falls back to a dynamic batch only."""
     from torch.export import Dim
 
@@ -161,22 +185,38 @@ def _export_onnx(module: nn.Module, path: Path, channels: int, size: int, multip
     attempts = []
     if dynamic_spatial:
         steps = 16384 // multiple
-        attempts.append(({0: batch, 2: multiple * Dim("h", min=1, max=steps), 3: multiple * Dim("w", min=1, max=steps)},
-                         ["batch", "height", "width"]))
+        attempts.append(
+            (
+                {0: batch, 2: multiple * Dim("h", min=1, max=steps), 3: multiple * Dim("w", min=1, max=steps)},
+                ["batch", "height", "width"],
+            )
+        )
     attempts.append(({0: batch}, ["batch"]))
     for index, (shapes, names) in enumerate(attempts):
         try:
             with _quiet_exporter(), torch.no_grad():
-                program = torch.onnx.export(module, example, dynamo=True, input_names=[INPUT_NAME],
-                                            output_names=module.output_names, dynamic_shapes=(shapes,),
-                                            opset_version=opset, verbose=False)
+                program = torch.onnx.export(
+                    module,
+                    example,
+                    dynamo=True,
+                    input_names=[INPUT_NAME],
+                    output_names=module.output_names,
+                    dynamic_shapes=(shapes,),
+                    opset_version=opset,
+                    verbose=False,
+                )
             program.save(str(path))
             return names
         except Exception as err:  # torch.export raises many types; the fallback keeps a usable export
             if index == len(attempts) - 1:
                 raise
-            log.warning("export with dynamic height/width failed (%s: %s); exporting a fixed %dx%d input",
-                        type(err).__name__, str(err).splitlines()[0][:200], size, size)
+            log.warning(
+                "export with dynamic height/width failed (%s: %s); exporting a fixed %dx%d input",
+                type(err).__name__,
+                str(err).splitlines()[0][:200],
+                size,
+                size,
+            )
     raise AssertionError("unreachable")
 
 
@@ -219,14 +259,16 @@ def _validation_split(source: Path, limit: int) -> list[Path]:
     return [p for p in paths if p.is_file()]
 
 
-def _parity_inputs(images: list[Tensor], channels: int, size: int, multiple: int,
-                   dynamic_spatial: bool) -> dict[str, Tensor]:
+def _parity_inputs(
+    images: list[Tensor], channels: int, size: int, multiple: int, dynamic_spatial: bool
+) -> dict[str, Tensor]:
     """Batches unlike the export example (batch 2, square): batch 3, batch 1 non-square, the real images."""
     gen = torch.Generator().manual_seed(0)
     cases = {f"random_batch3_{size}x{size}": torch.randn(3, channels, size, size, generator=gen)}
     if dynamic_spatial:
-        cases[f"random_batch1_{size}x{size + multiple}"] = torch.randn(1, channels, size, size + multiple,
-                                                                       generator=gen)
+        cases[f"random_batch1_{size}x{size + multiple}"] = torch.randn(
+            1, channels, size, size + multiple, generator=gen
+        )
     for shape, group in group_by_shape(images).items():
         cases[f"images_{len(group)}_{shape[1]}x{shape[2]}"] = torch.stack(group)
     return cases
@@ -255,8 +297,13 @@ def _parity(module: ExportModule, session, cases: dict[str, Tensor]) -> dict[str
 def _write_reference(path: Path, session, images: list[Tensor], index: int, paths: list[Path]) -> None:
     """Per-dimension mean/std of the embedding: what 'normal' input looks like to the drift monitor."""
     embeddings = np.concatenate([run_session(session, torch.stack(g))[index] for g in group_by_shape(images).values()])
-    stats = {"feature": "embedding", "n": len(embeddings), "mean": embeddings.mean(0).tolist(),
-             "std": embeddings.std(0).tolist(), "images": [str(p) for p in paths[:5]]}
+    stats = {
+        "feature": "embedding",
+        "n": len(embeddings),
+        "mean": embeddings.mean(0).tolist(),
+        "std": embeddings.std(0).tolist(),
+        "images": [str(p) for p in paths[:5]],
+    }
     write_text(path, json.dumps(stats))
 
 
@@ -265,15 +312,34 @@ def _log_report(out: Path, report: dict[str, Any]) -> None:
     if "int8" in report:
         q = report["int8"]
         figure = q.get("top1_agreement", q.get("mean_cosine_vs_fp32"))
-        log.info("int8 (%s): agreement %.4f on %d %s, %.2fx faster than fp32", q["method"], figure, q["n"],
-                 q["evaluated_on"], q["timing"]["int8_speedup_vs_fp32"])
+        log.info(
+            "int8 (%s): agreement %.4f on %d %s, %.2fx faster than fp32",
+            q["method"],
+            figure,
+            q["n"],
+            q["evaluated_on"],
+            q["timing"]["int8_speedup_vs_fp32"],
+        )
 
 
-def _export_card(card: ModelCard, module: ExportModule, served: str, multiple: int, report: dict[str, Any],
-                 backbone_only: bool) -> ModelCard:
+def _export_card(
+    card: ModelCard, module: ExportModule, served: str, multiple: int, report: dict[str, Any], backbone_only: bool
+) -> ModelCard:
     backbone = {k: v for k, v in card.backbone.items() if k != "weights_dir"}  # the weights are in the graph
-    head: dict[str, Any] = {"type": "onnx", "file": served, "fp32_file": FP32_FILE, "input": INPUT_NAME,
-                            "outputs": module.output_names, "input_multiple": multiple,
-                            "source": {} if backbone_only else card.head}
-    return replace(card, task="embed" if backbone_only else card.task, classes=[] if backbone_only else card.classes,
-                   backbone=backbone, head=head, metrics={**card.metrics, "export": report})
+    head: dict[str, Any] = {
+        "type": "onnx",
+        "file": served,
+        "fp32_file": FP32_FILE,
+        "input": INPUT_NAME,
+        "outputs": module.output_names,
+        "input_multiple": multiple,
+        "source": {} if backbone_only else card.head,
+    }
+    return replace(
+        card,
+        task="embed" if backbone_only else card.task,
+        classes=[] if backbone_only else card.classes,
+        backbone=backbone,
+        head=head,
+        metrics={**card.metrics, "export": report},
+    )

@@ -42,9 +42,11 @@ def timing(module: nn.Module | None, sessions: dict[str, Any], x: Tensor, repeat
     """Median seconds per batch, engines interleaved so a busy shared CPU hurts them alike."""
     runners = {name: (lambda s=s: run_session(s, x)) for name, s in sessions.items()}
     if module is not None:
+
         def eager() -> None:
             with torch.inference_mode():
                 module(x)
+
         runners = {"torch_eager": eager, **runners}
     for run in runners.values():
         run()  # warm-up: allocations, thread pools
@@ -58,12 +60,21 @@ def timing(module: nn.Module | None, sessions: dict[str, Any], x: Tensor, repeat
     result.update({f"{name}_ms": round(1000 * statistics.median(t), 3) for name, t in times.items()})
     if "torch_eager" in times and "onnxruntime_fp32" in times:
         result["onnxruntime_speedup_vs_torch"] = round(
-            statistics.median(times["torch_eager"]) / statistics.median(times["onnxruntime_fp32"]), 3)
+            statistics.median(times["torch_eager"]) / statistics.median(times["onnxruntime_fp32"]), 3
+        )
     return result
 
 
-def quantize_graph(fp32_path: Path, int8_path: Path, fp32, cases: dict[str, Tensor], calibration: list[Tensor] | None,
-              batch: Tensor, repeats: int, backbone_only: bool) -> dict[str, Any]:
+def quantize_graph(
+    fp32_path: Path,
+    int8_path: Path,
+    fp32,
+    cases: dict[str, Tensor],
+    calibration: list[Tensor] | None,
+    batch: Tensor,
+    repeats: int,
+    backbone_only: bool,
+) -> dict[str, Any]:
     """int8 weights (dynamic: activations quantised per batch at run time; static: ranges calibrated)."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
@@ -79,15 +90,26 @@ def quantize_graph(fp32_path: Path, int8_path: Path, fp32, cases: dict[str, Tens
                     item = next(self.items, None)
                     return None if item is None else {INPUT_NAME: item[None].numpy()}
 
-            quantize_static(str(fp32_path), str(int8_path), Reader(), quant_format=QuantFormat.QDQ,
-                            op_types_to_quantize=_QUANTIZED_OPS, per_channel=True,
-                            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+            quantize_static(
+                str(fp32_path),
+                str(int8_path),
+                Reader(),
+                quant_format=QuantFormat.QDQ,
+                op_types_to_quantize=_QUANTIZED_OPS,
+                per_channel=True,
+                activation_type=QuantType.QUInt8,
+                weight_type=QuantType.QInt8,
+            )
         else:
-            quantize_dynamic(str(fp32_path), str(int8_path), weight_type=QuantType.QInt8,
-                             op_types_to_quantize=_QUANTIZED_OPS)
+            quantize_dynamic(
+                str(fp32_path), str(int8_path), weight_type=QuantType.QInt8, op_types_to_quantize=_QUANTIZED_OPS
+            )
     int8 = onnx_session(int8_path)
-    result: dict[str, Any] = {"file": int8_path.name, "method": "static" if calibration else "dynamic",
-                              "size_ratio": round(int8_path.stat().st_size / fp32_path.stat().st_size, 3)}
+    result: dict[str, Any] = {
+        "file": int8_path.name,
+        "method": "static" if calibration else "dynamic",
+        "size_ratio": round(int8_path.stat().st_size / fp32_path.stat().st_size, 3),
+    }
     result.update(_agreement(fp32, int8, cases, backbone_only))
     speed = timing(None, {"onnxruntime_fp32": fp32, "onnxruntime_int8": int8}, batch, repeats)
     speed["int8_speedup_vs_fp32"] = round(speed["onnxruntime_fp32_ms"] / speed["onnxruntime_int8_ms"], 3)
@@ -100,6 +122,7 @@ def _quiet_root_warning() -> Iterator[None]:
     """onnxruntime.quantization logs on the root logger: one INFO line per tensor, and 'consider
     pre-processing' (its shape inference cannot handle symbolic height/width; quantisation is correct
     without it). Keep only its errors."""
+
     class Drop(logging.Filter):
         def filter(self, record: logging.LogRecord) -> bool:
             return "onnxruntime" not in record.pathname or record.levelno >= logging.ERROR
@@ -127,12 +150,13 @@ def _agreement(fp32, int8, cases: dict[str, Tensor], backbone_only: bool) -> dic
             same = a.argmax(1) == b.argmax(1)  # per image, or per pixel for a segmenter
             agree += int(same.sum())
         total += len(a) if backbone_only else int(same.size)
-    result: dict[str, Any] = {"evaluated_on": "images" if real is not cases else "random inputs", "n": total,
-                              "max_abs_diff_vs_fp32": max(diffs)}
+    result: dict[str, Any] = {
+        "evaluated_on": "images" if real is not cases else "random inputs",
+        "n": total,
+        "max_abs_diff_vs_fp32": max(diffs),
+    }
     if backbone_only:
         result["mean_cosine_vs_fp32"] = float(np.mean(cosines))
     else:
         result["top1_agreement"] = agree / total
     return result
-
-

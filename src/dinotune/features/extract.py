@@ -29,8 +29,7 @@ def compute_features(backbone: Backbone, images: Tensor, kinds: Sequence[str] | 
     if "cls_last4" in kinds:
         layers = backbone.get_intermediate_layers(images, n=4, return_class_token=True, norm=True)
         patches, cls = layers[-1]
-        out = {"cls": cls, "patch_mean": patches.mean(dim=1),
-               "cls_last4": torch.cat([c for _, c in layers], dim=-1)}
+        out = {"cls": cls, "patch_mean": patches.mean(dim=1), "cls_last4": torch.cat([c for _, c in layers], dim=-1)}
     else:
         features = backbone.forward_features(images)
         out = {"cls": features["x_norm_clstoken"], "patch_mean": features["x_norm_patchtokens"].mean(dim=1)}

@@ -117,10 +117,17 @@ class LinearHead(nn.Module):
             raise DataError(f"{path} is not a dinotune linear head: tensor {e} is missing.") from None
 
 
-def new_linear_head(widths: Mapping[str, int], num_classes: int, feature_choice: str, multilabel: bool,
-                    seed: int) -> LinearHead:
+def new_linear_head(
+    widths: Mapping[str, int], num_classes: int, feature_choice: str, multilabel: bool, seed: int
+) -> LinearHead:
     """A fresh head without standardisation (mean 0, std 1), for heads trained with their backbone."""
     dim = sum(widths[k] for k in parse_feature_choice(feature_choice))
     weight = torch.randn(num_classes, dim, generator=torch.Generator().manual_seed(seed)) * 0.01
-    return LinearHead(weight, torch.zeros(num_classes), torch.zeros(dim), torch.ones(dim),
-                      feature_choice=feature_choice, multilabel=multilabel)
+    return LinearHead(
+        weight,
+        torch.zeros(num_classes),
+        torch.zeros(dim),
+        torch.ones(dim),
+        feature_choice=feature_choice,
+        multilabel=multilabel,
+    )

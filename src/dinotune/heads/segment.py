@@ -25,9 +25,12 @@ class HeadConfig(StrictModel):
     """The `head:` section of a segmentation config."""
 
     type: Literal["linear", "decoder"] = Field("linear", description="linear (BN + 1x1 conv) or decoder (FPN).")
-    layers: Literal["last", "last4"] = Field("last4", description="linear: last block, or the last 4 "
-                                             "concatenated (official 'ms' setting). The decoder always uses "
-                                             "4 evenly spaced blocks.")
+    layers: Literal["last", "last4"] = Field(
+        "last4",
+        description="linear: last block, or the last 4 "
+        "concatenated (official 'ms' setting). The decoder always uses "
+        "4 evenly spaced blocks.",
+    )
     width: int = Field(128, ge=8, description="decoder: channels of every FPN level.")
     dropout: float = Field(0.0, ge=0, lt=1, description="Dropout on the head input (0: off).")
 
@@ -56,14 +59,17 @@ class LinearSegHead(nn.Module):
 
     def forward(self, maps: list[Tensor]) -> Tensor:
         size = max((m.shape[-2:] for m in maps), key=lambda s: s[0] * s[1])
-        maps = [m if m.shape[-2:] == size else F.interpolate(m, size=size, mode="bilinear", align_corners=False)
-                for m in maps]
+        maps = [
+            m if m.shape[-2:] == size else F.interpolate(m, size=size, mode="bilinear", align_corners=False)
+            for m in maps
+        ]
         return self.classifier(self.dropout(self.bn(torch.cat(maps, dim=1))))
 
 
 def _conv_bn_relu(cin: int, cout: int, k: int = 3) -> nn.Sequential:
-    return nn.Sequential(nn.Conv2d(cin, cout, k, padding=k // 2, bias=False), nn.BatchNorm2d(cout),
-                         nn.ReLU(inplace=True))
+    return nn.Sequential(
+        nn.Conv2d(cin, cout, k, padding=k // 2, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True)
+    )
 
 
 class MultiScaleDecoder(nn.Module):
@@ -86,13 +92,19 @@ class MultiScaleDecoder(nn.Module):
             return maps
         scales = self.SCALES[: len(maps)]  # fewer layers (tiny test backbones): the finest levels
         h, w = maps[0].shape[-2:]
-        return [m if s == 1.0 else F.interpolate(m, size=(max(1, round(h * s)), max(1, round(w * s))),
-                                                 mode="bilinear", align_corners=False)
-                for m, s in zip(maps, scales, strict=False)] + maps[len(scales):]
+        return [
+            m
+            if s == 1.0
+            else F.interpolate(
+                m, size=(max(1, round(h * s)), max(1, round(w * s))), mode="bilinear", align_corners=False
+            )
+            for m, s in zip(maps, scales, strict=False)
+        ] + maps[len(scales) :]
 
     def forward(self, maps: list[Tensor]) -> Tensor:
-        levels = [smooth(proj(m)) for m, proj, smooth in
-                  zip(self._reassemble(maps), self.project, self.smooth, strict=True)]
+        levels = [
+            smooth(proj(m)) for m, proj, smooth in zip(self._reassemble(maps), self.project, self.smooth, strict=True)
+        ]
         levels = sorted(levels, key=lambda t: t.shape[-1] * t.shape[-2], reverse=True)  # finest first
         x = levels[-1]
         for level, fuse in zip(reversed(levels[:-1]), self.fuse, strict=True):

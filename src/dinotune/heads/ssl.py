@@ -18,8 +18,9 @@ from torch import Tensor, nn
 class DINOHead(nn.Module):
     """`n_layers` Linear layers (GELU between) to `bottleneck_dim`, then `out_dim` prototype scores."""
 
-    def __init__(self, in_dim: int, out_dim: int = 65536, hidden_dim: int = 2048, bottleneck_dim: int = 256,
-                 n_layers: int = 3) -> None:
+    def __init__(
+        self, in_dim: int, out_dim: int = 65536, hidden_dim: int = 2048, bottleneck_dim: int = 256, n_layers: int = 3
+    ) -> None:
         super().__init__()
         if n_layers < 1:
             raise ValueError("DINOHead needs n_layers >= 1")

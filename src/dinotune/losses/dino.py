@@ -79,8 +79,14 @@ def cross_entropy(teacher_probs: Tensor, student_logits: Tensor, student_temp: f
 class DINOLoss(nn.Module):
     """DINO loss; the EMA centre is a buffer, so it is saved in (and restored from) checkpoints."""
 
-    def __init__(self, out_dim: int, student_temp: float = 0.1, center_momentum: float = 0.9,
-                 centering: Centering = "sinkhorn", sinkhorn_iterations: int = 3) -> None:
+    def __init__(
+        self,
+        out_dim: int,
+        student_temp: float = 0.1,
+        center_momentum: float = 0.9,
+        centering: Centering = "sinkhorn",
+        sinkhorn_iterations: int = 3,
+    ) -> None:
         super().__init__()
         self.student_temp, self.center_momentum = student_temp, center_momentum
         self.centering, self.sinkhorn_iterations = centering, sinkhorn_iterations

@@ -37,7 +37,13 @@ def soft_kl(student_logits: Tensor, teacher_logits: Tensor, temperature: float, 
     return kl * t * t
 
 
-def distillation_loss(student_logits: Tensor, teacher_logits: Tensor, hard_loss: Tensor, alpha: float,
-                      temperature: float, multilabel: bool = False) -> Tensor:
+def distillation_loss(
+    student_logits: Tensor,
+    teacher_logits: Tensor,
+    hard_loss: Tensor,
+    alpha: float,
+    temperature: float,
+    multilabel: bool = False,
+) -> Tensor:
     """alpha * `hard_loss` (the task loss on labels, computed by the caller) + (1 - alpha) * soft KL."""
     return alpha * hard_loss + (1 - alpha) * soft_kl(student_logits, teacher_logits, temperature, multilabel)

@@ -26,8 +26,14 @@ from dinotune.losses.dino import Centering, _all_reduce, cross_entropy, sinkhorn
 class IBOTPatchLoss(nn.Module):
     """iBOT loss; the patch centre is a buffer (saved in checkpoints)."""
 
-    def __init__(self, out_dim: int, student_temp: float = 0.1, center_momentum: float = 0.9,
-                 centering: Centering = "sinkhorn", sinkhorn_iterations: int = 3) -> None:
+    def __init__(
+        self,
+        out_dim: int,
+        student_temp: float = 0.1,
+        center_momentum: float = 0.9,
+        centering: Centering = "sinkhorn",
+        sinkhorn_iterations: int = 3,
+    ) -> None:
         super().__init__()
         self.student_temp, self.center_momentum = student_temp, center_momentum
         self.centering, self.sinkhorn_iterations = centering, sinkhorn_iterations
@@ -61,4 +67,3 @@ class IBOTPatchLoss(nn.Module):
     def forward(self, student_logits: Tensor, teacher_probs: Tensor, masks: Tensor) -> Tensor:
         """Dense form: (B, N, K) student logits and teacher probabilities, (B, N) bool masks."""
         return self.masked_loss(student_logits[masks], teacher_probs[masks], masks)
-

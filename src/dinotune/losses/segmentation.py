@@ -23,12 +23,15 @@ class SegmentationLossConfig(StrictModel):
     kind: Literal["ce", "dice", "ce_dice"] = Field("ce", description="ce, dice or ce_dice (their weighted sum).")
     dice_weight: float = Field(1.0, ge=0, description="ce_dice: weight of the Dice term.")
     class_weights: Literal["none", "inverse", "sqrt_inverse"] | list[float] = Field(
-        "none", description="CE class weights: none, inverse / sqrt_inverse pixel frequency (train masks), "
-        "or one value per class.")
+        "none",
+        description="CE class weights: none, inverse / sqrt_inverse pixel frequency (train masks), "
+        "or one value per class.",
+    )
 
 
-def dice_loss(logits: Tensor, target: Tensor, ignore_index: int = 255, weight: Tensor | None = None,
-              eps: float = 1.0) -> Tensor:
+def dice_loss(
+    logits: Tensor, target: Tensor, ignore_index: int = 255, weight: Tensor | None = None, eps: float = 1.0
+) -> Tensor:
     """1 - soft Dice per class, averaged over classes (weighted by `weight` if given); ignored pixels skipped."""
     num_classes = logits.shape[1]
     probs = logits.float().softmax(dim=1)
@@ -48,8 +51,9 @@ def dice_loss(logits: Tensor, target: Tensor, ignore_index: int = 255, weight: T
 class SegmentationLoss(nn.Module):
     """CE (weighted, ignore_index), Dice, or CE + dice_weight * Dice; logits (B, K, H, W), target (B, H, W)."""
 
-    def __init__(self, cfg: SegmentationLossConfig | None = None, class_weights: Tensor | None = None,
-                 ignore_index: int = 255) -> None:
+    def __init__(
+        self, cfg: SegmentationLossConfig | None = None, class_weights: Tensor | None = None, ignore_index: int = 255
+    ) -> None:
         super().__init__()
         self.cfg, self.ignore_index = cfg or SegmentationLossConfig(), ignore_index
         self.register_buffer("class_weights", class_weights.float() if class_weights is not None else None)
@@ -59,8 +63,9 @@ class SegmentationLoss(nn.Module):
         loss = logits.new_zeros((), dtype=torch.float32)
         if self.cfg.kind in ("ce", "ce_dice"):
             if (target != self.ignore_index).any():
-                loss = loss + F.cross_entropy(logits.float(), target, weight=self.class_weights,
-                                              ignore_index=self.ignore_index)
+                loss = loss + F.cross_entropy(
+                    logits.float(), target, weight=self.class_weights, ignore_index=self.ignore_index
+                )
             else:  # all pixels ignored: CE would be NaN (0 / 0); keep the graph with a zero
                 loss = loss + logits.sum() * 0.0
         if self.cfg.kind in ("dice", "ce_dice"):
@@ -69,8 +74,9 @@ class SegmentationLoss(nn.Module):
         return loss
 
 
-def pixel_class_weights(masks: Iterable[Tensor], num_classes: int, ignore_index: int = 255,
-                        mode: str = "inverse") -> Tensor:
+def pixel_class_weights(
+    masks: Iterable[Tensor], num_classes: int, ignore_index: int = 255, mode: str = "inverse"
+) -> Tensor:
     """Inverse (or sqrt-inverse) pixel frequency, normalised to mean 1 over present classes (absent: 0)."""
     counts = torch.zeros(num_classes, dtype=torch.float64)
     for mask in masks:

@@ -3,5 +3,11 @@
 from dinotune.metrics.classification import average_precision_columns, classification_metrics, multilabel_metrics
 from dinotune.metrics.segmentation import ConfusionMeter, confusion_matrix, scores
 
-__all__ = ["ConfusionMeter", "average_precision_columns", "classification_metrics", "confusion_matrix",
-           "multilabel_metrics", "scores"]
+__all__ = [
+    "ConfusionMeter",
+    "average_precision_columns",
+    "classification_metrics",
+    "confusion_matrix",
+    "multilabel_metrics",
+    "scores",
+]

@@ -29,8 +29,9 @@ def confusion_matrix(pred: Tensor, target: Tensor, num_classes: int, ignore_inde
     keep = target != ignore_index
     pred, target = pred[keep], target[keep]
     if target.numel() and (int(target.min()) < 0 or int(target.max()) >= num_classes):
-        raise ValueError(f"mask value {int(target.max())} is outside 0..{num_classes - 1} "
-                         f"(and not the ignore index {ignore_index})")
+        raise ValueError(
+            f"mask value {int(target.max())} is outside 0..{num_classes - 1} (and not the ignore index {ignore_index})"
+        )
     if pred.numel() and (int(pred.min()) < 0 or int(pred.max()) >= num_classes):
         raise ValueError(f"predicted class {int(pred.max())} is outside 0..{num_classes - 1}")
     return torch.bincount(target * num_classes + pred, minlength=num_classes**2).reshape(num_classes, num_classes)

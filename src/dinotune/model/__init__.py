@@ -6,6 +6,23 @@ from dinotune.model.io import HEAD_FILE, load_card_backbone, load_model, model_d
 from dinotune.model.onnx import OnnxClassifier, OnnxSegmenter, load_onnx_model, onnx_session
 from dinotune.model.segmenter import Segmenter, build_segmenter, feature_dims
 
-__all__ = ["CARD_FILE", "HEAD_FILE", "TASKS", "Classifier", "ModelCard", "OnnxClassifier", "OnnxSegmenter",
-           "Segmenter", "build_segmenter", "feature_dims", "load_card_backbone", "load_model", "load_onnx_model",
-           "model_device", "onnx_session", "plain_copy", "read_card", "save_model"]
+__all__ = [
+    "CARD_FILE",
+    "HEAD_FILE",
+    "TASKS",
+    "Classifier",
+    "ModelCard",
+    "OnnxClassifier",
+    "OnnxSegmenter",
+    "Segmenter",
+    "build_segmenter",
+    "feature_dims",
+    "load_card_backbone",
+    "load_model",
+    "load_onnx_model",
+    "model_device",
+    "onnx_session",
+    "plain_copy",
+    "read_card",
+    "save_model",
+]

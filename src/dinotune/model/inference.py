@@ -33,8 +33,10 @@ class InferenceConfig(StrictModel):
     crop: int = Field(512, ge=1, description="slide: window side in pixels.")
     stride: int = Field(341, ge=1, description="slide: step between windows (crop * 2/3 is common).")
     flip: bool = Field(False, description="Also predict the horizontally flipped image and average.")
-    scales: list[float] = Field(default_factory=lambda: [1.0], description="Multi-scale TTA factors, e.g. "
-                                "[0.75, 1.0, 1.25]; probabilities are averaged at the original size.")
+    scales: list[float] = Field(
+        default_factory=lambda: [1.0],
+        description="Multi-scale TTA factors, e.g. [0.75, 1.0, 1.25]; probabilities are averaged at the original size.",
+    )
     window_batch: int = Field(4, ge=1, description="Windows per forward pass (memory bound).")
 
 
@@ -47,8 +49,9 @@ def window_starts(size: int, crop: int, stride: int) -> list[int]:
 
 
 @torch.no_grad()
-def sliding_window(model: Model, images: Tensor, num_classes: int, crop: int, stride: int,
-                   window_batch: int = 4) -> Tensor:
+def sliding_window(
+    model: Model, images: Tensor, num_classes: int, crop: int, stride: int, window_batch: int = 4
+) -> Tensor:
     """Averaged logits (B, K, H, W) of windows of `crop` pixels every `stride` pixels."""
     if stride > crop:
         raise ValueError(f"stride {stride} > crop {crop} would leave pixels unpredicted")
@@ -75,12 +78,20 @@ def predict_probs(model: Model, images: Tensor, num_classes: int, cfg: Inference
     total = images.new_zeros((images.shape[0], num_classes, h, w), dtype=torch.float32)
     views = 0
     for scale in cfg.scales:
-        scaled = images if scale == 1.0 else F.interpolate(
-            images, size=(max(1, round(h * scale)), max(1, round(w * scale))), mode="bilinear", align_corners=False)
+        scaled = (
+            images
+            if scale == 1.0
+            else F.interpolate(
+                images, size=(max(1, round(h * scale)), max(1, round(w * scale))), mode="bilinear", align_corners=False
+            )
+        )
         for flip in (False, True) if cfg.flip else (False,):
             x = scaled.flip(-1) if flip else scaled
-            logits = model(x).float() if cfg.mode == "whole" else sliding_window(
-                model, x, num_classes, cfg.crop, cfg.stride, cfg.window_batch)
+            logits = (
+                model(x).float()
+                if cfg.mode == "whole"
+                else sliding_window(model, x, num_classes, cfg.crop, cfg.stride, cfg.window_batch)
+            )
             if flip:
                 logits = logits.flip(-1)
             if logits.shape[-2:] != (h, w):
@@ -127,8 +138,9 @@ def write_index_png(path: Path, mask: np.ndarray, colours: Iterable[Iterable[int
         tmp.write_bytes(index_png(mask, colours))
 
 
-def overlay(image: np.ndarray, mask: np.ndarray, colours: list[list[int]], alpha: float = 0.5,
-            ignore_index: int = 255) -> np.ndarray:
+def overlay(
+    image: np.ndarray, mask: np.ndarray, colours: list[list[int]], alpha: float = 0.5, ignore_index: int = 255
+) -> np.ndarray:
     """HxWx3 uint8: the image (first 3 channels or grey) blended with the class colours."""
     img = image.astype(np.float32)
     img = np.repeat(img[..., :1], 3, axis=2) if img.ndim == 3 and img.shape[2] < 3 else img[..., :3]

@@ -70,8 +70,12 @@ def load_card_backbone(folder: Path, spec: dict[str, Any]) -> Backbone:
     source = str(inside(folder, weights_dir, "backbone.weights_dir")) if weights_dir else spec["source"]
     backbone = load_backbone(source, in_chans=spec.get("in_chans", 3), device="cpu", seed=spec.get("seed", 0))
     if not weights_dir and spec.get("identity") and backbone.info.identity != spec["identity"]:
-        log.warning("backbone %s changed since this model was trained (identity %s, now %s)",
-                    source, spec["identity"], backbone.info.identity)
+        log.warning(
+            "backbone %s changed since this model was trained (identity %s, now %s)",
+            source,
+            spec["identity"],
+            backbone.info.identity,
+        )
     return backbone
 
 
@@ -137,8 +141,10 @@ def _check_head(head: nn.Module, card: ModelCard, path: Path) -> None:
         if tensor.is_floating_point() and not torch.isfinite(tensor).all():
             raise CheckpointError(f"{path}: tensor '{name}' holds NaN or infinite values; retrain or re-export.")
     if isinstance(head, LinearHead) and head.multilabel != card.multilabel:
-        raise CheckpointError(f"{path} is a {'multi-label' if head.multilabel else 'single-label'} head but the card's "
-                              f"task is '{card.task}'.")
+        raise CheckpointError(
+            f"{path} is a {'multi-label' if head.multilabel else 'single-label'} head but the card's "
+            f"task is '{card.task}'."
+        )
     if isinstance(head, LinearHead) and not bool((head.std > 0).all()):
         raise CheckpointError(f"{path}: the standardisation std has zero or negative values.")
 

@@ -91,8 +91,9 @@ class OnnxSegmenter(_OnnxModel):
         return torch.from_numpy(self.run(images)["logits"])[..., :h, :w]
 
 
-def load_onnx_model(folder: Path, card: ModelCard, file: str | None = None,
-                    threads: int | None = None) -> OnnxClassifier | OnnxSegmenter:
+def load_onnx_model(
+    folder: Path, card: ModelCard, file: str | None = None, threads: int | None = None
+) -> OnnxClassifier | OnnxSegmenter:
     """The twin for an export folder's card; `file` picks another graph of the folder (e.g. fp32)."""
     path = inside(folder, file or card.head["file"], "head.file")
     if not path.is_file():

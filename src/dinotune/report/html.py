@@ -61,8 +61,9 @@ def table(rows: Sequence[Mapping[str, Any]], columns: Mapping[str, str], digits:
 
 def cards(values: Mapping[str, Any]) -> str:
     """Headline numbers as large tiles."""
-    tiles = "".join(f'<div class="card"><b>{html.escape(fmt(v))}</b><span>{html.escape(k)}</span></div>'
-                    for k, v in values.items())
+    tiles = "".join(
+        f'<div class="card"><b>{html.escape(fmt(v))}</b><span>{html.escape(k)}</span></div>' for k, v in values.items()
+    )
     return f'<div class="cards">{tiles}</div>'
 
 
@@ -101,13 +102,16 @@ class Report:
 
     def render(self) -> str:
         toc = " ".join(f'<a href="#{s.id}">{html.escape(s.title)}</a>' for s in self.sections)
-        body = "\n".join(f'<section id="{s.id}"><h2>{html.escape(s.title)}</h2>\n{s.body}\n</section>'
-                         for s in self.sections)
-        return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
-                f'<meta name="viewport" content="width=device-width, initial-scale=1">'
-                f"<title>{html.escape(self.title)}</title><style>{CSS}</style></head>\n<body><main>"
-                f"<h1>{html.escape(self.title)}</h1><p class=\"sub\">{html.escape(self.subtitle)}</p>"
-                f"<nav>{toc}</nav>\n{body}\n</main></body></html>\n")
+        body = "\n".join(
+            f'<section id="{s.id}"><h2>{html.escape(s.title)}</h2>\n{s.body}\n</section>' for s in self.sections
+        )
+        return (
+            f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+            f'<meta name="viewport" content="width=device-width, initial-scale=1">'
+            f"<title>{html.escape(self.title)}</title><style>{CSS}</style></head>\n<body><main>"
+            f'<h1>{html.escape(self.title)}</h1><p class="sub">{html.escape(self.subtitle)}</p>'
+            f"<nav>{toc}</nav>\n{body}\n</main></body></html>\n"
+        )
 
     def write(self, path: str | Path) -> Path:
         write_text(path, self.render())

@@ -72,8 +72,15 @@ def confusion_matrix_figure(matrix: Sequence[Sequence[int]], class_names: Sequen
         for i in range(c):
             for j in range(c):
                 if m[i, j]:
-                    ax.text(j, i, f"{norm[i, j]:.2f}", ha="center", va="center", fontsize=8,
-                            color="white" if norm[i, j] > 0.5 else "black")
+                    ax.text(
+                        j,
+                        i,
+                        f"{norm[i, j]:.2f}",
+                        ha="center",
+                        va="center",
+                        fontsize=8,
+                        color="white" if norm[i, j] > 0.5 else "black",
+                    )
     return fig
 
 
@@ -111,9 +118,10 @@ def roc_pr_figure(probs: np.ndarray, onehot: np.ndarray, class_names: Sequence[s
         ax_pr.plot(recall, precision, "k-", lw=2.2, label="micro average")
         ax_pr.plot(grid, _macro(pr_x, pr_y, grid), "k--", lw=2.2, label="macro average")
     ax_roc.plot([0, 1], [0, 1], ":", color="grey", lw=1)
-    for ax, title, xl, yl in ((ax_roc, "ROC curves (one vs rest, AUC in brackets)", "False positive rate",
-                               "True positive rate"),
-                              (ax_pr, "Precision-recall curves", "Recall", "Precision")):
+    for ax, title, xl, yl in (
+        (ax_roc, "ROC curves (one vs rest, AUC in brackets)", "False positive rate", "True positive rate"),
+        (ax_pr, "Precision-recall curves", "Recall", "Precision"),
+    ):
         ax.set(title=title, xlabel=xl, ylabel=yl, xlim=(-0.01, 1.01), ylim=(-0.01, 1.02))
         ax.grid(alpha=0.3)
         handles, labels = ax.get_legend_handles_labels()
@@ -133,14 +141,25 @@ def reliability_figure(before: Any, after: Any | None = None, temperature: float
     fig, (ax, ax_n) = plt.subplots(2, 1, figsize=(6, 6.2), height_ratios=(3, 1), sharex=True)
     centres = (before.edges[:-1] + before.edges[1:]) / 2
     width = before.edges[1] - before.edges[0]
-    ax.bar(centres, np.nan_to_num(before.accuracy), width=width * 0.95, color="#4c78a8", edgecolor="white",
-           label=f"accuracy per bin (ECE {before.ece:.3f})")
+    ax.bar(
+        centres,
+        np.nan_to_num(before.accuracy),
+        width=width * 0.95,
+        color="#4c78a8",
+        edgecolor="white",
+        label=f"accuracy per bin (ECE {before.ece:.3f})",
+    )
     gap_low = np.minimum(np.nan_to_num(before.accuracy), np.nan_to_num(before.confidence))
     gap = np.abs(np.nan_to_num(before.accuracy) - np.nan_to_num(before.confidence))
     ax.bar(centres, gap, bottom=gap_low, width=width * 0.95, color="#e45756", alpha=0.35, label="gap to confidence")
     if after is not None:
-        ax.plot(centres, after.accuracy, "o-", color="#f58518",
-                label=f"after temperature scaling, T={temperature:.2f} (ECE {after.ece:.3f})")
+        ax.plot(
+            centres,
+            after.accuracy,
+            "o-",
+            color="#f58518",
+            label=f"after temperature scaling, T={temperature:.2f} (ECE {after.ece:.3f})",
+        )
     ax.plot([0, 1], [0, 1], "k:", lw=1, label="perfect calibration")
     ax.set(ylabel="Accuracy", title="Reliability diagram (15 equal-width bins)", xlim=(0, 1), ylim=(0, 1.02))
     ax.legend(fontsize=8, loc="upper left")
@@ -158,8 +177,13 @@ def _display(image: np.ndarray) -> tuple[np.ndarray, str | None]:
     return (image[:, :, :3] if image.ndim == 3 else image), ("gray" if image.ndim == 2 else None)
 
 
-def mistakes_figure(images: Sequence[np.ndarray], true: Sequence[str], predicted: Sequence[str],
-                    confidence: Sequence[float], columns: int = 6) -> Figure:
+def mistakes_figure(
+    images: Sequence[np.ndarray],
+    true: Sequence[str],
+    predicted: Sequence[str],
+    confidence: Sequence[float],
+    columns: int = 6,
+) -> Figure:
     """The most confident wrong predictions: each tile titled with true and predicted class."""
     n = len(images)
     rows = max(1, -(-n // columns))
@@ -235,8 +259,12 @@ def robustness_figure(rows: Sequence[Mapping[str, Any]]) -> Figure:
         mine = [r for r in rows if r["corruption"] == name and r["relative"] is not None]
         ax.plot([0] + [r["severity"] for r in mine], [1.0] + [r["relative"] for r in mine], "o-", label=name)
     ax.axhline(1.0, color="grey", lw=1, ls=":")
-    ax.set(title="Robustness to common corruptions", xlabel="Severity (0 = clean)",
-           ylabel="Accuracy relative to clean", xticks=range(0, 6))
+    ax.set(
+        title="Robustness to common corruptions",
+        xlabel="Severity (0 = clean)",
+        ylabel="Accuracy relative to clean",
+        xticks=range(0, 6),
+    )
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5))
     fig.tight_layout()
@@ -287,9 +315,14 @@ def iou_figure(ious: Sequence[float | None], class_names: Sequence[str]) -> Figu
     return fig
 
 
-def segmentation_overlay_figure(images: Sequence[np.ndarray], truths: Sequence[np.ndarray],
-                                predictions: Sequence[np.ndarray], colours: np.ndarray,
-                                ignore_index: int = 255, alpha: float = 0.5) -> Figure:
+def segmentation_overlay_figure(
+    images: Sequence[np.ndarray],
+    truths: Sequence[np.ndarray],
+    predictions: Sequence[np.ndarray],
+    colours: np.ndarray,
+    ignore_index: int = 255,
+    alpha: float = 0.5,
+) -> Figure:
     """Rows of image | ground truth overlay | prediction overlay; `colours` is (C, 3) uint8."""
     palette = np.asarray(colours, dtype=np.float64) / 255.0
 
@@ -304,8 +337,12 @@ def segmentation_overlay_figure(images: Sequence[np.ndarray], truths: Sequence[n
     n = len(images)
     fig, axes = plt.subplots(n, 3, figsize=(7.5, 2.5 * n), squeeze=False)
     for row, (image, truth, pred) in enumerate(zip(images, truths, predictions, strict=True)):
-        for ax, shown, title in zip(axes[row], (_display(image)[0], overlay(image, truth), overlay(image, pred)),
-                                    ("image", "ground truth", "prediction"), strict=True):
+        for ax, shown, title in zip(
+            axes[row],
+            (_display(image)[0], overlay(image, truth), overlay(image, pred)),
+            ("image", "ground truth", "prediction"),
+            strict=True,
+        ):
             ax.imshow(shown, cmap="gray" if shown.ndim == 2 else None, vmin=0, vmax=1)
             ax.set_title(title, fontsize=9)
             ax.axis("off")

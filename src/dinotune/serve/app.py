@@ -101,8 +101,11 @@ class _Limits:
 
 
 def _too_large(limit: int) -> JSONResponse:
-    return JSONResponse({"detail": f"request body exceeds the server's limit of {limit} bytes"}, status_code=413,
-                        headers={"Connection": "close"})
+    return JSONResponse(
+        {"detail": f"request body exceeds the server's limit of {limit} bytes"},
+        status_code=413,
+        headers={"Connection": "close"},
+    )
 
 
 def _error(status: int, detail: str, retry_after: int | None = None) -> JSONResponse:
@@ -117,11 +120,20 @@ class _Server:
         self.config, self.model = config, model
         self.engine: Engine | None = None if isinstance(model, (str, Path)) else model
         self.load_error: str | None = None
-        self.monitor = Monitor(confidence_window=config.confidence_window,
-                               low_confidence=config.low_confidence_threshold, min_samples=config.alert_min_samples,
-                               drift_window=config.drift_window, drift_threshold=config.drift_threshold)
-        self.batcher = MicroBatcher(self._run, max_batch_size=config.max_batch_size, max_wait_ms=config.max_wait_ms,
-                                    max_queue=config.max_queue, on_batch=self.monitor.observe_batch)
+        self.monitor = Monitor(
+            confidence_window=config.confidence_window,
+            low_confidence=config.low_confidence_threshold,
+            min_samples=config.alert_min_samples,
+            drift_window=config.drift_window,
+            drift_threshold=config.drift_threshold,
+        )
+        self.batcher = MicroBatcher(
+            self._run,
+            max_batch_size=config.max_batch_size,
+            max_wait_ms=config.max_wait_ms,
+            max_queue=config.max_queue,
+            on_batch=self.monitor.observe_batch,
+        )
         self.decode_slots: asyncio.Semaphore | None = None
         self.segment_slots: asyncio.Semaphore | None = None
         self._transform: Any = None
@@ -140,8 +152,13 @@ class _Server:
         self.monitor.set_reference(engine.reference)
         self.engine = engine
         self.monitor.ready.set(1)
-        log.info("model %s ready (%s, %d classes, drift reference: %s)", engine.name, engine.runtime,
-                 len(engine.card.classes), "yes" if engine.reference is not None else "none")
+        log.info(
+            "model %s ready (%s, %d classes, drift reference: %s)",
+            engine.name,
+            engine.runtime,
+            len(engine.card.classes),
+            "yes" if engine.reference is not None else "none",
+        )
 
     async def start(self) -> None:
         self.decode_slots = asyncio.Semaphore(self.config.decode_concurrency)
@@ -167,8 +184,9 @@ class _Server:
         """Decode + preprocess one upload (runs in a worker thread)."""
         assert self.engine is not None
         prep = self.engine.card.preprocessing
-        image = decode_upload(data, name, channels=prep.channels, scaling=prep.scaling_config(),
-                              max_pixels=self.config.max_pixels)
+        image = decode_upload(
+            data, name, channels=prep.channels, scaling=prep.scaling_config(), max_pixels=self.config.max_pixels
+        )
         return self._transform(image)["image"].numpy()
 
 
@@ -218,9 +236,12 @@ def _segmentation_answer(probs: np.ndarray, card: Any) -> dict[str, Any]:
     """The mask as a base64 index PNG (palette = class colours) and each class's share of the pixels."""
     mask = probs.argmax(0)
     counts = np.bincount(mask.ravel(), minlength=len(card.classes))
-    return {"mask_png": base64.b64encode(index_png(mask, card.colours)).decode("ascii"),
-            "height": int(mask.shape[0]), "width": int(mask.shape[1]),
-            "fractions": {c: round(float(n) / mask.size, 6) for c, n in zip(card.classes, counts, strict=True)}}
+    return {
+        "mask_png": base64.b64encode(index_png(mask, card.colours)).decode("ascii"),
+        "height": int(mask.shape[0]),
+        "width": int(mask.shape[1]),
+        "fractions": {c: round(float(n) / mask.size, 6) for c, n in zip(card.classes, counts, strict=True)},
+    }
 
 
 async def _segment(server: _Server, images: list[np.ndarray]) -> list[dict[str, Any]]:
@@ -271,12 +292,22 @@ def create_app(model: str | Path | Engine, config: ServeConfig | None = None) ->
         if engine is None:
             return _error(503, "model is loading", config.retry_after_s)
         card = engine.card
-        return JSONResponse({
-            "model": engine.name, "runtime": engine.runtime, "task": card.task, "classes": card.classes,
-            "multilabel": card.multilabel, "preprocessing": card.preprocessing.__dict__, "backbone": card.backbone,
-            "license": card.license, "dinotune_version": __version__, "export": card.metrics.get("export"),
-            "limits": config.model_dump(), "monitoring": server.monitor.snapshot(),
-        })
+        return JSONResponse(
+            {
+                "model": engine.name,
+                "runtime": engine.runtime,
+                "task": card.task,
+                "classes": card.classes,
+                "multilabel": card.multilabel,
+                "preprocessing": card.preprocessing.__dict__,
+                "backbone": card.backbone,
+                "license": card.license,
+                "dinotune_version": __version__,
+                "export": card.metrics.get("export"),
+                "limits": config.model_dump(),
+                "monitoring": server.monitor.snapshot(),
+            }
+        )
 
     @app.get("/metrics")
     async def metrics() -> Response:
@@ -336,12 +367,24 @@ def create_app(model: str | Path | Engine, config: ServeConfig | None = None) ->
     return app
 
 
-def serve(model: str | Path, *, host: str = "127.0.0.1", port: int = 8000, config: ServeConfig | None = None,
-          log_level: str = "info") -> None:
+def serve(
+    model: str | Path,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    config: ServeConfig | None = None,
+    log_level: str = "info",
+) -> None:
     """Run the server until interrupted (one process; scale out with replicas, not workers)."""
     import uvicorn
 
     config = config or ServeConfig()
     app = create_app(model, config)
-    uvicorn.run(app, host=host, port=port, log_level=log_level, timeout_keep_alive=5,
-                limit_concurrency=max(64, 4 * config.max_queue))
+    uvicorn.run(
+        app,
+        host=host,
+        port=port,
+        log_level=log_level,
+        timeout_keep_alive=5,
+        limit_concurrency=max(64, 4 * config.max_queue),
+    )

@@ -34,8 +34,15 @@ class _Item:
 class MicroBatcher:
     """`await submit(images)` -> one (probabilities, embedding) pair per image, computed in batches."""
 
-    def __init__(self, run_batch: BatchFn, *, max_batch_size: int = 8, max_wait_ms: float = 5.0,
-                 max_queue: int = 64, on_batch: Callable[[int, float], None] | None = None) -> None:
+    def __init__(
+        self,
+        run_batch: BatchFn,
+        *,
+        max_batch_size: int = 8,
+        max_wait_ms: float = 5.0,
+        max_queue: int = 64,
+        on_batch: Callable[[int, float], None] | None = None,
+    ) -> None:
         self.run_batch, self.max_batch_size, self.max_wait = run_batch, max_batch_size, max_wait_ms / 1000
         self.max_queue, self.on_batch = max_queue, on_batch
         self.pending = 0  # images admitted and not yet answered

@@ -71,8 +71,11 @@ def _check_header(path: Path, fmt: str, name: str, max_pixels: int) -> None:
         raise UploadError(400, f"{name}: cannot read the {fmt.upper()} header ({reason}); it is corrupt") from None
     width, height = cost.width, cost.height
     if width * height > max_pixels:
-        raise UploadError(413, f"{name}: {width}x{height} = {width * height} pixels exceeds the server's limit "
-                               f"of {max_pixels} pixels; downscale the image")
+        raise UploadError(
+            413,
+            f"{name}: {width}x{height} = {width * height} pixels exceeds the server's limit "
+            f"of {max_pixels} pixels; downscale the image",
+        )
     try:
         check_cost(name, cost, max_pixels)
     except BudgetError as err:

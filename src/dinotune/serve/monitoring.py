@@ -28,27 +28,41 @@ CONFIDENCE_BUCKETS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99, 1
 class Monitor:
     """All metrics of one app in its own registry (two apps in one process do not collide)."""
 
-    def __init__(self, *, confidence_window: int = 500, low_confidence: float = 0.5, min_samples: int = 50,
-                 drift_window: int = 500, drift_threshold: float = 0.5, reference: Reference | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        confidence_window: int = 500,
+        low_confidence: float = 0.5,
+        min_samples: int = 50,
+        drift_window: int = 500,
+        drift_threshold: float = 0.5,
+        reference: Reference | None = None,
+    ) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
-        self.requests = Counter("dinotune_requests", "HTTP requests by endpoint and status code",
-                                ["endpoint", "code"], registry=r)
+        self.requests = Counter(
+            "dinotune_requests", "HTTP requests by endpoint and status code", ["endpoint", "code"], registry=r
+        )
         self.errors = Counter("dinotune_errors", "Error responses (status >= 400) by code", ["code"], registry=r)
-        self.latency = Histogram("dinotune_request_latency_seconds", "Request latency", ["endpoint"],
-                                 buckets=LATENCY_BUCKETS, registry=r)
-        self.batch_size = Histogram("dinotune_batch_size", "Images per model call", buckets=BATCH_BUCKETS,
-                                    registry=r)
-        self.inference = Histogram("dinotune_inference_seconds", "Model time per batch", buckets=LATENCY_BUCKETS,
-                                   registry=r)
-        self.confidence = Histogram("dinotune_confidence", "Top-1 probability per image",
-                                    buckets=CONFIDENCE_BUCKETS, registry=r)
-        self.mean_confidence = Gauge("dinotune_rolling_mean_confidence",
-                                     "Mean top-1 probability over the last images", registry=r)
-        self.low_confidence_alert = Gauge("dinotune_low_confidence_alert",
-                                          "1 while the rolling mean confidence is below the threshold", registry=r)
-        self.drift = Gauge("dinotune_drift_score", "Standardised mean shift of recent embeddings (NaN: no reference)",
-                           registry=r)
+        self.latency = Histogram(
+            "dinotune_request_latency_seconds", "Request latency", ["endpoint"], buckets=LATENCY_BUCKETS, registry=r
+        )
+        self.batch_size = Histogram("dinotune_batch_size", "Images per model call", buckets=BATCH_BUCKETS, registry=r)
+        self.inference = Histogram(
+            "dinotune_inference_seconds", "Model time per batch", buckets=LATENCY_BUCKETS, registry=r
+        )
+        self.confidence = Histogram(
+            "dinotune_confidence", "Top-1 probability per image", buckets=CONFIDENCE_BUCKETS, registry=r
+        )
+        self.mean_confidence = Gauge(
+            "dinotune_rolling_mean_confidence", "Mean top-1 probability over the last images", registry=r
+        )
+        self.low_confidence_alert = Gauge(
+            "dinotune_low_confidence_alert", "1 while the rolling mean confidence is below the threshold", registry=r
+        )
+        self.drift = Gauge(
+            "dinotune_drift_score", "Standardised mean shift of recent embeddings (NaN: no reference)", registry=r
+        )
         self.drift_alert = Gauge("dinotune_drift_alert", "1 while the drift score is above the threshold", registry=r)
         self.queue = Gauge("dinotune_queue_images", "Images admitted and not yet answered", registry=r)
         self.ready = Gauge("dinotune_model_ready", "1 once the model is loaded", registry=r)
@@ -86,9 +100,15 @@ class Monitor:
             self._update_drift(np.asarray(embedding, np.float64))
         self.mean_confidence.set(mean)
         if len(self._confidences) >= self.min_samples:
-            self._set_alert("confidence", self.low_confidence_alert, mean < self.low_confidence,
-                            "rolling mean confidence %.3f over the last %d images is below %.3f",
-                            mean, len(self._confidences), self.low_confidence)
+            self._set_alert(
+                "confidence",
+                self.low_confidence_alert,
+                mean < self.low_confidence,
+                "rolling mean confidence %.3f over the last %d images is below %.3f",
+                mean,
+                len(self._confidences),
+                self.low_confidence,
+            )
 
     def _update_drift(self, embedding: np.ndarray) -> None:
         if self.reference is None or embedding.shape != self.reference.mean.shape:
@@ -105,9 +125,16 @@ class Monitor:
         self._drift_score = score
         self.drift.set(score)
         if n >= self.min_samples:
-            self._set_alert("drift", self.drift_alert, score > self.drift_threshold,
-                            "input drift %.3f over the last %d images exceeds %.3f (reference: %d export images)",
-                            score, n, self.drift_threshold, self.reference.n)
+            self._set_alert(
+                "drift",
+                self.drift_alert,
+                score > self.drift_threshold,
+                "input drift %.3f over the last %d images exceeds %.3f (reference: %d export images)",
+                score,
+                n,
+                self.drift_threshold,
+                self.reference.n,
+            )
 
     def _set_alert(self, name: str, gauge: Gauge, on: bool, message: str, *args: object) -> None:
         """Log once when an alert turns on (and once when it clears), not on every request."""
@@ -124,5 +151,10 @@ class Monitor:
             n = len(self._confidences)
             mean = sum(self._confidences) / n if n else None
             drift = self._drift_score
-        return {"images": n, "rolling_mean_confidence": mean, "low_confidence_alert": self._alerts["confidence"],
-                "drift_score": None if np.isnan(drift) else drift, "drift_alert": self._alerts["drift"]}
+        return {
+            "images": n,
+            "rolling_mean_confidence": mean,
+            "low_confidence_alert": self._alerts["confidence"],
+            "drift_score": None if np.isnan(drift) else drift,
+            "drift_alert": self._alerts["drift"],
+        }

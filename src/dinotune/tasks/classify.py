@@ -37,8 +37,12 @@ class RegularizationConfig(StrictModel):
     cutmix_alpha: float = Field(0.0, ge=0, description="Beta(alpha, alpha) CutMix (0: off; 1.0 is common).")
     mix_prob: float = Field(1.0, ge=0, le=1, description="Share of batches mixed when mixup/cutmix is on.")
     drop_path_rate: float = Field(0.0, ge=0, lt=1, description="Stochastic depth (config.drop_path_rate).")
-    ema_decay: float | None = Field(None, gt=0, lt=1, description="EMA of weights (e.g. 0.999); evaluated and "
-                                    "exported instead of the raw weights. None: off.")
+    ema_decay: float | None = Field(
+        None,
+        gt=0,
+        lt=1,
+        description="EMA of weights (e.g. 0.999); evaluated and exported instead of the raw weights. None: off.",
+    )
 
 
 # --------------------------------------------------------------------------------------------------
@@ -46,8 +50,9 @@ class RegularizationConfig(StrictModel):
 # --------------------------------------------------------------------------------------------------
 
 
-def mix_batch(images: Tensor, targets: Tensor, cfg: RegularizationConfig,
-              gen: torch.Generator) -> tuple[Tensor, Tensor]:
+def mix_batch(
+    images: Tensor, targets: Tensor, cfg: RegularizationConfig, gen: torch.Generator
+) -> tuple[Tensor, Tensor]:
     """Mixup or CutMix (chosen 50/50 when both are on) with soft targets; `targets` are (N, C) floats."""
     use_mixup, use_cutmix = cfg.mixup_alpha > 0, cfg.cutmix_alpha > 0
     if not (use_mixup or use_cutmix) or torch.rand((), generator=gen) >= cfg.mix_prob:
@@ -85,11 +90,21 @@ def size_at(schedule: Mapping[int, int] | None, epoch: int) -> int | None:
 class ClassificationModule(TaskModule):
     """Trains `model` (a `Classifier`, prepared with `prepare_model`) for `num_classes` classes."""
 
-    def __init__(self, model: Classifier, num_classes: int, *, mode: Mode = "finetune",
-                 optim: OptimConfig | None = None, regularization: RegularizationConfig | None = None,
-                 class_weights: Tensor | None = None, resolution_schedule: Mapping[int, int] | None = None,
-                 teacher: Classifier | None = None, teacher_norm: tuple[Tensor, Tensor] | None = None,
-                 distill: DistillConfig | None = None, seed: int = 0) -> None:
+    def __init__(
+        self,
+        model: Classifier,
+        num_classes: int,
+        *,
+        mode: Mode = "finetune",
+        optim: OptimConfig | None = None,
+        regularization: RegularizationConfig | None = None,
+        class_weights: Tensor | None = None,
+        resolution_schedule: Mapping[int, int] | None = None,
+        teacher: Classifier | None = None,
+        teacher_norm: tuple[Tensor, Tensor] | None = None,
+        distill: DistillConfig | None = None,
+        seed: int = 0,
+    ) -> None:
         super().__init__(model, mode=mode, optim=optim, seed=seed)
         import torchmetrics
 
@@ -135,8 +150,9 @@ class ClassificationModule(TaskModule):
     def _loss(self, logits: Tensor, targets: Tensor) -> Tensor:
         if self.multilabel:
             return F.binary_cross_entropy_with_logits(logits.float(), targets.float(), pos_weight=self.class_weights)
-        return F.cross_entropy(logits.float(), targets, weight=self.class_weights,
-                               label_smoothing=self.reg.label_smoothing)
+        return F.cross_entropy(
+            logits.float(), targets, weight=self.class_weights, label_smoothing=self.reg.label_smoothing
+        )
 
     def _teacher_logits(self, images: Tensor) -> Tensor:
         teacher = self._teacher[0]
@@ -158,8 +174,7 @@ class ClassificationModule(TaskModule):
             gen = self.step_generator(batch_idx)
             size = size_at(self.resolution_schedule, self.current_epoch)
             if size is not None and tuple(images.shape[-2:]) != (size, size):
-                images = F.interpolate(images, size=(size, size), mode="bilinear", antialias=True,
-                                       align_corners=False)
+                images = F.interpolate(images, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
             if self.reg.mixup_alpha > 0 or self.reg.cutmix_alpha > 0:
                 images, targets = mix_batch(images, self._targets(labels), self.reg, gen)
         elif self.ema is not None:
@@ -168,16 +183,35 @@ class ClassificationModule(TaskModule):
         loss = self._loss(logits, targets)
         if stage == "train" and self.mode == "distill":
             self.log("train/loss_hard", loss.detach(), on_step=True, on_epoch=False)
-            loss = distillation_loss(logits, self._teacher_logits(images), loss, self.distill_cfg.alpha,
-                                     self.distill_cfg.temperature, self.multilabel)
+            loss = distillation_loss(
+                logits,
+                self._teacher_logits(images),
+                loss,
+                self.distill_cfg.alpha,
+                self.distill_cfg.temperature,
+                self.multilabel,
+            )
         preds = torch.sigmoid(logits) if self.multilabel else logits
         self.metrics[f"{stage}_metric"].update(preds.detach().float(), labels.long())
         key = "map" if self.multilabel else "accuracy"
         on_step = stage == "train"
-        self.log(f"{stage}/loss", loss.detach(), on_step=on_step, on_epoch=not on_step, prog_bar=True,
-                 sync_dist=not on_step, batch_size=images.shape[0])
-        self.log(f"{stage}/{key}", self.metrics[f"{stage}_metric"], on_step=False, on_epoch=True,
-                 prog_bar=stage != "train", batch_size=images.shape[0])
+        self.log(
+            f"{stage}/loss",
+            loss.detach(),
+            on_step=on_step,
+            on_epoch=not on_step,
+            prog_bar=True,
+            sync_dist=not on_step,
+            batch_size=images.shape[0],
+        )
+        self.log(
+            f"{stage}/{key}",
+            self.metrics[f"{stage}_metric"],
+            on_step=False,
+            on_epoch=True,
+            prog_bar=stage != "train",
+            batch_size=images.shape[0],
+        )
         return loss
 
     # ----- optimisation ----------------------------------------------------------------------------------

@@ -121,9 +121,7 @@ class HeadBank:
         b, h, c = logits.shape
         if self.multilabel:
             tgt = self._bce_targets(targets.float()).unsqueeze(1).expand(b, h, c)
-            per = F.binary_cross_entropy_with_logits(
-                logits, tgt, pos_weight=self.class_weights, reduction="none"
-            )
+            per = F.binary_cross_entropy_with_logits(logits, tgt, pos_weight=self.class_weights, reduction="none")
             return per.sum((0, 2)), torch.tensor(float(b * c), device=logits.device)
         soft, norm = self._soft_targets(targets)
         per = -(logits.log_softmax(2) * soft.unsqueeze(1)).sum(2)

@@ -38,16 +38,13 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from dinotune.device import resolve_device
-from dinotune.errors import ConfigError, DataError
 from dinotune.heads.linear import (
-    DEFAULT_FEATURE_CHOICES,
     LinearHead,
-    available_feature_choices,
     build_input,
-    parse_feature_choice,
 )
 from dinotune.metrics import classification_metrics, multilabel_metrics
 from dinotune.tasks.head_bank import FeatureSet, HeadBank, Standardiser
+from dinotune.tasks.probe_checks import check_sweep
 from dinotune.training.schedules import cosine
 
 __all__ = [
@@ -133,191 +130,126 @@ class SweepResult:
         return [r.as_dict() for r in self.table]
 
 
+@dataclass(frozen=True)
+class SweepSettings:
+    """The keyword arguments of `sweep_linear_heads`: the grid and how the heads train."""
 
-def _check_split(split: FeatureSet, name: str, kinds: Sequence[str], multilabel: bool) -> None:
-    n = len(split)
-    if n == 0:
-        raise DataError(f"The {name} split is empty.")
-    for k in kinds:
-        if k not in split.features:
-            raise DataError(
-                f"The {name} split has no {k!r} features (available: {sorted(split.features)}); "
-                "extract them or drop the feature choices that need them."
-            )
-        x = split.features[k]
-        if x.ndim != 2 or x.shape[0] != n:
-            raise DataError(
-                f"{name} features {k!r} have shape {tuple(x.shape)}; expected ({n}, D) to match {n} labels."
-            )
-        if not torch.isfinite(x).all():
-            raise DataError(f"{name} features {k!r} contain NaN or inf; re-extract them.")
-    y = split.labels
-    if multilabel and (y.ndim != 2 or ((y != 0) & (y != 1)).any()):
-        raise DataError(f"{name} labels must be an (N, C) multi-hot 0/1 matrix when multilabel=True.")
-    if not multilabel and (y.ndim != 1 or y.is_floating_point()):
-        hint = " (set multilabel=True for multi-hot labels)" if y.ndim == 2 else ""
-        raise DataError(f"{name} labels must be a 1-D integer class-index tensor{hint}.")
-
-
-def _num_classes(splits: Sequence[FeatureSet], multilabel: bool, num_classes: int | None) -> int:
-    if multilabel:
-        c = splits[0].labels.shape[1]
-        if any(s.labels.shape[1] != c for s in splits):
-            raise DataError("All splits' multi-hot label matrices must have the same number of columns.")
-        return c
-    lo = min(int(s.labels.min()) for s in splits)
-    hi = max(int(s.labels.max()) for s in splits)
-    c = hi + 1 if num_classes is None else num_classes
-    if lo < 0 or hi >= c:
-        raise DataError(f"Labels must be class indices in [0, {c - 1}]; found values in [{lo}, {hi}].")
-    return c
-
-
-def _check_grid(lrs: Sequence[float], weight_decays: Sequence[float], epochs: int, batch_size: int) -> None:
-    if not lrs or any(not (lr > 0 and math.isfinite(lr)) for lr in lrs):
-        raise ConfigError(f"`lrs` must be a non-empty list of positive learning rates, got {list(lrs)}.")
-    if not weight_decays or any(not (wd >= 0 and math.isfinite(wd)) for wd in weight_decays):
-        raise ConfigError(
-            f"`weight_decays` must be a non-empty list of values >= 0, got {list(weight_decays)}."
-        )
-    if epochs < 1 or batch_size < 1:
-        raise ConfigError(f"`epochs` and `batch_size` must be >= 1, got {epochs} and {batch_size}.")
-
-
-def _check_sweep(train: FeatureSet, val: FeatureSet, test: FeatureSet | None, lrs: Sequence[float],
-                 weight_decays: Sequence[float], feature_choices: Sequence[str] | None, epochs: int, batch_size: int,
-                 patience: int | None, eval_every: int, multilabel: bool, num_classes: int | None,
-                 class_weights: Tensor | None,
-                 label_smoothing: float) -> tuple[list[str], dict[str, tuple[str, ...]], int, Tensor | None]:
-    """Every argument checked before any work: (choices, their kinds, classes, class weights)."""
-    _check_grid(lrs, weight_decays, epochs, batch_size)
-    if not 0.0 <= label_smoothing < 1.0:
-        raise ConfigError(f"`label_smoothing` must be in [0, 1), got {label_smoothing}.")
-    if eval_every < 1 or (patience is not None and patience < 1):
-        raise ConfigError("`eval_every` must be >= 1 and `patience` >= 1 (or None to disable early stopping).")
-    choices = list(feature_choices) if feature_choices is not None else available_feature_choices(train.features)
-    if not choices:
-        raise DataError(f"No feature choice can be built from the train features {sorted(train.features)}; "
-                        f"the defaults need {', '.join(DEFAULT_FEATURE_CHOICES)}.")
-    choice_kinds = {c: parse_feature_choice(c) for c in choices}
-    kinds = list(dict.fromkeys(k for ks in choice_kinds.values() for k in ks))
-    splits = [s for s in (train, val, test) if s is not None]
-    for split, name in zip(splits, ("train", "val", "test"), strict=False):
-        _check_split(split, name, kinds, multilabel)
-    n = _num_classes(splits, multilabel, num_classes)
-    return choices, choice_kinds, n, _check_class_weights(class_weights, n)
+    lrs: Sequence[float] = DEFAULT_LRS
+    weight_decays: Sequence[float] = DEFAULT_WEIGHT_DECAYS
+    feature_choices: Sequence[str] | None = None
+    epochs: int = 50
+    batch_size: int = 256
+    patience: int | None = 10
+    eval_every: int = 1
+    multilabel: bool = False
+    num_classes: int | None = None
+    class_weights: Tensor | None = None
+    label_smoothing: float = 0.0
+    class_names: Sequence[str] | None = None
+    seed: int = 0
+    device: torch.device | str | None = None
+    progress: bool = True
 
 
 def sweep_linear_heads(
-    train: FeatureSet,
-    val: FeatureSet,
-    test: FeatureSet | None = None,
-    *,
-    lrs: Sequence[float] = DEFAULT_LRS,
-    weight_decays: Sequence[float] = DEFAULT_WEIGHT_DECAYS,
-    feature_choices: Sequence[str] | None = None,
-    epochs: int = 50,
-    batch_size: int = 256,
-    patience: int | None = 10,
-    eval_every: int = 1,
-    multilabel: bool = False,
-    num_classes: int | None = None,
-    class_weights: Tensor | None = None,
-    label_smoothing: float = 0.0,
-    class_names: Sequence[str] | None = None,
-    seed: int = 0,
-    device: torch.device | str | None = None,
-    progress: bool = True,
+    train: FeatureSet, val: FeatureSet, test: FeatureSet | None = None, **options: Any
 ) -> SweepResult:
     """Train the grid lrs x weight_decays x feature_choices of linear heads and return the best one.
 
-    `feature_choices=None` uses every default choice whose feature kinds exist in `train`. Learning
-    rates are scaled by batch_size / 256. `patience` counts evaluations (every `eval_every` epochs);
-    None disables early stopping. With a `test` split, the selected head is scored on it and
-    `test_metrics` holds `classification_metrics` / `multilabel_metrics`.
+    `options` are `SweepSettings` fields. `feature_choices=None` uses every default choice whose feature
+    kinds exist in `train`. Learning rates are scaled by batch_size / 256. `patience` counts evaluations
+    (every `eval_every` epochs); None disables early stopping. With a `test` split, the selected head is
+    scored on it and `test_metrics` holds `classification_metrics` / `multilabel_metrics`.
     """
-    dev = resolve_device(device)
-    choices, choice_kinds, c, cw = _check_sweep(train, val, test, lrs, weight_decays, feature_choices, epochs,
-                                                batch_size, patience, eval_every, multilabel, num_classes,
-                                                class_weights, label_smoothing)
+    s = SweepSettings(**options)
+    dev = resolve_device(s.device)
+    choices, choice_kinds, c, cw = check_sweep(train, val, test, s)
     kinds = list(dict.fromkeys(k for ks in choice_kinds.values() for k in ks))
 
     def to_dev(split: FeatureSet) -> tuple[dict[str, Tensor], Tensor]:
-        labels = split.labels.to(dev).float() if multilabel else split.labels.to(dev).long()
+        labels = split.labels.to(dev).float() if s.multilabel else split.labels.to(dev).long()
         return {k: split.features[k].to(dev) for k in kinds}, labels
 
-    train_x, train_y = to_dev(train)
-    val_x, val_y = to_dev(val)
+    (train_x, train_y), (val_x, val_y) = to_dev(train), to_dev(val)
     std = Standardiser(train, kinds, dev)
     val_inputs = {ch: torch.cat([std.rows(val_x, k) for k in ks], 1) for ch, ks in choice_kinds.items()}
-    grid = [(lr, wd) for lr in lrs for wd in weight_decays]
-    lr_scale = batch_size / LR_REFERENCE_BATCH
-    banks = {ch: HeadBank(val_inputs[ch].shape[1], c, [lr * lr_scale for lr, _ in grid], [wd for _, wd in grid],
-                          multilabel=multilabel, class_weights=cw, label_smoothing=label_smoothing, device=dev)
-             for ch in choices}
-    epochs_run = _train(banks, choice_kinds, std, train_x, train_y, val_inputs, val_y, epochs=epochs,
-                        batch_size=batch_size, patience=patience, eval_every=eval_every, seed=seed, progress=progress)
-    result = _select(banks, grid, choices, std.concat_stats, choice_kinds, multilabel, epochs_run,
-                     {"lr_scale": lr_scale, "num_classes": c, "feature_choices": choices})
-    best = result.best
+    grid = [(lr, wd) for lr in s.lrs for wd in s.weight_decays]
+    lr_scale = s.batch_size / LR_REFERENCE_BATCH
+    lrs, wds = [lr * lr_scale for lr, _ in grid], [wd for _, wd in grid]
+    banks = {
+        ch: HeadBank(val_inputs[ch].shape[1], c, lrs, wds, multilabel=s.multilabel, class_weights=cw,
+                     label_smoothing=s.label_smoothing, device=dev)
+        for ch in choices
+    }  # fmt: skip
+    epochs_run = _train(banks, choice_kinds, std, (train_x, train_y), (val_inputs, val_y), s)
+    extras = {"lr_scale": lr_scale, "num_classes": c, "feature_choices": choices}
+    result = _select(banks, grid, choices, std.concat_stats, choice_kinds, s.multilabel, epochs_run, extras)
     if test is not None:
-        _score_test(result, test, cw, label_smoothing, class_names)
+        _score_test(result, test, cw, s.label_smoothing, s.class_names)
+    best = result.best
     log.info("linear sweep: best head %s, lr %g, weight decay %g (val %s %.4f)", best.feature_choice, best.lr,
-             best.weight_decay, result.metric, best.val_score)
+             best.weight_decay, result.metric, best.val_score)  # fmt: skip
     return result
 
 
-def _select(banks: dict[str, HeadBank], grid: list[tuple[float, float]], choices: list[str], concat_stats: Any,
-            choice_kinds: dict[str, tuple[str, ...]], multilabel: bool, epochs_run: int,
-            extras: dict[str, Any]) -> SweepResult:
+def _select(
+    banks: dict[str, HeadBank],
+    grid: list[tuple[float, float]],
+    choices: list[str],
+    concat_stats: Any,
+    choice_kinds: dict[str, tuple[str, ...]],
+    multilabel: bool,
+    epochs_run: int,
+    extras: dict[str, Any],
+) -> SweepResult:
     """The table of every head and the selected one (best validation score; ties: lower loss, smaller lr)."""
-    table = [HeadResult(feature_choice=ch, lr=lr, weight_decay=wd, best_epoch=int(bank.best_epoch[i]),
-                        stopped_epoch=int(bank.stopped_epoch[i]) or None, val_score=float(bank.best_score[i]),
-                        val_loss=float(bank.best_loss[i]))
-             for ch, bank in banks.items() for i, (lr, wd) in enumerate(grid)]
+    table = [
+        HeadResult(
+            feature_choice=ch,
+            lr=lr,
+            weight_decay=wd,
+            best_epoch=int(bank.best_epoch[i]),
+            stopped_epoch=int(bank.stopped_epoch[i]) or None,
+            val_score=float(bank.best_score[i]),
+            val_loss=float(bank.best_loss[i]),
+        )
+        for ch, bank in banks.items()
+        for i, (lr, wd) in enumerate(grid)
+    ]
     order = {ch: i for i, ch in enumerate(choices)}
     best = min(table, key=lambda r: (-r.val_score, r.val_loss, r.lr, r.weight_decay, order[r.feature_choice]))
     mean, sd = concat_stats(choice_kinds[best.feature_choice])
     state = banks[best.feature_choice].head_state(grid.index((best.lr, best.weight_decay)))
-    return SweepResult(best=best, state_dict=state, mean=mean, std=sd, metric="map" if multilabel else "accuracy",
-                       multilabel=multilabel, table=table, epochs_run=epochs_run, extras=extras)
-
-
-def _check_class_weights(class_weights: Tensor | None, num_classes: int) -> Tensor | None:
-    if class_weights is None:
-        return None
-    cw = torch.as_tensor(class_weights, dtype=torch.float32)
-    if cw.shape != (num_classes,) or not torch.isfinite(cw).all() or (cw < 0).any() or cw.sum() <= 0:
-        raise ConfigError(
-            f"`class_weights` must be {num_classes} finite non-negative values (one per class), "
-            f"got shape {tuple(cw.shape)}."
-        )
-    return cw
+    return SweepResult(
+        best=best,
+        state_dict=state,
+        mean=mean,
+        std=sd,
+        metric="map" if multilabel else "accuracy",
+        multilabel=multilabel,
+        table=table,
+        epochs_run=epochs_run,
+        extras=extras,
+    )
 
 
 def _train(
     banks: dict[str, HeadBank],
     choice_kinds: dict[str, tuple[str, ...]],
     std: Standardiser,
-    train_x: dict[str, Tensor],
-    train_y: Tensor,
-    val_inputs: dict[str, Tensor],
-    val_y: Tensor,
-    *,
-    epochs: int,
-    batch_size: int,
-    patience: int | None,
-    eval_every: int,
-    seed: int,
-    progress: bool,
+    train: tuple[dict[str, Tensor], Tensor],
+    val: tuple[dict[str, Tensor], Tensor],
+    s: SweepSettings,
 ) -> int:
     """The single-pass loop: gather each minibatch once per kind, step every bank. Returns epochs run."""
+    (train_x, train_y), (val_inputs, val_y) = train, val
+    epochs, batch_size, patience, eval_every = s.epochs, s.batch_size, s.patience, s.eval_every
     n = train_y.shape[0]
     steps_per_epoch = math.ceil(n / batch_size)
     total_steps = epochs * steps_per_epoch
-    gen = torch.Generator().manual_seed(seed)
+    gen = torch.Generator().manual_seed(s.seed)
     step = 0
-    bar = tqdm(range(1, epochs + 1), desc="linear sweep", disable=not progress, leave=False)
+    bar = tqdm(range(1, epochs + 1), desc="linear sweep", disable=not s.progress, leave=False)
     epoch = 0
     for epoch in bar:
         perm = torch.randperm(n, generator=gen).to(train_y.device)

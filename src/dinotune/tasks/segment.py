@@ -20,9 +20,18 @@ SegMode = Literal["linear", "finetune", "partial", "lora"]
 class SegmentationModule(TaskModule):
     """Trains `model` (prepared with `prepare_model`) on batches of {"image", "mask"}."""
 
-    def __init__(self, model: Segmenter, num_classes: int, *, mode: SegMode = "linear",
-                 optim: OptimConfig | None = None, loss: SegmentationLossConfig | None = None,
-                 class_weights: Tensor | None = None, ignore_index: int = 255, seed: int = 0) -> None:
+    def __init__(
+        self,
+        model: Segmenter,
+        num_classes: int,
+        *,
+        mode: SegMode = "linear",
+        optim: OptimConfig | None = None,
+        loss: SegmentationLossConfig | None = None,
+        class_weights: Tensor | None = None,
+        ignore_index: int = 255,
+        seed: int = 0,
+    ) -> None:
         super().__init__(model, mode=mode, optim=optim, seed=seed)
         self.num_classes = num_classes
         self.loss_fn = SegmentationLoss(loss, class_weights, ignore_index)
@@ -30,8 +39,9 @@ class SegmentationModule(TaskModule):
         self.monitor = "val/miou"
         # a buffer, so it follows the device and is part of no optimizer; reset every epoch
         for stage in ("train", "val", "test"):
-            self.register_buffer(f"{stage}_cm", torch.zeros(num_classes, num_classes, dtype=torch.long),
-                                 persistent=False)
+            self.register_buffer(
+                f"{stage}_cm", torch.zeros(num_classes, num_classes, dtype=torch.long), persistent=False
+            )
 
     def _shared_step(self, batch: dict[str, Any], stage: str, batch_idx: int) -> Tensor:
         images, masks = batch["image"], batch["mask"].long()
@@ -42,8 +52,15 @@ class SegmentationModule(TaskModule):
         cm = getattr(self, f"{stage}_cm")
         cm += confusion_matrix(logits.detach().argmax(1), masks, self.num_classes, self.ignore_index).to(cm.device)
         on_step = stage == "train"
-        self.log(f"{stage}/loss", loss.detach(), on_step=on_step, on_epoch=not on_step, prog_bar=True,
-                 sync_dist=not on_step, batch_size=images.shape[0])
+        self.log(
+            f"{stage}/loss",
+            loss.detach(),
+            on_step=on_step,
+            on_epoch=not on_step,
+            prog_bar=True,
+            sync_dist=not on_step,
+            batch_size=images.shape[0],
+        )
         return loss
 
     def _epoch_end(self, stage: str) -> None:
@@ -51,8 +68,9 @@ class SegmentationModule(TaskModule):
         total = self.trainer.strategy.reduce(cm.clone(), reduce_op="sum") if self.trainer.world_size > 1 else cm
         result = scores(total)
         for key in ("miou", "pixel_accuracy", "mean_class_accuracy"):
-            self.log(f"{stage}/{key}", float(result[key]), prog_bar=key == "miou" and stage != "train",
-                     rank_zero_only=False)
+            self.log(
+                f"{stage}/{key}", float(result[key]), prog_bar=key == "miou" and stage != "train", rank_zero_only=False
+            )
         cm.zero_()
 
     def on_train_epoch_end(self) -> None:

@@ -91,8 +91,12 @@ class SSLModule(L.LightningModule):
         self.student = nn.ModuleDict(student)
         self.teacher = frozen_copy(self.student)
         self.reference = frozen_copy(backbone) if loss.gram_weight > 0 else None
-        kw = {"student_temp": loss.student_temp, "center_momentum": loss.center_momentum,
-              "centering": loss.centering, "sinkhorn_iterations": loss.sinkhorn_iterations}
+        kw = {
+            "student_temp": loss.student_temp,
+            "center_momentum": loss.center_momentum,
+            "centering": loss.centering,
+            "sinkhorn_iterations": loss.sinkhorn_iterations,
+        }
         self.dino_loss = DINOLoss(heads.out_dim, **kw)
         self.ibot_loss = IBOTPatchLoss(ibot_dim, **kw) if self.use_ibot else None
         self.total_steps, self.steps_per_epoch = 1, 1
@@ -126,8 +130,7 @@ class SSLModule(L.LightningModule):
         glob = batch["global"].transpose(0, 1).flatten(0, 1)  # (2B, C, G, G), crop-major
         n_images = batch["global"].shape[0]
         masks = batch["masks"].transpose(0, 1).flatten(0, 1) if self.use_ibot else None  # (2B, N)
-        temp = teacher_temperature(step, self._steps(cfg.teacher_temp_warmup), cfg.teacher_temp_start,
-                                   cfg.teacher_temp)
+        temp = teacher_temperature(step, self._steps(cfg.teacher_temp_warmup), cfg.teacher_temp_start, cfg.teacher_temp)
         with torch.no_grad():
             t_out = self.teacher["backbone"].forward_features(glob)
             t_logits = self.teacher["dino_head"](t_out["x_norm_clstoken"])
@@ -151,8 +154,7 @@ class SSLModule(L.LightningModule):
             with torch.no_grad():
                 ref = self.reference.forward_features(glob)["x_norm_patchtokens"]
             terms["gram"] = gram_loss(s_out["x_norm_patchtokens"], ref, cfg.gram_remove_negatives)
-        weights = {"dino": cfg.dino_weight, "ibot": cfg.ibot_weight, "koleo": cfg.koleo_weight,
-                   "gram": cfg.gram_weight}
+        weights = {"dino": cfg.dino_weight, "ibot": cfg.ibot_weight, "koleo": cfg.koleo_weight, "gram": cfg.gram_weight}
         total = sum(weights[name] * value for name, value in terms.items())
         self._log_step(terms, total, s_logits[0], t_logits.view(2, n_images, -1), temp)
         return total
@@ -167,15 +169,20 @@ class SSLModule(L.LightningModule):
         s_logits = self._ibot_head(self.student)(student_patches[masks])
         return self.ibot_loss.masked_loss(s_logits, t_probs, masks)
 
-    def _log_step(self, terms: dict[str, Tensor], total: Tensor, s_logits: Tensor, t_logits: Tensor,
-                  temp: float) -> None:
+    def _log_step(
+        self, terms: dict[str, Tensor], total: Tensor, s_logits: Tensor, t_logits: Tensor, temp: float
+    ) -> None:
         with torch.no_grad():
             s_top, t_top = s_logits.argmax(-1), t_logits.argmax(-1)  # (2, B)
             agreement = (s_top == t_top.flip(0)).float().mean()  # student view i vs teacher view j != i
             used = t_top.unique().numel() / self.heads_cfg.out_dim
         logged = {f"loss/{k}": v.detach() for k, v in terms.items()}
-        logged |= {"loss/total": total.detach(), "monitor/agreement": agreement,
-                   "monitor/teacher_prototypes_used": torch.tensor(used), "schedule/teacher_temp": torch.tensor(temp)}
+        logged |= {
+            "loss/total": total.detach(),
+            "monitor/agreement": agreement,
+            "monitor/teacher_prototypes_used": torch.tensor(used),
+            "schedule/teacher_temp": torch.tensor(temp),
+        }
         logged |= {f"schedule/{k}": torch.tensor(v) for k, v in self.scheduled(self.global_step).items()}
         self.log_dict(logged, on_step=True, on_epoch=False, prog_bar=False, batch_size=s_logits.shape[1])
         self.log("loss", total.detach(), prog_bar=True, on_step=True, on_epoch=False, logger=False)
@@ -186,8 +193,14 @@ class SSLModule(L.LightningModule):
         heads = [(name, module) for name, module in self.student.items() if name != "backbone"]
         # With unit rates, each group's lr / weight_decay are the layer-decay and no-decay scales that
         # optimizer_step multiplies by the scheduled values.
-        groups = param_groups(backbone, [module for _, module in heads], lr=1.0, head_lr=1.0,
-                              layer_decay=self.optim_cfg.layer_decay, weight_decay=1.0)
+        groups = param_groups(
+            backbone,
+            [module for _, module in heads],
+            lr=1.0,
+            head_lr=1.0,
+            layer_decay=self.optim_cfg.layer_decay,
+            weight_decay=1.0,
+        )
         params = [{"params": g["params"], "lr_scale": g["lr"], "wd_scale": g["weight_decay"]} for g in groups]
         return torch.optim.AdamW(params, lr=self.optim_cfg.lr, betas=self.optim_cfg.betas)
 

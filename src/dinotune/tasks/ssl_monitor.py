@@ -50,11 +50,26 @@ class _Images(torch.utils.data.Dataset):
 
 
 @torch.no_grad()
-def class_token_features(backbone: Backbone, paths: Sequence[Path], image_size: int, mean: Sequence[float],
-                         std: Sequence[float], channels: int, batch_size: int = 64) -> torch.Tensor:
+def class_token_features(
+    backbone: Backbone,
+    paths: Sequence[Path],
+    image_size: int,
+    mean: Sequence[float],
+    std: Sequence[float],
+    channels: int,
+    batch_size: int = 64,
+) -> torch.Tensor:
     """Normed class tokens (N, D) of images resized to `image_size` (shorter side + centre crop)."""
-    transform = build_transform(train=False, image_size=image_size, patch_size=backbone.input_multiple,
-                                resize="crop", augment="none", mean=mean, std=std, channels=channels)
+    transform = build_transform(
+        train=False,
+        image_size=image_size,
+        patch_size=backbone.input_multiple,
+        resize="crop",
+        augment="none",
+        mean=mean,
+        std=std,
+        channels=channels,
+    )
     device = next(backbone.parameters()).device
     was_training = backbone.training
     backbone.eval()
@@ -75,9 +90,19 @@ def knn_splits(spec: DatasetSpec) -> tuple[str, str]:
     raise DataError(f"kNN monitor data needs a train split and a val or test split; found {sorted(spec.splits)}.")
 
 
-def knn_accuracy(backbone: Backbone, spec: DatasetSpec, bank: str, query: str, image_size: int,
-                 mean: Sequence[float], std: Sequence[float], channels: int, k: int = 20,
-                 temperature: float = 0.07, batch_size: int = 64) -> float:
+def knn_accuracy(
+    backbone: Backbone,
+    spec: DatasetSpec,
+    bank: str,
+    query: str,
+    image_size: int,
+    mean: Sequence[float],
+    std: Sequence[float],
+    channels: int,
+    k: int = 20,
+    temperature: float = 0.07,
+    batch_size: int = 64,
+) -> float:
     """Top-1 accuracy of weighted kNN (train-split bank, query split) on the backbone's class tokens."""
     feats = {}
     for split in (bank, query):
@@ -85,16 +110,18 @@ def knn_accuracy(backbone: Backbone, spec: DatasetSpec, bank: str, query: str, i
         feats[split] = class_token_features(backbone, paths, image_size, mean, std, channels, batch_size)
     bank_labels = torch.tensor([int(s.label) for s in spec.splits[bank]])
     query_labels = torch.tensor([int(s.label) for s in spec.splits[query]])
-    result = knn_classify(feats[bank], bank_labels, feats[query], ks=(k,), temperature=temperature,
-                          num_classes=len(spec.classes))
+    result = knn_classify(
+        feats[bank], bank_labels, feats[query], ks=(k,), temperature=temperature, num_classes=len(spec.classes)
+    )
     return float((result.predictions[k] == query_labels).float().mean())
 
 
 class KnnMonitor(L.Callback):
     """Logs `monitor/knn_top1` of the teacher at the start and every `every_n_epochs` epochs."""
 
-    def __init__(self, cfg: MonitorConfig, image_size: int, mean: Sequence[float], std: Sequence[float],
-                 channels: int) -> None:
+    def __init__(
+        self, cfg: MonitorConfig, image_size: int, mean: Sequence[float], std: Sequence[float], channels: int
+    ) -> None:
         if cfg.val_root is None:
             raise ValueError("KnnMonitor needs monitor.val_root")
         self.cfg, self.image_size, self.mean, self.std, self.channels = cfg, image_size, mean, std, channels
@@ -103,9 +130,19 @@ class KnnMonitor(L.Callback):
         self.history: list[dict[str, float]] = []
 
     def _measure(self, trainer: L.Trainer, pl_module: Any) -> None:
-        accuracy = knn_accuracy(pl_module.exported_backbone(), self.spec, self.bank, self.query, self.image_size,
-                                self.mean, self.std, self.channels, self.cfg.k, self.cfg.temperature,
-                                self.cfg.batch_size)
+        accuracy = knn_accuracy(
+            pl_module.exported_backbone(),
+            self.spec,
+            self.bank,
+            self.query,
+            self.image_size,
+            self.mean,
+            self.std,
+            self.channels,
+            self.cfg.k,
+            self.cfg.temperature,
+            self.cfg.batch_size,
+        )
         self.history.append({"step": trainer.global_step, "epoch": trainer.current_epoch, "knn_top1": accuracy})
         for logger in trainer.loggers:
             logger.log_metrics({"monitor/knn_top1": accuracy}, step=trainer.global_step)

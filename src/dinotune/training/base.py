@@ -63,8 +63,14 @@ class TaskModule(L.LightningModule):
 
     def configure_optimizers(self) -> dict[str, Any]:
         cfg = self.optim_cfg
-        groups = param_groups(self.model.backbone, [self.model.head], lr=cfg.lr, head_lr=cfg.head_lr,
-                              layer_decay=cfg.layer_decay, weight_decay=cfg.weight_decay)
+        groups = param_groups(
+            self.model.backbone,
+            [self.model.head],
+            lr=cfg.lr,
+            head_lr=cfg.head_lr,
+            layer_decay=cfg.layer_decay,
+            weight_decay=cfg.weight_decay,
+        )
         optimizer = build_optimizer(groups, cfg)
         total = max(1, int(self.trainer.estimated_stepping_batches))
         scheduler = build_scheduler(optimizer, cfg, total)

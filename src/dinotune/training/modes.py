@@ -12,8 +12,15 @@ Mode = Literal["finetune", "partial", "lora", "linear", "distill"]
 BACKBONE_TRAINS: tuple[str, ...] = ("finetune", "partial", "distill")
 
 
-def prepare_model(model: nn.Module, mode: Mode, *, freeze_blocks: int = 0, lora: LoraConfig | None = None,
-                  drop_path_rate: float = 0.0, activation_checkpointing: bool = False) -> dict[str, int]:
+def prepare_model(
+    model: nn.Module,
+    mode: Mode,
+    *,
+    freeze_blocks: int = 0,
+    lora: LoraConfig | None = None,
+    drop_path_rate: float = 0.0,
+    activation_checkpointing: bool = False,
+) -> dict[str, int]:
     """Set which parameters of `model.backbone` / `model.head` train for `mode` (in place); returns
     trainable / total parameter counts."""
     backbone = model.backbone

@@ -41,7 +41,8 @@ class OptimConfig(StrictModel):
     weight_decay: float = Field(0.05, ge=0, description="AdamW weight decay (never on norms, biases, tokens).")
     betas: tuple[float, float] = (0.9, 0.999)
     scheduler: Literal["cosine", "cosine_restarts", "step", "constant"] = Field(
-        "cosine", description="cosine: warm-up then cosine; cosine_restarts: SGDR; step: x gamma every step_size.")
+        "cosine", description="cosine: warm-up then cosine; cosine_restarts: SGDR; step: x gamma every step_size."
+    )
     warmup: float = Field(0.05, ge=0, lt=1, description="Linear warm-up, as a fraction of all optimizer steps.")
     min_lr_ratio: float = Field(0.01, ge=0, le=1, description="Floor of the cosine, relative to the peak.")
     restart_period: float = Field(0.25, gt=0, le=1, description="cosine_restarts: first cycle, fraction of steps.")
@@ -76,9 +77,14 @@ def param_groups(
         no_wd = skip_weight_decay(name, param)
         key = (part, depth, no_wd)
         if key not in groups:
-            groups[key] = {"params": [], "param_names": [], "lr": group_lr, "initial_lr": group_lr,
-                           "weight_decay": 0.0 if no_wd else weight_decay,
-                           "name": f"{part}/depth{depth}/{'no_wd' if no_wd else 'wd'}"}
+            groups[key] = {
+                "params": [],
+                "param_names": [],
+                "lr": group_lr,
+                "initial_lr": group_lr,
+                "weight_decay": 0.0 if no_wd else weight_decay,
+                "name": f"{part}/depth{depth}/{'no_wd' if no_wd else 'wd'}",
+            }
         groups[key]["params"].append(param)
         groups[key]["param_names"].append(name)
 
@@ -106,8 +112,9 @@ def schedule_from_config(cfg: OptimConfig, total_steps: int) -> Schedule:
     if cfg.scheduler == "cosine":
         return cosine_schedule(total_steps, warmup, cfg.min_lr_ratio)
     if cfg.scheduler == "cosine_restarts":
-        return cosine_restarts(max(1, round(cfg.restart_period * total_steps)), cfg.restart_mult, warmup,
-                               cfg.min_lr_ratio)
+        return cosine_restarts(
+            max(1, round(cfg.restart_period * total_steps)), cfg.restart_mult, warmup, cfg.min_lr_ratio
+        )
     if cfg.scheduler == "step":
         return step_decay(round(cfg.step_size * total_steps), cfg.step_gamma, warmup)
     return constant(warmup)

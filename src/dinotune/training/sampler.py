@@ -48,7 +48,7 @@ class EpochSampler(Sampler[int]):
         if self.shuffle:
             generator = torch.Generator().manual_seed(self.seed + self.epoch)
             order = order[torch.randperm(len(order), generator=generator)]
-        keys = (self.epoch * self.n + order)[: len(self) * world][rank::world].tolist()[self.skip:]
+        keys = (self.epoch * self.n + order)[: len(self) * world][rank::world].tolist()[self.skip :]
         self.skip = 0
         return iter(keys)
 
@@ -99,10 +99,23 @@ class EpochSeeded(Dataset):
         return self.base[index]
 
 
-def resumable_loader(dataset: Dataset, *, batch_size: int, seed: int, num_workers: int,
-                     indices: Sequence[int] | None = None, drop_last: bool = True) -> ResumableLoader:
+def resumable_loader(
+    dataset: Dataset,
+    *,
+    batch_size: int,
+    seed: int,
+    num_workers: int,
+    indices: Sequence[int] | None = None,
+    drop_last: bool = True,
+) -> ResumableLoader:
     """The training loader: `dataset` wrapped by `EpochSeeded`, shuffled by `EpochSampler`."""
     sampler = EpochSampler(len(dataset), seed=seed, indices=indices)  # type: ignore[arg-type]
-    return ResumableLoader(EpochSeeded(dataset, seed), batch_size=batch_size, sampler=sampler,
-                           num_workers=num_workers, drop_last=drop_last, pin_memory=torch.cuda.is_available(),
-                           persistent_workers=num_workers > 0)
+    return ResumableLoader(
+        EpochSeeded(dataset, seed),
+        batch_size=batch_size,
+        sampler=sampler,
+        num_workers=num_workers,
+        drop_last=drop_last,
+        pin_memory=torch.cuda.is_available(),
+        persistent_workers=num_workers > 0,
+    )

@@ -28,8 +28,6 @@ def warmup_cosine(step: int, total: int, warmup: int, peak: float, final: float,
     return cosine(step - warmup, total - warmup, peak, final)
 
 
-
-
 def _warm(step: int, warmup: int) -> float | None:
     """Warm-up multiplier (step + 1) / (warmup + 1): the first step already learns."""
     return warmup_cosine(step, warmup + 1, warmup, 1.0, 1.0, initial=1 / (warmup + 1)) if step < warmup else None

@@ -51,13 +51,15 @@ class TrainerConfig(StrictModel):
     devices: int | str | list[int] = Field("auto", description="Device count, list of ids, or auto.")
     strategy: Literal["auto", "ddp", "fsdp"] = Field("auto", description="Multi-device strategy.")
     precision: Literal["auto", "32-true", "bf16-mixed", "16-mixed"] = Field(
-        "auto", description="auto: bf16-mixed on CUDA, 32-true otherwise.")
+        "auto", description="auto: bf16-mixed on CUDA, 32-true otherwise."
+    )
     accumulate_grad_batches: int = Field(1, ge=1, description="Batches per optimizer step.")
     gradient_clip_val: float | None = Field(3.0, gt=0, description="Clip the gradient norm to this (None: off).")
     log_every_n_steps: int = Field(10, ge=1)
     loggers: list[LoggerName] = Field(default_factory=lambda: ["csv"], description="CSV is always on.")
     checkpoint_every_n_steps: int | None = Field(
-        None, ge=1, description="Periodic checkpoints every N optimizer steps (None: at each epoch end).")
+        None, ge=1, description="Periodic checkpoints every N optimizer steps (None: at each epoch end)."
+    )
     keep_checkpoints: int = Field(3, ge=-1, description="Periodic checkpoints kept (-1: all); last.ckpt always.")
     seed: int = 0
     deterministic: bool = Field(False, description="Deterministic kernels (slower; for exact reproduction).")
@@ -169,8 +171,12 @@ def _strategy(cfg: TrainerConfig, fsdp_wrap: set[type[nn.Module]] | None) -> Any
     return FSDPStrategy(auto_wrap_policy=fsdp_wrap, use_orig_params=True) if fsdp_wrap else FSDPStrategy()
 
 
-def build_trainer(cfg: TrainerConfig, run_dir: str | os.PathLike, extra_callbacks: Iterable[Callback] = (),
-                  fsdp_wrap: set[type[nn.Module]] | None = None) -> L.Trainer:
+def build_trainer(
+    cfg: TrainerConfig,
+    run_dir: str | os.PathLike,
+    extra_callbacks: Iterable[Callback] = (),
+    fsdp_wrap: set[type[nn.Module]] | None = None,
+) -> L.Trainer:
     """A configured Trainer writing into `run_dir`; also seeds every RNG (workers included).
 
     `fsdp_wrap`: module classes FSDP shards as separate units (e.g. transformer blocks); a module
@@ -182,9 +188,14 @@ def build_trainer(cfg: TrainerConfig, run_dir: str | os.PathLike, extra_callback
     for folder in (run_dir, ckpt_dir):
         remove_stale_temps(folder)  # of a run killed while writing a checkpoint or an export
     periodic = ModelCheckpoint(
-        dirpath=ckpt_dir, filename="{step:07d}", monitor="step", mode="max", save_top_k=cfg.keep_checkpoints,
+        dirpath=ckpt_dir,
+        filename="{step:07d}",
+        monitor="step",
+        mode="max",
+        save_top_k=cfg.keep_checkpoints,
         every_n_train_steps=cfg.checkpoint_every_n_steps,
-        every_n_epochs=None if cfg.checkpoint_every_n_steps else 1, auto_insert_metric_name=True,
+        every_n_epochs=None if cfg.checkpoint_every_n_steps else 1,
+        auto_insert_metric_name=True,
     )
     last = LastCheckpoint(ckpt_dir / LAST, cfg.checkpoint_every_n_steps)
     callbacks: list[Callback] = [*extra_callbacks, periodic, last]

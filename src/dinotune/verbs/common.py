@@ -26,8 +26,10 @@ class Result:
 def resolve_channels(data: DataConfig, backbone: BackboneConfig) -> int:
     """The input channel count, stated once: `data.channels` or `backbone.in_chans` (3 when neither)."""
     if data.channels is not None and backbone.in_chans is not None and data.channels != backbone.in_chans:
-        raise ConfigError(f"data.channels={data.channels} but backbone.in_chans={backbone.in_chans}; set one of "
-                          "them (the other follows).")
+        raise ConfigError(
+            f"data.channels={data.channels} but backbone.in_chans={backbone.in_chans}; set one of "
+            "them (the other follows)."
+        )
     return data.channels or backbone.in_chans or 3
 
 
@@ -46,8 +48,10 @@ def check_image_size(image_size: int, backbone: Backbone) -> None:
     multiple = backbone.input_multiple
     if image_size % multiple:
         lo = max(multiple, image_size // multiple * multiple)
-        raise ConfigError(f"data.image_size={image_size} is not a multiple of {multiple} (this backbone's patch "
-                          f"size); use {lo} or {lo + multiple}.")
+        raise ConfigError(
+            f"data.image_size={image_size} is not a multiple of {multiple} (this backbone's patch "
+            f"size); use {lo} or {lo + multiple}."
+        )
 
 
 def preprocessing_for(data: DataConfig, backbone: Backbone, *, batched: bool = True) -> Preprocessing:
@@ -57,9 +61,14 @@ def preprocessing_for(data: DataConfig, backbone: Backbone, *, batched: bool = T
     check_image_size(data.image_size, backbone)
     channels = backbone.info.in_chans
     scaling = data.scaling.model_dump(exclude_none=True)
-    return Preprocessing(image_size=data.image_size, resize=data.resize, channels=channels,
-                         mean=tuple(data.mean or backbone.info.mean), std=tuple(data.std or backbone.info.std),
-                         scaling=scaling if data.scaling.mode != "fixed" or data.scaling.divisor else {})
+    return Preprocessing(
+        image_size=data.image_size,
+        resize=data.resize,
+        channels=channels,
+        mean=tuple(data.mean or backbone.info.mean),
+        std=tuple(data.std or backbone.info.std),
+        scaling=scaling if data.scaling.mode != "fixed" or data.scaling.divisor else {},
+    )
 
 
 def with_channels(data: DataConfig, backbone: Backbone) -> DataConfig:
@@ -69,8 +78,13 @@ def with_channels(data: DataConfig, backbone: Backbone) -> DataConfig:
 
 def backbone_source(backbone: Backbone, seed: int) -> dict[str, Any]:
     """The card's `backbone` section: how to load this backbone again."""
-    return {"source": backbone.info.source, "arch": backbone.info.arch, "in_chans": backbone.info.in_chans,
-            "seed": seed, "identity": backbone.info.identity}
+    return {
+        "source": backbone.info.source,
+        "arch": backbone.info.arch,
+        "in_chans": backbone.info.in_chans,
+        "seed": seed,
+        "identity": backbone.info.identity,
+    }
 
 
 def parameter_counts(model: torch.nn.Module) -> dict[str, int]:

@@ -49,6 +49,4 @@ def convert_checkpoint(src: str | Path, dst: str | Path, overwrite: bool = False
         with atomic_path(dst) as tmp:
             torch.save(sd, tmp)
         return dst
-    raise CheckpointError(
-        f"'{src}' is neither an official .pth file nor a Hugging Face folder with config.json."
-    )
+    raise CheckpointError(f"'{src}' is neither an official .pth file nor a Hugging Face folder with config.json.")

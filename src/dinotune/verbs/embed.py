@@ -36,13 +36,19 @@ def make_cache(
     backbone: Backbone, image_size: int, resize: str = "crop", cache_dir: Path | None = None
 ) -> FeatureCache:
     check_image_size(image_size, backbone)
-    prep = Preprocessing(image_size=image_size, resize=resize,
-                         channels=backbone.info.in_chans, mean=backbone.info.mean, std=backbone.info.std)
+    prep = Preprocessing(
+        image_size=image_size,
+        resize=resize,
+        channels=backbone.info.in_chans,
+        mean=backbone.info.mean,
+        std=backbone.info.std,
+    )
     return FeatureCache(cache_dir or cache_home() / "features", backbone, prep)
 
 
-def run_embed(cfg: EmbedConfig, backbone: Backbone | None = None, progress: bool = True,
-              overwrite: bool = False) -> Result:
+def run_embed(
+    cfg: EmbedConfig, backbone: Backbone | None = None, progress: bool = True, overwrite: bool = False
+) -> Result:
     """Embeddings of every readable image under `cfg.data_dir`; metrics: count, dim, unreadable files."""
     if cfg.out.exists() and not overwrite:
         raise ConfigError(f"'{cfg.out}' already exists; pass --overwrite to replace it, or choose another --out.")
@@ -52,20 +58,34 @@ def run_embed(cfg: EmbedConfig, backbone: Backbone | None = None, progress: bool
     if not paths:
         raise DataError(f"No images found under '{cfg.data_dir}' (looked for jpg, png, tif, bmp, webp, ...).")
     if backbone is None:
-        backbone = load_backbone(cfg.backbone.source, arch=cfg.backbone.arch, in_chans=cfg.backbone.in_chans or 3,
-                                 device=None if cfg.device == "auto" else cfg.device)
+        backbone = load_backbone(
+            cfg.backbone.source,
+            arch=cfg.backbone.arch,
+            in_chans=cfg.backbone.in_chans or 3,
+            device=None if cfg.device == "auto" else cfg.device,
+        )
     cache = make_cache(backbone, cfg.image_size, cfg.resize, cfg.cache_dir)
     result = cache.get(paths, batch_size=cfg.batch_size, num_workers=cfg.num_workers, progress=progress)
     if not result.paths:
         raise DataError(f"None of the {len(paths)} images under '{cfg.data_dir}' could be read.")
     tensors = {k: v for k, v in result.features.items() if k in ("cls", "patch_mean")}
     files = [str(p.relative_to(cfg.data_dir)) for p in result.paths]
-    metadata = {"files": json.dumps(files), "backbone": json.dumps(backbone.info.to_dict()), "config": to_yaml(cfg),
-                "image_size": str(cache.preprocessing.image_size)}
+    metadata = {
+        "files": json.dumps(files),
+        "backbone": json.dumps(backbone.info.to_dict()),
+        "config": to_yaml(cfg),
+        "image_size": str(cache.preprocessing.image_size),
+    }
     with atomic_path(cfg.out) as tmp:
         save_file(tensors, str(tmp), metadata=metadata)
-    return Result(cfg.out, {"count": len(files), "dim": int(tensors["cls"].shape[1]),
-                            "bad_files": {str(k): v for k, v in result.bad_files.items()}})
+    return Result(
+        cfg.out,
+        {
+            "count": len(files),
+            "dim": int(tensors["cls"].shape[1]),
+            "bad_files": {str(k): v for k, v in result.bad_files.items()},
+        },
+    )
 
 
 def embed(data_dir: str | Path, out: str | Path, backbone: str | Backbone | None = None, **options) -> Result:

@@ -31,12 +31,20 @@ def _run_data(run: Path) -> Path:
     try:
         return Path(yaml.safe_load((run / "config.yaml").read_text())["data"]["root"])
     except (OSError, yaml.YAMLError, KeyError, TypeError):
-        raise DataError(f"'{run}' does not record its dataset (no splits.json or config.yaml); pass "
-                        "--data DATASET.") from None
+        raise DataError(
+            f"'{run}' does not record its dataset (no splits.json or config.yaml); pass --data DATASET."
+        ) from None
 
 
-def run_evaluate(run: str | Path, data: str | Path | Sequence[str | Path] | None = None, *, split: str = "test",
-                 out: str | Path | None = None, overwrite: bool = False, **options: Any) -> Result:
+def run_evaluate(
+    run: str | Path,
+    data: str | Path | Sequence[str | Path] | None = None,
+    *,
+    split: str = "test",
+    out: str | Path | None = None,
+    overwrite: bool = False,
+    **options: Any,
+) -> Result:
     """Evaluate the model in `run` (run, model or export folder); writes `out` (default RUN/evaluation)
     whole or not at all. `options` go to the classification evaluation (robustness, ood_data, ...)."""
     run = Path(run)

@@ -51,8 +51,10 @@ class FinetuneConfig(StrictModel):
     batch_size: int = Field(32, ge=1, description="Images per device per step (global: x devices x accumulation).")
     eval_batch_size: int | None = Field(None, ge=1, description="Validation/test batch (None: batch_size).")
     resolution_schedule: dict[int, int] | None = Field(
-        None, description="Train image side by epoch, e.g. {0: 224, 5: 512}; images are decoded at "
-        "data.image_size and resized in the step.")
+        None,
+        description="Train image side by epoch, e.g. {0: 224, 5: 512}; images are decoded at "
+        "data.image_size and resized in the step.",
+    )
     lora: LoraConfig = Field(default_factory=LoraConfig)
     optim: OptimConfig = Field(default_factory=OptimConfig)
     regularization: RegularizationConfig = Field(default_factory=RegularizationConfig)
@@ -73,13 +75,14 @@ class FinetuneConfig(StrictModel):
         return self
 
 
-
 def _teacher(cfg: FinetuneConfig, classes: list[str], prep: Preprocessing) -> tuple[Classifier, tuple]:
     """The distillation teacher and the affine map from the student's normalisation to the teacher's."""
     teacher, card = load_model(cfg.distill.teacher, device="cpu")  # type: ignore[arg-type]
     if card.classes != classes:
-        raise DataError(f"distill.teacher '{cfg.distill.teacher}' was trained on classes {card.classes}, "
-                        f"not this dataset's {classes}.")
+        raise DataError(
+            f"distill.teacher '{cfg.distill.teacher}' was trained on classes {card.classes}, "
+            f"not this dataset's {classes}."
+        )
     s_mean, s_std = torch.tensor(prep.mean), torch.tensor(prep.std)
     t_mean, t_std = torch.tensor(card.preprocessing.mean), torch.tensor(card.preprocessing.std)
     return teacher, (s_std / t_std, (s_mean - t_mean) / t_std)  # raw = x * s_std + s_mean, then the teacher's
@@ -93,12 +96,44 @@ def _loaders(cfg: FinetuneConfig, spec: Any, sets: dict[str, Dataset]) -> tuple[
     if cfg.data.weighted_sampler:
         indices = list(weighted_sampler([s.label for s in spec.splits["train"]], seed=cfg.trainer.seed))
     workers = cfg.data.num_workers
-    loader = resumable_loader(train, batch_size=cfg.batch_size, seed=cfg.trainer.seed, num_workers=workers,
-                              indices=indices, drop_last=len(train) > cfg.batch_size)  # type: ignore[arg-type]
-    evals = {name: DataLoader(ds, batch_size=cfg.eval_batch_size or cfg.batch_size, shuffle=False,
-                              num_workers=workers, persistent_workers=workers > 0)
-             for name, ds in sets.items() if name in ("val", "test") and len(ds)}  # type: ignore[arg-type]
+    loader = resumable_loader(
+        train,
+        batch_size=cfg.batch_size,
+        seed=cfg.trainer.seed,
+        num_workers=workers,
+        indices=indices,
+        drop_last=len(train) > cfg.batch_size,
+    )  # type: ignore[arg-type]
+    evals = {
+        name: DataLoader(
+            ds,
+            batch_size=cfg.eval_batch_size or cfg.batch_size,
+            shuffle=False,
+            num_workers=workers,
+            persistent_workers=workers > 0,
+        )
+        for name, ds in sets.items()
+        if name in ("val", "test") and len(ds)
+    }  # type: ignore[arg-type]
     return loader, evals
+
+
+def _module(cfg: FinetuneConfig, backbone: Any, spec: Any, prep: Preprocessing) -> tuple[ClassificationModule, dict]:
+    """The Lightning module for `cfg.mode` (a fresh head, the teacher for distillation) and parameter counts."""
+    head = new_linear_head(
+        backbone.feature_widths, spec.num_classes, cfg.feature_choice, spec.multilabel, cfg.trainer.seed
+    )
+    model = Classifier(backbone, head)
+    reg, checkpointing = cfg.regularization, cfg.activation_checkpointing
+    counts = prepare_model(model, cfg.mode, freeze_blocks=cfg.freeze_blocks, lora=cfg.lora,
+                           drop_path_rate=reg.drop_path_rate, activation_checkpointing=checkpointing)  # fmt: skip
+    teacher, teacher_norm = _teacher(cfg, spec.classes, prep) if cfg.mode == "distill" else (None, None)
+    labels = [s.label for s in spec.splits["train"]]
+    weights = class_weights(labels, spec.num_classes) if cfg.data.class_weights else None
+    module = ClassificationModule(model, spec.num_classes, mode=cfg.mode, optim=cfg.optim, regularization=reg,
+                                  class_weights=weights, resolution_schedule=cfg.resolution_schedule, teacher=teacher,
+                                  teacher_norm=teacher_norm, distill=cfg.distill, seed=cfg.trainer.seed)  # fmt: skip
+    return module, counts
 
 
 def run_finetune(cfg: FinetuneConfig, resume: bool = False, callbacks: tuple[L.Callback, ...] = ()) -> Result:
@@ -110,37 +145,28 @@ def run_finetune(cfg: FinetuneConfig, resume: bool = False, callbacks: tuple[L.C
         save_resolved(cfg, run_dir)
         backbone = load_training_backbone(cfg.backbone, cfg.data, cfg.trainer.seed)
         prep = preprocessing_for(cfg.data, backbone)
-        spec, sets = build_datasets(with_channels(cfg.data, backbone), prep.mean, prep.std, run_dir,
-                                    patch_size=backbone.input_multiple)
+        spec, sets = build_datasets(
+            with_channels(cfg.data, backbone), prep.mean, prep.std, run_dir, patch_size=backbone.input_multiple
+        )
         if spec.task != "classify":
             raise DataError(f"'{cfg.data.root}' looks like a {spec.task} dataset; fine-tuning needs class labels.")
         preflight(spec, cfg.data, channels=backbone.info.in_chans)
-        head = new_linear_head(backbone.feature_widths, spec.num_classes, cfg.feature_choice, spec.multilabel,
-                               cfg.trainer.seed)
-        model = Classifier(backbone, head)
-        counts = prepare_model(model, cfg.mode, freeze_blocks=cfg.freeze_blocks, lora=cfg.lora,
-                               drop_path_rate=cfg.regularization.drop_path_rate,
-                               activation_checkpointing=cfg.activation_checkpointing)
-        teacher, teacher_norm = _teacher(cfg, spec.classes, prep) if cfg.mode == "distill" else (None, None)
-        labels = [s.label for s in spec.splits["train"]]
-        weights = class_weights(labels, spec.num_classes) if cfg.data.class_weights else None
-        module = ClassificationModule(model, spec.num_classes, mode=cfg.mode, optim=cfg.optim,
-                                      regularization=cfg.regularization, class_weights=weights,
-                                      resolution_schedule=cfg.resolution_schedule, teacher=teacher,
-                                      teacher_norm=teacher_norm, distill=cfg.distill, seed=cfg.trainer.seed)
+        module, counts = _module(cfg, backbone, spec, prep)
         loader, evals = _loaders(cfg, spec, sets)
         source = backbone_source(backbone, cfg.trainer.seed)
 
         def card() -> ModelCard:
-            return ModelCard(task="multilabel" if spec.multilabel else "classify", classes=spec.classes,
-                             preprocessing=prep, backbone=dict(source), head={}, license=backbone.info.license)
+            task = "multilabel" if spec.multilabel else "classify"
+            return ModelCard(task, spec.classes, prep, dict(source), head={}, license=backbone.info.license)
 
-        run.info(f"{cfg.mode}: {backbone.info.arch} ({backbone.info.source}), {spec.num_classes} classes, "
-                 f"{counts['trainable']:,} of {counts['total']:,} parameters trainable "
-                 f"({100 * counts['trainable'] / counts['total']:.2f}%)" + (" - resuming" if resume else ""))
+        run.info(
+            f"{cfg.mode}: {backbone.info.arch} ({backbone.info.source}), {spec.num_classes} classes, "
+            f"{counts['trainable']:,} of {counts['total']:,} parameters trainable "
+            f"({100 * counts['trainable'] / counts['total']:.2f}%)" + (" - resuming" if resume else "")
+        )
         trainer, best = fit_best(module, loader, evals["val"], card, run_dir=run_dir, trainer_cfg=cfg.trainer,
                                  early_stopping=cfg.early_stopping, save_backbone=True, resume=resume,
-                                 callbacks=callbacks)
+                                 callbacks=callbacks)  # fmt: skip
         metrics: dict[str, Any] = {}
         if trainer.is_global_zero:
             promote_best(run_dir, module, card, save_backbone=True, save_last=cfg.save_last_model, run=run)
@@ -155,9 +181,13 @@ def _evaluate_splits(cfg: FinetuneConfig, run_dir: Path, spec: Any, sets: dict[s
     """The saved best model on val and test; predictions.csv of the report split."""
     model, _ = load_model(run_dir)
     report_split = "test" if "test" in sets and len(sets["test"]) else "val"  # type: ignore[arg-type]
-    metrics: dict[str, Any] = {"task": "multilabel" if spec.multilabel else "classify", "classes": spec.classes,
-                               "report_split": report_split, "mode": cfg.mode,
-                               "counts": {k: len(v) for k, v in sets.items()}}  # type: ignore[arg-type]
+    metrics: dict[str, Any] = {
+        "task": "multilabel" if spec.multilabel else "classify",
+        "classes": spec.classes,
+        "report_split": report_split,
+        "mode": cfg.mode,
+        "counts": {k: len(v) for k, v in sets.items()},
+    }  # type: ignore[arg-type]
     key = "map" if spec.multilabel else "accuracy"
     summary: dict[str, float] = {}
     for split in ("val", "test"):

@@ -32,8 +32,9 @@ class Prediction:
     top: list[tuple[str, float]]
 
 
-def predict(model_dir: str | Path, images: list[str | Path], *, top_k: int = 3, batch_size: int = 32,
-            device: str | None = None) -> list[Prediction]:
+def predict(
+    model_dir: str | Path, images: list[str | Path], *, top_k: int = 3, batch_size: int = 32, device: str | None = None
+) -> list[Prediction]:
     """Top-k labels of each readable image, in the order given."""
     model, card = load_model(model_dir, device=device)
     if card.task == "segment":
@@ -50,7 +51,7 @@ def predict(model_dir: str | Path, images: list[str | Path], *, top_k: int = 3, 
     if not loaded:
         raise DataError(f"none of the {len(paths)} images could be read (first: {paths[0]}).")
     for start in range(0, len(loaded), batch_size):
-        chunk = loaded[start:start + batch_size]
+        chunk = loaded[start : start + batch_size]
         batch = torch.stack([image for _, image in chunk]).to(device_)
         with torch.inference_mode(), autocast(device_):
             probs = model.predict_proba(batch).float().cpu()
@@ -66,12 +67,14 @@ def write_predictions_csv(path: Path, predictions: list[Prediction]) -> None:
         writer = csv.writer(handle)
         writer.writerow(["file", "predicted", "probability", "top"])
         for p in predictions:
-            writer.writerow([str(p.path), p.label, f"{p.probability:.6f}",
-                             ";".join(f"{label}:{prob:.4f}" for label, prob in p.top)])
+            writer.writerow(
+                [str(p.path), p.label, f"{p.probability:.6f}", ";".join(f"{label}:{prob:.4f}" for label, prob in p.top)]
+            )
 
 
-def run_predict(model_dir: str | Path, images: list[str | Path], *, out: Path | None = None,
-                top_k: int = 3) -> tuple[Result, list[Prediction]]:
+def run_predict(
+    model_dir: str | Path, images: list[str | Path], *, out: Path | None = None, top_k: int = 3
+) -> tuple[Result, list[Prediction]]:
     """The verb: classifications (plus `out` CSV), or masks and overlays written under `out` (default ./masks)."""
     if read_card(model_dir).task == "segment":
         folder = Path(out or "masks")

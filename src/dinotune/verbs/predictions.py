@@ -11,8 +11,9 @@ from dinotune.atomic import atomic_path
 from dinotune.data.formats import DatasetSpec
 
 
-def write_predictions(path: Path, paths: list[Path], labels: torch.Tensor, probs: torch.Tensor,
-                       spec: DatasetSpec) -> None:
+def write_predictions(
+    path: Path, paths: list[Path], labels: torch.Tensor, probs: torch.Tensor, spec: DatasetSpec
+) -> None:
     with atomic_path(path) as tmp, open(tmp, "w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(["file", "true", "predicted", *[f"p_{c}" for c in spec.classes]])

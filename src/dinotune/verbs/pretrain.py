@@ -46,9 +46,11 @@ log = logging.getLogger(__name__)
 class PretrainDataConfig(StrictModel):
     root: Path = Field(description="Folder of images (any layout, searched recursively; labels unused).")
     subfolders: list[str] | None = Field(
-        None, description="Only use these subfolders of root (e.g. [train] to keep val/test images out).")
-    channels: int | None = Field(None, ge=1, le=64, description="Channels images are decoded to (default: the "
-                                 "backbone's in_chans, else 3).")
+        None, description="Only use these subfolders of root (e.g. [train] to keep val/test images out)."
+    )
+    channels: int | None = Field(
+        None, ge=1, le=64, description="Channels images are decoded to (default: the backbone's in_chans, else 3)."
+    )
     mean: list[float] | None = Field(None, description="Normalisation mean per channel (None: the backbone's).")
     std: list[float] | None = Field(None, description="Normalisation std per channel (None: the backbone's).")
     batch_size: int = Field(64, ge=2, description="Images per device per step (each gives 2 + n_local crops).")
@@ -89,19 +91,34 @@ def build_loader(cfg: PretrainConfig, backbone: Backbone) -> ResumableLoader:
     if len(paths) < cfg.data.batch_size:
         raise ConfigError(
             f"data.batch_size={cfg.data.batch_size} is larger than the {len(paths)} images under "
-            f"'{cfg.data.root}'; lower it (every step needs a full batch).")
+            f"'{cfg.data.root}'; lower it (every step needs a full batch)."
+        )
     mean = cfg.data.mean or list(backbone.info.mean)
     std = cfg.data.std or list(backbone.info.std)
     if len(mean) != cfg.data.channels or len(std) != cfg.data.channels:
         raise ConfigError(f"data.mean/std need {cfg.data.channels} values (one per channel).")
     crops = MultiCrop(cfg.crops, cfg.data.channels, mean, std)
-    dataset = MultiCropDataset(paths, crops, backbone.input_multiple, seed=cfg.trainer.seed,
-                               mask_ratio=cfg.loss.mask_ratio, mask_probability=cfg.loss.mask_probability,
-                               channels=cfg.data.channels, on_bad_file=cfg.data.on_bad_file)
+    dataset = MultiCropDataset(
+        paths,
+        crops,
+        backbone.input_multiple,
+        seed=cfg.trainer.seed,
+        mask_ratio=cfg.loss.mask_ratio,
+        mask_probability=cfg.loss.mask_probability,
+        channels=cfg.data.channels,
+        on_bad_file=cfg.data.on_bad_file,
+    )
     sampler = EpochSampler(len(dataset), seed=cfg.trainer.seed)
     workers = default_workers() if cfg.data.num_workers is None else cfg.data.num_workers
-    return ResumableLoader(dataset, batch_size=cfg.data.batch_size, sampler=sampler, num_workers=workers,
-                        drop_last=True, pin_memory=torch.cuda.is_available(), persistent_workers=workers > 0)
+    return ResumableLoader(
+        dataset,
+        batch_size=cfg.data.batch_size,
+        sampler=sampler,
+        num_workers=workers,
+        drop_last=True,
+        pin_memory=torch.cuda.is_available(),
+        persistent_workers=workers > 0,
+    )
 
 
 def export_backbone(backbone: Backbone, run_dir: Path) -> tuple[Path, Path]:
@@ -122,8 +139,9 @@ def run_pretrain(cfg: PretrainConfig, resume: bool = False, callbacks: Iterable[
         start = time.perf_counter()
         L.seed_everything(cfg.trainer.seed, workers=True, verbose=False)  # the fresh heads' initialisation
         channels = resolve_channels(cfg.data, cfg.backbone)
-        backbone = load_backbone(cfg.backbone.source, arch=cfg.backbone.arch, in_chans=channels, device="cpu",
-                                 seed=cfg.trainer.seed)
+        backbone = load_backbone(
+            cfg.backbone.source, arch=cfg.backbone.arch, in_chans=channels, device="cpu", seed=cfg.trainer.seed
+        )
         check_backbone(backbone, cfg.loss)
         cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update={"channels": channels})})
         loader = build_loader(cfg, backbone)
@@ -139,10 +157,16 @@ def run_pretrain(cfg: PretrainConfig, resume: bool = False, callbacks: Iterable[
         summary: dict[str, Any] = {}
         if trainer.is_global_zero:
             export_backbone(module.exported_backbone(), run_dir)
-            summary = {"task": "pretrain", "steps": trainer.global_step, "epochs": trainer.current_epoch,
-                       "train_seconds": round(time.perf_counter() - start, 2), "resumed": resume,
-                       "exported": "EMA teacher backbone", "knn": monitor.history if monitor else [],
-                       "last_metrics": {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}}
+            summary = {
+                "task": "pretrain",
+                "steps": trainer.global_step,
+                "epochs": trainer.current_epoch,
+                "train_seconds": round(time.perf_counter() - start, 2),
+                "resumed": resume,
+                "exported": "EMA teacher backbone",
+                "knn": monitor.history if monitor else [],
+                "last_metrics": {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1},
+            }
             write_json(run_dir / "metrics.json", summary)
     return Result(run_dir, summary)
 

@@ -84,16 +84,21 @@ def _labels(samples: list, spec: DatasetSpec) -> torch.Tensor:
     return torch.tensor([int(s.label) for s in samples], dtype=torch.long)
 
 
-def extract_splits(cfg: ProbeConfig, spec: DatasetSpec, backbone: Backbone, prep: Preprocessing,
-                   run: RunLog) -> tuple[dict[str, FeatureSet], dict[str, list[Path]]]:
+def extract_splits(
+    cfg: ProbeConfig, spec: DatasetSpec, backbone: Backbone, prep: Preprocessing, run: RunLog
+) -> tuple[dict[str, FeatureSet], dict[str, list[Path]]]:
     cache = FeatureCache(cfg.cache_dir or cache_home() / "features", backbone, prep)
     sets, paths = {}, {}
     for split, samples in spec.splits.items():
         if not samples:
             continue
         by_path = {s.path: s for s in samples}
-        got = cache.get(list(by_path), batch_size=cfg.extract_batch_size,
-                        num_workers=min(cfg.data.num_workers, default_workers()), progress=cfg.progress)
+        got = cache.get(
+            list(by_path),
+            batch_size=cfg.extract_batch_size,
+            num_workers=min(cfg.data.num_workers, default_workers()),
+            progress=cfg.progress,
+        )
         for bad, reason in got.bad_files.items():
             run.warn(f"{split}: skipped unreadable {bad}: {reason}")
         kept = [by_path[p] for p in got.paths]
@@ -101,8 +106,10 @@ def extract_splits(cfg: ProbeConfig, spec: DatasetSpec, backbone: Backbone, prep
         paths[split] = got.paths
         run.info(f"{split}: {len(kept)} images ({got.extracted} newly extracted, {len(kept) - got.extracted} cached)")
     if "train" not in sets or "val" not in sets:
-        raise DataError(f"'{cfg.data.root}' needs train and val images (found splits: {sorted(sets)}); "
-                        "use split folders or let dinotune split one folder (data.val_fraction).")
+        raise DataError(
+            f"'{cfg.data.root}' needs train and val images (found splits: {sorted(sets)}); "
+            "use split folders or let dinotune split one folder (data.val_fraction)."
+        )
     return sets, paths
 
 
@@ -123,40 +130,70 @@ def _probe_into(cfg: ProbeConfig, stage: Path, backbone: Backbone | None) -> dic
     save_resolved(cfg, stage)
     if backbone is None:
         torch.manual_seed(cfg.seed)
-        backbone = load_backbone(cfg.backbone.source, arch=cfg.backbone.arch,
-                                 in_chans=resolve_channels(cfg.data, cfg.backbone),
-                                 device=None if cfg.device == "auto" else cfg.device, seed=cfg.seed)
-    spec = load_dataset(cfg.data.root, task="classify", layout=cfg.data.layout, val_fraction=cfg.data.val_fraction,
-                        test_fraction=cfg.data.test_fraction, seed=cfg.data.split_seed,
-                        split_file=cfg.data.split_file or stage / "splits.json", csv_file=cfg.data.csv_file)
+        backbone = load_backbone(
+            cfg.backbone.source,
+            arch=cfg.backbone.arch,
+            in_chans=resolve_channels(cfg.data, cfg.backbone),
+            device=None if cfg.device == "auto" else cfg.device,
+            seed=cfg.seed,
+        )
+    spec = load_dataset(
+        cfg.data.root,
+        task="classify",
+        layout=cfg.data.layout,
+        val_fraction=cfg.data.val_fraction,
+        test_fraction=cfg.data.test_fraction,
+        seed=cfg.data.split_seed,
+        split_file=cfg.data.split_file or stage / "splits.json",
+        csv_file=cfg.data.csv_file,
+    )
     if spec.task != "classify":
         raise DataError(f"'{cfg.data.root}' looks like a {spec.task} dataset; probes need class labels.")
     preflight(spec, cfg.data, channels=backbone.info.in_chans)  # dataset-level problems before any extraction
     prep = _preprocessing(cfg, backbone)
-    run.info(f"backbone {backbone.info.arch} ({backbone.info.source}), {len(spec.classes)} classes, "
-             f"{prep.image_size}px")
+    run.info(
+        f"backbone {backbone.info.arch} ({backbone.info.source}), {len(spec.classes)} classes, {prep.image_size}px"
+    )
     sets, paths = extract_splits(cfg, spec, backbone, prep, run)
     report_split = "test" if "test" in sets else "val"
     task = "multilabel" if spec.multilabel else "classify"
-    metrics: dict[str, Any] = {"task": task, "classes": spec.classes, "report_split": report_split,
-                               "counts": {k: len(v) for k, v in sets.items()}}
+    metrics: dict[str, Any] = {
+        "task": task,
+        "classes": spec.classes,
+        "report_split": report_split,
+        "counts": {k: len(v) for k, v in sets.items()},
+    }
     if cfg.sweep.enabled:
-        sweep = _sweep(cfg, spec, sets)
-        metrics["probe"] = _probe_metrics(sweep, sets, spec, report_split)
-        model = Classifier(backbone, sweep.linear_head())
-        card = ModelCard(task=task, classes=spec.classes, preprocessing=prep,
-                         backbone=backbone_source(backbone, cfg.seed), head={}, license=backbone.info.license,
-                         metrics=metrics["probe"]["summary"])
-        save_model(stage, model, card)
-        _write_sweep_table(stage / "sweep.csv", sweep)
-        write_predictions(stage / "predictions.csv", paths[report_split], sets[report_split].labels,
-                          model.head.predict_proba(_inputs(sets[report_split], sweep)), spec)
-        head_params = sum(p.numel() for p in model.head.parameters())
-        metrics["parameters"] = {"trainable": head_params, "total": sum(p.numel() for p in model.parameters())}
+        _save_probe(cfg, stage, backbone, spec, prep, sets, paths, metrics)
     if cfg.knn.enabled:
         metrics["knn"] = _knn_metrics(cfg, sets, spec)
     metrics["summary"] = metrics["probe"]["summary"] if cfg.sweep.enabled else metrics["knn"]["summary"]
     return metrics
+
+
+def _save_probe(
+    cfg: ProbeConfig,
+    stage: Path,
+    backbone: Backbone,
+    spec: DatasetSpec,
+    prep: Preprocessing,
+    sets: dict[str, FeatureSet],
+    paths: dict[str, list[Path]],
+    metrics: dict[str, Any],
+) -> None:
+    """Sweep, keep the best head as the run's model, write sweep.csv and predictions.csv; fills `metrics`."""
+    split = metrics["report_split"]
+    sweep = _sweep(cfg, spec, sets)
+    metrics["probe"] = _probe_metrics(sweep, sets, spec, split)
+    model = Classifier(backbone, sweep.linear_head())
+    card = ModelCard(metrics["task"], spec.classes, prep, backbone_source(backbone, cfg.seed), head={},
+                     license=backbone.info.license, metrics=metrics["probe"]["summary"])  # fmt: skip
+    save_model(stage, model, card)
+    _write_sweep_table(stage / "sweep.csv", sweep)
+    probs = model.head.predict_proba(_inputs(sets[split], sweep))
+    write_predictions(stage / "predictions.csv", paths[split], sets[split].labels, probs, spec)
+    head_params = sum(p.numel() for p in model.head.parameters())
+    metrics["parameters"] = {"trainable": head_params, "total": sum(p.numel() for p in model.parameters())}
 
 
 def _sweep(cfg: ProbeConfig, spec: DatasetSpec, sets: dict[str, FeatureSet]) -> SweepResult:
@@ -166,11 +203,23 @@ def _sweep(cfg: ProbeConfig, spec: DatasetSpec, sets: dict[str, FeatureSet]) -> 
 
         class_weights = weights_for([s.label for s in spec.splits["train"]], spec.num_classes)
     return sweep_linear_heads(
-        sets["train"], sets["val"], sets.get("test"), lrs=cfg.sweep.lrs, weight_decays=cfg.sweep.weight_decays,
-        feature_choices=cfg.sweep.feature_choices, epochs=cfg.sweep.epochs, batch_size=cfg.sweep.batch_size,
-        patience=cfg.sweep.patience, multilabel=spec.multilabel, num_classes=spec.num_classes,
-        class_weights=class_weights, label_smoothing=cfg.sweep.label_smoothing, class_names=spec.classes,
-        seed=cfg.seed, device=None if cfg.device == "auto" else cfg.device, progress=cfg.progress,
+        sets["train"],
+        sets["val"],
+        sets.get("test"),
+        lrs=cfg.sweep.lrs,
+        weight_decays=cfg.sweep.weight_decays,
+        feature_choices=cfg.sweep.feature_choices,
+        epochs=cfg.sweep.epochs,
+        batch_size=cfg.sweep.batch_size,
+        patience=cfg.sweep.patience,
+        multilabel=spec.multilabel,
+        num_classes=spec.num_classes,
+        class_weights=class_weights,
+        label_smoothing=cfg.sweep.label_smoothing,
+        class_names=spec.classes,
+        seed=cfg.seed,
+        device=None if cfg.device == "auto" else cfg.device,
+        progress=cfg.progress,
     )
 
 
@@ -191,8 +240,13 @@ def _probe_metrics(sweep: SweepResult, sets: dict[str, FeatureSet], spec: Datase
     probs = head.predict_proba(_inputs(sets[split], sweep))
     detail = _evaluate(probs, sets[split].labels, spec)
     key = "map" if spec.multilabel else "accuracy"
-    return {"best_head": sweep.best.as_dict(), "heads_trained": len(sweep.table), "epochs_run": sweep.epochs_run,
-            "summary": {f"{split}/{key}": detail[key], "val/" + sweep.metric: sweep.best.val_score}, split: detail}
+    return {
+        "best_head": sweep.best.as_dict(),
+        "heads_trained": len(sweep.table),
+        "epochs_run": sweep.epochs_run,
+        "summary": {f"{split}/{key}": detail[key], "val/" + sweep.metric: sweep.best.val_score},
+        split: detail,
+    }
 
 
 def _knn_metrics(cfg: ProbeConfig, sets: dict[str, FeatureSet], spec: DatasetSpec) -> dict[str, Any]:
@@ -203,8 +257,14 @@ def _knn_metrics(cfg: ProbeConfig, sets: dict[str, FeatureSet], spec: DatasetSpe
     out: dict[str, Any] = {"feature": kind, "temperature": cfg.knn.temperature, "selected_on": "val"}
     for split in ("val", "test"):
         if split in sets:
-            result = knn_classify(bank.features[kind], bank.labels, sets[split].features[kind], ks=ks,
-                                  temperature=cfg.knn.temperature, num_classes=spec.num_classes)
+            result = knn_classify(
+                bank.features[kind],
+                bank.labels,
+                sets[split].features[kind],
+                ks=ks,
+                temperature=cfg.knn.temperature,
+                num_classes=spec.num_classes,
+            )
             out[split] = {f"k={k}": _evaluate(result.probs[k], sets[split].labels, spec)[key] for k in ks}
     best_k = max(ks, key=lambda k: (out["val"][f"k={k}"], -k))  # ties: the smaller k
     out["k"] = best_k

@@ -30,8 +30,11 @@ def find_cached_dinov3() -> str | None:
     try:
         from huggingface_hub import scan_cache_dir
 
-        repos = [r for r in scan_cache_dir().repos
-                 if r.repo_type == "model" and r.repo_id.lower().startswith("facebook/dinov3-")]
+        repos = [
+            r
+            for r in scan_cache_dir().repos
+            if r.repo_type == "model" and r.repo_id.lower().startswith("facebook/dinov3-")
+        ]
     except Exception:  # no cache folder, or an unreadable one: nothing to offer
         return None
     return min(repos, key=lambda r: r.size_on_disk).repo_id if repos else None
@@ -52,16 +55,24 @@ def choose_backbone(backbone: str | None) -> tuple[str, str]:
 def bundled_dataset(per_class: int, image_size: int) -> tuple[Path, str]:
     home = cache_home() / "datasets"
     try:
-        return elpv_imagefolder(home / f"elpv-{per_class}-{image_size}", per_class=per_class,
-                                size=image_size), "ELPV solar cells (functional vs defective)"
+        return elpv_imagefolder(
+            home / f"elpv-{per_class}-{image_size}", per_class=per_class, size=image_size
+        ), "ELPV solar cells (functional vs defective)"
     except DataError as err:
         log.warning("%s Falling back to scikit-learn's digits.", err)
         return digits_imagefolder(home / f"digits-{image_size}", size=image_size), "scikit-learn digits"
 
 
-def quickstart(backbone: str | None = None, *, per_class: int = 300, image_size: int = 112,
-               out: Path | None = None, cache_dir: Path | None = None, epochs: int = 50,
-               progress: bool = True) -> Result:
+def quickstart(
+    backbone: str | None = None,
+    *,
+    per_class: int = 300,
+    image_size: int = 112,
+    out: Path | None = None,
+    cache_dir: Path | None = None,
+    epochs: int = 50,
+    progress: bool = True,
+) -> Result:
     """The whole frozen-feature loop; returns the probe run."""
     source, why = choose_backbone(backbone)
     random_weights = source.startswith("random:")
@@ -71,23 +82,33 @@ def quickstart(backbone: str | None = None, *, per_class: int = 300, image_size:
             "\n" + "!" * 78 + "\n  RANDOM WEIGHTS: no DINOv3 weights were given, so this run uses a small random-weight"
             "\n  ViT. The numbers below only prove that the pipeline works. For real results pass"
             "\n  --backbone facebook/dinov3-vits16-pretrain-lvd1689m (after accepting the license and"
-            "\n  logging in), a local Hugging Face folder, or an official .pth file.\n" + "!" * 78)
+            "\n  logging in), a local Hugging Face folder, or an official .pth file.\n" + "!" * 78
+        )
     root, name = bundled_dataset(per_class, image_size)
     log.info("dataset: %s at %s", name, root)
     report = check_dataset(root, task="classify")
     log.info("data check: %d errors, %d warnings", len(report.errors), len(report.warnings))
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="RANDOM WEIGHTS")
-        result = probe({"root": root, "image_size": image_size}, backbone=source, out=out or new_run_dir("quickstart"),
-                       cache_dir=cache_dir, sweep={"epochs": epochs}, progress=progress)
+        result = probe(
+            {"root": root, "image_size": image_size},
+            backbone=source,
+            out=out or new_run_dir("quickstart"),
+            cache_dir=cache_dir,
+            sweep={"epochs": epochs},
+            progress=progress,
+        )
     test_dir = root / "test"
     samples = sorted(test_dir.rglob("*.png"))[:: max(1, len(list(test_dir.rglob("*.png"))) // 4)][:4]
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="RANDOM WEIGHTS")
         for p in predict(result.run_dir, samples):
             log.info("predict %s -> %s (%.2f)", p.path.relative_to(root), p.label, p.probability)
-    log.info("outputs in %s: model.json + head.safetensors (the model), metrics.json, predictions.csv, "
-             "sweep.csv, config.yaml, log.txt", result.run_dir)
+    log.info(
+        "outputs in %s: model.json + head.safetensors (the model), metrics.json, predictions.csv, "
+        "sweep.csv, config.yaml, log.txt",
+        result.run_dir,
+    )
     log.info("next: dinotune predict %s IMAGE...", result.run_dir)
     if random_weights:
         log.warning("reminder: RANDOM WEIGHTS - these numbers only prove the pipeline.")

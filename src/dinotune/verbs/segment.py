@@ -64,7 +64,6 @@ class SegmentConfig(StrictModel):
     out: Path | None = Field(None, description="Run folder (default: runs/segment-<time>).")
 
 
-
 def class_names(cfg: SegmentConfig, spec: Any) -> tuple[list[str], list[list[int]]]:
     """Classes from the class map, data.num_classes or data.class_mapping; colours from the map or a palette."""
     names, colours = list(spec.classes), [list(c) for c in (spec.colours or [])]
@@ -74,8 +73,7 @@ def class_names(cfg: SegmentConfig, spec: Any) -> tuple[list[str], list[list[int
         n = max(targets) + 1 if targets else None
     n = n or len(names)
     if not n:
-        raise ConfigError(f"'{cfg.data.root}' has no class map (classes.yaml); set data.num_classes or "
-                          "data.class_map.")
+        raise ConfigError(f"'{cfg.data.root}' has no class map (classes.yaml); set data.num_classes or data.class_map.")
     if len(names) != n:
         names = [f"class_{i}" for i in range(n)]
         colours = []
@@ -85,11 +83,7 @@ def class_names(cfg: SegmentConfig, spec: Any) -> tuple[list[str], list[list[int
 def run_segment(cfg: SegmentConfig, resume: bool = False, callbacks: tuple[L.Callback, ...] = ()) -> Result:
     """Train a segmentation head (and optionally the backbone), keep the best, evaluate it at full size."""
     start = time.perf_counter()
-    if cfg.data.resize == "keep":
-        raise ConfigError("data.resize=keep gives crops of different sizes; segmentation batches need crop or pad.")
-    if cfg.data.class_weights or cfg.data.weighted_sampler:
-        raise ConfigError("data.class_weights / data.weighted_sampler apply to classification; for segmentation set "
-                          "loss.class_weights (inverse, sqrt_inverse or a list) instead.")
+    _check(cfg)
     run_dir = Path(cfg.out or new_run_dir("segment"))
     with training_output(run_dir, resume=resume, has_checkpoint=resume_path(run_dir) is not None):
         run = RunLog(run_dir)
@@ -99,35 +93,33 @@ def run_segment(cfg: SegmentConfig, resume: bool = False, callbacks: tuple[L.Cal
         data_cfg = with_channels(cfg.data, backbone).model_copy(update={"task": "segment"})
         spec, sets = build_datasets(data_cfg, prep.mean, prep.std, run_dir, patch_size=backbone.input_multiple)
         if "train" not in sets or "val" not in sets or not len(sets["train"]):  # type: ignore[arg-type]
-            raise DataError(f"'{cfg.data.root}' needs train and val images with masks (found splits: "
-                            f"{sorted(sets)}).")
+            raise DataError(f"'{cfg.data.root}' needs train and val images with masks (found splits: {sorted(sets)}).")
         preflight(spec, cfg.data, channels=backbone.info.in_chans)
         classes, colours = class_names(cfg, spec)
         model = build_segmenter(backbone, cfg.head, len(classes))
         counts = prepare_model(model, cfg.mode, freeze_blocks=cfg.freeze_blocks, lora=cfg.lora)
         weights = _class_weights(cfg, sets["train"], len(classes))  # type: ignore[arg-type]
         module = SegmentationModule(model, len(classes), mode=cfg.mode, optim=cfg.optim, loss=cfg.loss,
-                                    class_weights=weights, ignore_index=cfg.data.ignore_index, seed=cfg.trainer.seed)
+                                    class_weights=weights, ignore_index=cfg.data.ignore_index,
+                                    seed=cfg.trainer.seed)  # fmt: skip
         source = backbone_source(backbone, cfg.trainer.seed)
 
         def card() -> ModelCard:
-            return ModelCard(task="segment", classes=classes, preprocessing=prep, backbone=dict(source),
-                             head={"type": cfg.head.type, "config": cfg.head.model_dump()}, colours=colours,
+            head = {"type": cfg.head.type, "config": cfg.head.model_dump()}
+            return ModelCard("segment", classes, prep, dict(source), head, colours=colours,
                              ignore_index=cfg.data.ignore_index, inference=cfg.inference.model_dump(),
-                             license=backbone.info.license)
+                             license=backbone.info.license)  # fmt: skip
 
-        workers = cfg.data.num_workers
-        loader = resumable_loader(sets["train"], batch_size=cfg.batch_size, seed=cfg.trainer.seed, num_workers=workers,
-                                  drop_last=len(sets["train"]) > cfg.batch_size)  # type: ignore[arg-type]
-        val_loader = DataLoader(sets["val"], batch_size=cfg.eval_batch_size or cfg.batch_size, shuffle=False,
-                                num_workers=workers, persistent_workers=workers > 0)
-        run.info(f"segment/{cfg.mode} + {cfg.head.type} head (layers {model.layers}): {backbone.info.arch} "
-                 f"({backbone.info.source}), {len(classes)} classes, {counts['trainable']:,} of "
-                 f"{counts['total']:,} parameters trainable" + (" - resuming" if resume else ""))
+        loader, val_loader = _loaders(cfg, sets)
+        run.info(
+            f"segment/{cfg.mode} + {cfg.head.type} head (layers {model.layers}): {backbone.info.arch} "
+            f"({backbone.info.source}), {len(classes)} classes, {counts['trainable']:,} of "
+            f"{counts['total']:,} parameters trainable" + (" - resuming" if resume else "")
+        )
         save_backbone = cfg.mode != "linear"
         trainer, best = fit_best(module, loader, val_loader, card, run_dir=run_dir, trainer_cfg=cfg.trainer,
                                  early_stopping=cfg.early_stopping, save_backbone=save_backbone, resume=resume,
-                                 callbacks=callbacks)
+                                 callbacks=callbacks)  # fmt: skip
         metrics: dict[str, Any] = {}
         if trainer.is_global_zero:
             promote_best(run_dir, module, card, save_backbone=save_backbone, save_last=cfg.save_last_model, run=run)
@@ -137,6 +129,26 @@ def run_segment(cfg: SegmentConfig, resume: bool = False, callbacks: tuple[L.Cal
             write_segmentation_report(run_dir, metrics)
             run.info(" ".join(f"{k} {v:.4f}" for k, v in metrics["summary"].items()))
     return Result(run_dir, metrics)
+
+
+def _check(cfg: SegmentConfig) -> None:
+    if cfg.data.resize == "keep":
+        raise ConfigError("data.resize=keep gives crops of different sizes; segmentation batches need crop or pad.")
+    if cfg.data.class_weights or cfg.data.weighted_sampler:
+        raise ConfigError(
+            "data.class_weights / data.weighted_sampler apply to classification; for segmentation set "
+            "loss.class_weights (inverse, sqrt_inverse or a list) instead."
+        )
+
+
+def _loaders(cfg: SegmentConfig, sets: dict[str, Any]) -> tuple[Any, DataLoader]:
+    """The resumable training loader and the validation loader."""
+    workers, train = cfg.data.num_workers, sets["train"]
+    loader = resumable_loader(train, batch_size=cfg.batch_size, seed=cfg.trainer.seed, num_workers=workers,
+                              drop_last=len(train) > cfg.batch_size)  # fmt: skip
+    val = DataLoader(sets["val"], batch_size=cfg.eval_batch_size or cfg.batch_size, shuffle=False,
+                     num_workers=workers, persistent_workers=workers > 0)  # fmt: skip
+    return loader, val
 
 
 def _class_weights(cfg: SegmentConfig, train: SegmentationDataset, n: int) -> torch.Tensor | None:
@@ -151,13 +163,20 @@ def _class_weights(cfg: SegmentConfig, train: SegmentationDataset, n: int) -> to
     return pixel_class_weights(items, n, cfg.data.ignore_index, mode)
 
 
-def _evaluate_splits(cfg: SegmentConfig, run_dir: Path, spec: Any, classes: list[str], colours: list[list[int]],
-                     prep: Any) -> dict[str, Any]:
+def _evaluate_splits(
+    cfg: SegmentConfig, run_dir: Path, spec: Any, classes: list[str], colours: list[list[int]], prep: Any
+) -> dict[str, Any]:
     """The saved best model on val and test at full size; masks, overlays and per-image IoU of the report split."""
     model, _ = load_model(run_dir)
     report = "test" if spec.splits.get("test") else "val"
-    metrics: dict[str, Any] = {"task": "segment", "classes": classes, "report_split": report, "mode": cfg.mode,
-                               "head": cfg.head.type, "inference": cfg.inference.model_dump()}
+    metrics: dict[str, Any] = {
+        "task": "segment",
+        "classes": classes,
+        "report_split": report,
+        "mode": cfg.mode,
+        "head": cfg.head.type,
+        "inference": cfg.inference.model_dump(),
+    }
     lut = None
     if cfg.data.class_mapping is not None:
         lut = build_lut(load_class_mapping(cfg.data.class_mapping), cfg.data.ignore_index)
@@ -165,12 +184,28 @@ def _evaluate_splits(cfg: SegmentConfig, run_dir: Path, spec: Any, classes: list
     for split in ("val", "test"):
         if not spec.splits.get(split):
             continue
-        dataset = SegmentationDataset(spec.splits[split], FullSize(prep.mean, prep.std), prep.channels,
-                                      cfg.data.on_bad_file, lut=lut, ignore_index=cfg.data.ignore_index,
-                                      colours=spec.colours, scaling=cfg.data.scaling, max_pixels=cfg.data.max_pixels)
+        dataset = SegmentationDataset(
+            spec.splits[split],
+            FullSize(prep.mean, prep.std),
+            prep.channels,
+            cfg.data.on_bad_file,
+            lut=lut,
+            ignore_index=cfg.data.ignore_index,
+            colours=spec.colours,
+            scaling=cfg.data.scaling,
+            max_pixels=cfg.data.max_pixels,
+        )
         out = run_dir / "predictions" if split == report and cfg.save_predictions else None
-        result = evaluate_segmenter(model, dataset, classes, colours, cfg.inference, cfg.data.ignore_index, out,
-                                    csv_path=run_dir / "per_image_iou.csv" if split == report else None)
+        result = evaluate_segmenter(
+            model,
+            dataset,
+            classes,
+            colours,
+            cfg.inference,
+            cfg.data.ignore_index,
+            out,
+            csv_path=run_dir / "per_image_iou.csv" if split == report else None,
+        )
         metrics[split] = result
         summary |= {f"{split}/miou": result["miou"], f"{split}/pixel_accuracy": result["pixel_accuracy"]}
     metrics["summary"] = summary

@@ -33,9 +33,19 @@ class EarlyStoppingConfig(StrictModel):
     min_delta: float = Field(0.0, ge=0)
 
 
-def fit_best(module: TaskModule, loader: Any, val_loader: Any, card: Callable[[], ModelCard], *, run_dir: Path,
-             trainer_cfg: TrainerConfig, early_stopping: EarlyStoppingConfig, save_backbone: bool, resume: bool,
-             callbacks: Iterable[L.Callback] = ()) -> tuple[L.Trainer, BestModelExport]:
+def fit_best(
+    module: TaskModule,
+    loader: Any,
+    val_loader: Any,
+    card: Callable[[], ModelCard],
+    *,
+    run_dir: Path,
+    trainer_cfg: TrainerConfig,
+    early_stopping: EarlyStoppingConfig,
+    save_backbone: bool,
+    resume: bool,
+    callbacks: Iterable[L.Callback] = (),
+) -> tuple[L.Trainer, BestModelExport]:
     """Train (continuing from the run's last checkpoint when `resume`), tracking the best model in best/."""
     monitor = early_stopping.monitor or module.monitor
     best = BestModelExport(run_dir / BEST_DIR, monitor, card, save_backbone)
@@ -43,16 +53,30 @@ def fit_best(module: TaskModule, loader: Any, val_loader: Any, card: Callable[[]
     if early_stopping.enabled:
         from lightning.pytorch.callbacks import EarlyStopping
 
-        extra.append(EarlyStopping(monitor=monitor, mode="max", patience=early_stopping.patience,
-                                   min_delta=early_stopping.min_delta, check_on_train_epoch_end=False))
+        extra.append(
+            EarlyStopping(
+                monitor=monitor,
+                mode="max",
+                patience=early_stopping.patience,
+                min_delta=early_stopping.min_delta,
+                check_on_train_epoch_end=False,
+            )
+        )
     trainer = build_trainer(trainer_cfg, run_dir, extra, fsdp_wrap=module.model.backbone.fsdp_units())
     ckpt = resume_path(run_dir) if resume else None
     trainer.fit(module, train_dataloaders=loader, val_dataloaders=val_loader, ckpt_path=ckpt)
     return trainer, best
 
 
-def promote_best(run_dir: Path, module: TaskModule, card: Callable[[], ModelCard], *, save_backbone: bool,
-                 save_last: bool, run: RunLog) -> None:
+def promote_best(
+    run_dir: Path,
+    module: TaskModule,
+    card: Callable[[], ModelCard],
+    *,
+    save_backbone: bool,
+    save_last: bool,
+    run: RunLog,
+) -> None:
     """The best model's files into the run folder; the last model into last/ when asked."""
     if save_last:
         last_card = card()
@@ -72,10 +96,15 @@ def promote_best(run_dir: Path, module: TaskModule, card: Callable[[], ModelCard
         save_model(run_dir, plain_copy(module.deployable()), card(), save_backbone)
 
 
-def training_metrics(trainer: L.Trainer, best: BestModelExport, counts: dict[str, int], seconds: float,
-                     resumed: bool) -> dict[str, Any]:
+def training_metrics(
+    trainer: L.Trainer, best: BestModelExport, counts: dict[str, int], seconds: float, resumed: bool
+) -> dict[str, Any]:
     """The fields every training run's metrics.json carries (compare reads them)."""
-    return {"parameters": counts | {"trainable_fraction": counts["trainable"] / max(1, counts["total"])},
-            "best": {"monitor": best.monitor, "value": best.best, "epoch": best.best_epoch, "step": best.best_step},
-            "train_seconds": round(seconds, 2), "epochs_run": trainer.current_epoch, "steps": trainer.global_step,
-            "resumed": resumed}
+    return {
+        "parameters": counts | {"trainable_fraction": counts["trainable"] / max(1, counts["total"])},
+        "best": {"monitor": best.monitor, "value": best.best, "epoch": best.best_epoch, "step": best.best_step},
+        "train_seconds": round(seconds, 2),
+        "epochs_run": trainer.current_epoch,
+        "steps": trainer.global_step,
+        "resumed": resumed,
+    }

@@ -14,6 +14,8 @@ from dinotune.heads.linear import new_linear_head
 from dinotune.model import Classifier
 from dinotune.training.modes import prepare_model
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # 2 shared cores: more threads only spin
+
 
 def _perturb_adapters(module: torch.nn.Module) -> None:
     """lora_B starts at zero (an identity update); give it values so merging has something to fold."""

@@ -13,6 +13,8 @@ from dinotune.errors import ConfigError
 from dinotune.training.optim import OptimConfig, build_optimizer, build_scheduler, param_groups
 from dinotune.training.schedules import cosine_restarts, cosine_schedule, step_decay
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # 2 shared cores: more threads only spin
+
 
 def _lr_by_name(groups: list[dict]) -> dict[str, tuple[float, float]]:
     return {name: (g["lr"], g["weight_decay"]) for g in groups for name in g["param_names"]}
@@ -21,8 +23,7 @@ def _lr_by_name(groups: list[dict]) -> dict[str, tuple[float, float]]:
 def test_layer_decay_gives_each_vit_block_its_lr() -> None:
     backbone = load_backbone("random:vit_tiny16", device="cpu")  # 6 blocks
     head = torch.nn.Linear(backbone.embed_dim, 3)
-    groups = param_groups(backbone, [head], lr=1e-4, head_lr=1e-2, layer_decay=0.5,
-                          weight_decay=0.05)
+    groups = param_groups(backbone, [head], lr=1e-4, head_lr=1e-2, layer_decay=0.5, weight_decay=0.05)
     lrs = _lr_by_name(groups)
     assert lrs["hf.embeddings.patch_embeddings.weight"][0] == pytest.approx(1e-4 * 0.5**7)
     for block in range(6):  # block i has depth i + 1: lr * decay ** (6 + 1 - (i + 1))
@@ -46,13 +47,15 @@ def test_layer_decay_follows_convnext_stages() -> None:
 def test_no_weight_decay_on_norms_biases_tokens_and_layer_scales() -> None:
     for source in ("random:vit_test16", "random:convnext_test"):
         backbone = load_backbone(source, device="cpu")
-        lrs = _lr_by_name(param_groups(backbone, [], lr=1.0, head_lr=1.0, layer_decay=1.0,
-                                       weight_decay=0.05))
+        lrs = _lr_by_name(param_groups(backbone, [], lr=1.0, head_lr=1.0, layer_decay=1.0, weight_decay=0.05))
         for name, param in backbone.named_parameters():
             no_decay = param.ndim <= 1 or name.endswith(("cls_token", "register_tokens", "mask_token"))
             assert lrs[name][1] == (0.0 if no_decay else 0.05), name
-    vit = _lr_by_name(param_groups(load_backbone("random:vit_test16", device="cpu"), [], lr=1, head_lr=1,
-                                   layer_decay=1, weight_decay=0.05))
+    vit = _lr_by_name(
+        param_groups(
+            load_backbone("random:vit_test16", device="cpu"), [], lr=1, head_lr=1, layer_decay=1, weight_decay=0.05
+        )
+    )
     assert vit["hf.embeddings.cls_token"][1] == vit["hf.embeddings.register_tokens"][1] == 0.0
     assert vit["hf.model.layer.0.layer_scale1.lambda1"][1] == 0.0
     assert vit["hf.model.layer.0.mlp.up_proj.weight"][1] == 0.05
@@ -81,8 +84,10 @@ def test_schedules() -> None:
 
 def test_scheduler_scales_every_group_from_its_own_peak() -> None:
     a, b = torch.nn.Parameter(torch.zeros(2, 2)), torch.nn.Parameter(torch.zeros(2))
-    groups = [{"params": [a], "lr": 1e-3, "weight_decay": 0.1, "name": "x", "param_names": ["a"]},
-              {"params": [b], "lr": 1e-5, "weight_decay": 0.0, "name": "y", "param_names": ["b"]}]
+    groups = [
+        {"params": [a], "lr": 1e-3, "weight_decay": 0.1, "name": "x", "param_names": ["a"]},
+        {"params": [b], "lr": 1e-5, "weight_decay": 0.0, "name": "y", "param_names": ["b"]},
+    ]
     cfg = OptimConfig(scheduler="cosine", warmup=0.0, min_lr_ratio=0.0)
     optimizer = build_optimizer(groups, cfg)
     scheduler = build_scheduler(optimizer, cfg, total_steps=10)

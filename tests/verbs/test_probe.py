@@ -29,16 +29,28 @@ def digits(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def run(digits: Path, tmp_path_factory: pytest.TempPathFactory):
     root = tmp_path_factory.mktemp("probe")
-    result = probe({"root": digits, "image_size": 16, "num_workers": 0}, backbone="random:vit_test16",
-                   out=root / "run", cache_dir=root / "cache", **FAST)
+    result = probe(
+        {"root": digits, "image_size": 16, "num_workers": 0},
+        backbone="random:vit_test16",
+        out=root / "run",
+        cache_dir=root / "cache",
+        **FAST,
+    )
     return result, root
 
 
 def test_run_folder_has_everything(run) -> None:
     result, _ = run
     files = {p.name for p in result.run_dir.iterdir()}
-    assert {"config.yaml", "model.json", "head.safetensors", "metrics.json", "predictions.csv", "sweep.csv",
-            "log.txt"} <= files
+    assert {
+        "config.yaml",
+        "model.json",
+        "head.safetensors",
+        "metrics.json",
+        "predictions.csv",
+        "sweep.csv",
+        "log.txt",
+    } <= files
     metrics = json.loads((result.run_dir / "metrics.json").read_text())
     assert metrics["probe"]["heads_trained"] == 3 * 2 * 2  # lrs x wds x feature choices (vit_test16: no last4)
     assert metrics["probe"]["test"]["accuracy"] > 0.5  # random features of real digits are far above 10% chance
@@ -70,8 +82,13 @@ def test_saved_model_reproduces_the_probe_on_images(run, digits: Path) -> None:
 def test_second_run_hits_the_cache(run, digits: Path, caplog: pytest.LogCaptureFixture) -> None:
     _, root = run
     caplog.set_level("INFO")
-    probe({"root": digits, "image_size": 16, "num_workers": 0}, backbone="random:vit_test16",
-          out=root / "run2", cache_dir=root / "cache", **FAST)
+    probe(
+        {"root": digits, "image_size": 16, "num_workers": 0},
+        backbone="random:vit_test16",
+        out=root / "run2",
+        cache_dir=root / "cache",
+        **FAST,
+    )
     assert "train: 1259 images (0 newly extracted, 1259 cached)" in (root / "run2" / "log.txt").read_text()
 
 
@@ -91,20 +108,38 @@ def test_unknown_sweep_key_is_named(digits: Path, tmp_path: Path) -> None:
 
 def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "DINOTUNE_HOME": str(cwd / "home")}
-    return subprocess.run([sys.executable, "-m", "dinotune", *args], capture_output=True, text=True, cwd=cwd,
-                          env=env, timeout=600)
+    return subprocess.run(
+        [sys.executable, "-m", "dinotune", *args], capture_output=True, text=True, cwd=cwd, env=env, timeout=600
+    )
 
 
 def test_train_with_a_yaml_config_and_knn_command(digits: Path, tmp_path: Path) -> None:
     config = tmp_path / "probe.yaml"
-    config.write_text(yaml.safe_dump({"task": "probe", "backbone": {"source": "random:vit_test16"},
-                                      "data": {"root": str(digits), "image_size": 16, "num_workers": 0},
-                                      "sweep": {"epochs": 5, "lrs": [0.01], "weight_decays": [0.0]}}))
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "task": "probe",
+                "backbone": {"source": "random:vit_test16"},
+                "data": {"root": str(digits), "image_size": 16, "num_workers": 0},
+                "sweep": {"epochs": 5, "lrs": [0.01], "weight_decays": [0.0]},
+            }
+        )
+    )
     result = _cli("train", str(config), "out=trained", "progress=false", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert (tmp_path / "trained" / "model.json").is_file()
-    result = _cli("knn", str(digits), "-b", "random:vit_test16", "--image-size", "16", "-o", "knnrun",
-                  "progress=false", cwd=tmp_path)
+    result = _cli(
+        "knn",
+        str(digits),
+        "-b",
+        "random:vit_test16",
+        "--image-size",
+        "16",
+        "-o",
+        "knnrun",
+        "progress=false",
+        cwd=tmp_path,
+    )
     assert result.returncode == 0, result.stderr
     knn_metrics = json.loads((tmp_path / "knnrun" / "metrics.json").read_text())
     assert "knn" in knn_metrics and "probe" not in knn_metrics
@@ -162,9 +197,22 @@ def test_export_and_serve_commands(run, digits: Path, tmp_path: Path) -> None:
         probe_socket.bind(("127.0.0.1", 0))
         port = probe_socket.getsockname()[1]
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    server = subprocess.Popen([sys.executable, "-m", "dinotune", "serve", str(tmp_path / "exported"),
-                               "--port", str(port), "max_batch_size=4"], cwd=tmp_path, env=env,
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    server = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "dinotune",
+            "serve",
+            str(tmp_path / "exported"),
+            "--port",
+            str(port),
+            "max_batch_size=4",
+        ],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
     try:
         deadline = time.time() + 120
         while time.time() < deadline:
@@ -186,10 +234,19 @@ def test_export_and_serve_commands(run, digits: Path, tmp_path: Path) -> None:
 
 def test_train_finetune_config_and_resume_guard(digits: Path, tmp_path: Path) -> None:
     config = tmp_path / "ft.yaml"
-    config.write_text(yaml.safe_dump({
-        "task": "finetune", "backbone": {"source": "random:vit_test16"}, "mode": "lora",
-        "data": {"root": str(digits), "image_size": 16, "num_workers": 0, "augment": "none"},
-        "batch_size": 64, "trainer": {"max_epochs": 1, "max_steps": 3}, "out": "ft"}))
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "task": "finetune",
+                "backbone": {"source": "random:vit_test16"},
+                "mode": "lora",
+                "data": {"root": str(digits), "image_size": 16, "num_workers": 0, "augment": "none"},
+                "batch_size": 64,
+                "trainer": {"max_epochs": 1, "max_steps": 3},
+                "out": "ft",
+            }
+        )
+    )
     first = _cli("train", str(config), cwd=tmp_path)
     assert first.returncode == 0, first.stderr
     assert (tmp_path / "ft" / "model.json").is_file() and (tmp_path / "ft" / "backbone").is_dir()
@@ -201,9 +258,21 @@ def test_pretrain_command_writes_a_loadable_backbone(digits: Path, tmp_path: Pat
     from dinotune import load_backbone
 
     config = Path(__file__).resolve().parents[2] / "configs" / "ssl_continuation.yaml"
-    result = _cli("pretrain", str(config), f"data.root={digits / 'train'}", "backbone.source=random:vit_test16",
-                  "data.batch_size=8", "data.num_workers=0", "crops.global_size=32", "crops.local_size=16",
-                  "crops.n_local=2", "trainer.max_steps=2", "trainer.max_epochs=1", "out=pt", cwd=tmp_path)
+    result = _cli(
+        "pretrain",
+        str(config),
+        f"data.root={digits / 'train'}",
+        "backbone.source=random:vit_test16",
+        "data.batch_size=8",
+        "data.num_workers=0",
+        "crops.global_size=32",
+        "crops.local_size=16",
+        "crops.n_local=2",
+        "trainer.max_steps=2",
+        "trainer.max_epochs=1",
+        "out=pt",
+        cwd=tmp_path,
+    )
     assert result.returncode == 0, result.stderr
     assert load_backbone(tmp_path / "pt" / "backbone.pth").info.arch == "vit_test16"
     assert load_backbone(tmp_path / "pt" / "backbone_hf").info.arch == "vit_test16"
@@ -216,10 +285,18 @@ def test_segmentation_train_and_predict_commands(tmp_path: Path) -> None:
 
     data = make_segmentation_dataset(tmp_path / "seg", n_images=24, size=32)
     config = tmp_path / "seg.yaml"
-    config.write_text(yaml.safe_dump({
-        "task": "segment", "backbone": {"source": "random:vit_test16"},
-        "data": {"root": str(data), "image_size": 32, "num_workers": 0, "augment": "none"},
-        "trainer": {"max_epochs": 1}, "inference": {"crop": 32, "stride": 16}, "out": "segrun"}))
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "task": "segment",
+                "backbone": {"source": "random:vit_test16"},
+                "data": {"root": str(data), "image_size": 32, "num_workers": 0, "augment": "none"},
+                "trainer": {"max_epochs": 1},
+                "inference": {"crop": 32, "stride": 16},
+                "out": "segrun",
+            }
+        )
+    )
     trained = _cli("train", str(config), cwd=tmp_path)
     assert trained.returncode == 0, trained.stderr
     report = (tmp_path / "segrun" / "report.html").read_text()

@@ -7,9 +7,10 @@ from pathlib import Path
 import pytest
 
 from dinotune.data.bundled import make_segmentation_dataset
+from tests.training_fixtures import _run
+from tests.verbs.test_segment import constant_miou
 
-from .conftest import _run
-from .test_verb import constant_miou
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # 2 shared cores: more threads only spin
 
 
 @pytest.mark.slow

@@ -16,6 +16,8 @@ from dinotune.tasks.classify import RegularizationConfig, mix_batch, size_at
 from dinotune.training.modes import prepare_model
 from dinotune.training.optim import OptimConfig, build_optimizer, param_groups
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # 2 shared cores: more threads only spin
+
 
 def _model(source: str = "random:vit_tiny16") -> Classifier:
     backbone = load_backbone(source, device="cpu")
@@ -23,8 +25,7 @@ def _model(source: str = "random:vit_tiny16") -> Classifier:
 
 
 def _train(model: Classifier, steps: int = 3) -> None:
-    groups = param_groups(model.backbone, [model.head], lr=1e-2, head_lr=1e-2,
-                          layer_decay=0.9, weight_decay=0.5)
+    groups = param_groups(model.backbone, [model.head], lr=1e-2, head_lr=1e-2, layer_decay=0.9, weight_decay=0.5)
     optimizer = build_optimizer(groups, OptimConfig())
     gen = torch.Generator().manual_seed(0)
     model.train()
@@ -45,8 +46,11 @@ def test_partial_freezes_embeddings_and_first_blocks() -> None:
     before = copy.deepcopy(model.state_dict())
     _train(model)
     changed = _changed(before, model)
-    frozen = [k for k in before if k.startswith(("backbone.hf.embeddings", *(f"backbone.hf.model.layer.{i}."
-                                                                              for i in range(4))))]
+    frozen = [
+        k
+        for k in before
+        if k.startswith(("backbone.hf.embeddings", *(f"backbone.hf.model.layer.{i}." for i in range(4))))
+    ]
     assert frozen and not changed & set(frozen)
     assert "backbone.hf.model.layer.5.mlp.up_proj.weight" in changed and "head.linear.weight" in changed
 

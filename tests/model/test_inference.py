@@ -14,6 +14,8 @@ from dinotune.heads.segment import HeadConfig
 from dinotune.model.inference import InferenceConfig, predict_probs, sliding_window, window_starts
 from dinotune.model.segmenter import build_segmenter
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # 2 shared cores: more threads only spin
+
 
 @pytest.fixture(scope="module")
 def segmenter() -> nn.Module:
@@ -23,12 +25,15 @@ def segmenter() -> nn.Module:
     return model.eval()
 
 
-@pytest.mark.parametrize(("size", "crop", "stride", "expected"), [
-    (100, 32, 20, [0, 20, 40, 60, 68]),  # last window shifted to end at the border
-    (96, 32, 32, [0, 32, 64]),           # exact tiling
-    (20, 32, 20, [0]),                   # smaller than the crop: one window
-    (33, 32, 30, [0, 1]),
-])
+@pytest.mark.parametrize(
+    ("size", "crop", "stride", "expected"),
+    [
+        (100, 32, 20, [0, 20, 40, 60, 68]),  # last window shifted to end at the border
+        (96, 32, 32, [0, 32, 64]),  # exact tiling
+        (20, 32, 20, [0]),  # smaller than the crop: one window
+        (33, 32, 30, [0, 1]),
+    ],
+)
 def test_window_starts(size: int, crop: int, stride: int, expected: list[int]) -> None:
     starts = window_starts(size, crop, stride)
     assert starts == expected
@@ -84,9 +89,10 @@ def test_real_model_on_large_image_not_multiple_of_stride(segmenter: nn.Module) 
     torch.testing.assert_close(out[..., :y2, :x2], corner[..., :y2, :x2], atol=1e-5, rtol=1e-5)
     # where two windows overlap, the result is their mean
     with torch.no_grad():
-        right = segmenter(image[..., :64, x2:x2 + 64])
-    torch.testing.assert_close(out[..., :y2, x2:64], (corner[..., :y2, x2:] + right[..., :y2, :64 - x2]) / 2,
-                               atol=1e-5, rtol=1e-5)
+        right = segmenter(image[..., :64, x2 : x2 + 64])
+    torch.testing.assert_close(
+        out[..., :y2, x2:64], (corner[..., :y2, x2:] + right[..., :y2, : 64 - x2]) / 2, atol=1e-5, rtol=1e-5
+    )
 
 
 def test_flip_and_multiscale_tta() -> None:

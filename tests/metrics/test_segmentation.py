@@ -7,6 +7,8 @@ import torch
 
 from dinotune.metrics import ConfusionMeter, confusion_matrix, scores
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # 2 shared cores: more threads only spin
+
 
 def test_confusion_matrix_counts_and_ignores_pixels() -> None:
     target = torch.tensor([[0, 0, 1, 255], [2, 2, 255, 1]])

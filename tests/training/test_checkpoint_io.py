@@ -18,8 +18,9 @@ from dinotune.training import build_trainer, resume_path
 from dinotune.training.checkpoints import load_checkpoint_file
 from dinotune.training.trainer import AtomicCheckpointIO
 from dinotune.verbs.finetune import run_finetune
+from tests.training_fixtures import finetune_config
 
-from .conftest import finetune_config
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # 2 shared cores: more threads only spin
 
 
 class _FirstStep(L.Callback):

@@ -36,8 +36,13 @@ def exported(tmp_path_factory: pytest.TempPathFactory, images: Path) -> dict[str
     out = {}
     for name, (arch, choice, _) in MODELS.items():
         folder = make_model_folder(root / name, arch=arch, choice=choice, image_size=64)
-        report = export_model(folder, root / f"{name}-onnx", quantize="int8" if name == "vit" else None,
-                              calibration_images=images, timing_repeats=1)
+        report = export_model(
+            folder,
+            root / f"{name}-onnx",
+            quantize="int8" if name == "vit" else None,
+            calibration_images=images,
+            timing_repeats=1,
+        )
         out[name] = (folder, root / f"{name}-onnx", report)
     return out
 
@@ -129,8 +134,15 @@ def test_backbone_only_and_static_int8(exported, images: Path, tmp_path: Path) -
     import onnxruntime as ort
 
     folder = exported["vit"][0]
-    report = export_model(folder, tmp_path / "emb", backbone_only=True, quantize="int8", static=True,
-                          calibration_images=images, timing_repeats=1)
+    report = export_model(
+        folder,
+        tmp_path / "emb",
+        backbone_only=True,
+        quantize="int8",
+        static=True,
+        calibration_images=images,
+        timing_repeats=1,
+    )
     assert report["outputs"] == ["embedding", "patch_mean"] and report["int8"]["method"] == "static"
     assert report["int8"]["mean_cosine_vs_fp32"] > 0.9
     assert read_card(tmp_path / "emb").task == "embed"

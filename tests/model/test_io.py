@@ -23,17 +23,22 @@ def _classifier(arch: str = "vit_tiny16", choice: str = "last4_cls+patch_mean") 
     torch.manual_seed(0)
     widths = {"cls": 1, "cls+patch_mean": 2, "last4_cls+patch_mean": 5}
     dim = widths[choice] * backbone.embed_dim
-    head = LinearHead(torch.randn(3, dim), torch.randn(3), torch.randn(dim), torch.rand(dim) + 0.5,
-                      feature_choice=choice)
+    head = LinearHead(
+        torch.randn(3, dim), torch.randn(3), torch.randn(dim), torch.rand(dim) + 0.5, feature_choice=choice
+    )
     return Classifier(backbone, head)
 
 
 def _card(model: Classifier) -> ModelCard:
     info = model.backbone.info
-    return ModelCard(task="classify", classes=["a", "b", "c"],
-                     preprocessing=Preprocessing(image_size=32, mean=info.mean, std=info.std),
-                     backbone={"source": info.source, "in_chans": 3, "seed": 0, "identity": info.identity},
-                     head={}, license=info.license)
+    return ModelCard(
+        task="classify",
+        classes=["a", "b", "c"],
+        preprocessing=Preprocessing(image_size=32, mean=info.mean, std=info.std),
+        backbone={"source": info.source, "in_chans": 3, "seed": 0, "identity": info.identity},
+        head={},
+        license=info.license,
+    )
 
 
 @pytest.mark.parametrize(("arch", "choice"), [("vit_tiny16", "last4_cls+patch_mean"), ("convnext_test", "cls")])
@@ -99,14 +104,17 @@ def _edit_card(folder: Path, **changes) -> None:
     (folder / "model.json").write_text(json.dumps(card))
 
 
-@pytest.mark.parametrize(("changes", "message"), [
-    ({"head__file": "/etc/passwd"}, "points outside the model folder"),
-    ({"head__file": "../other_run/head.safetensors"}, "points outside the model folder"),
-    ({"backbone__weights_dir": "/etc"}, "points outside the model folder"),
-    ({"classes": ["a", "b"]}, "has 3 outputs but the card lists 2 classes"),
-    ({"task": "multilabel"}, "single-label head but the card's task is 'multilabel'"),
-    ({"preprocessing__image_size": 20000}, "image_size=20000 is outside"),
-])
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"head__file": "/etc/passwd"}, "points outside the model folder"),
+        ({"head__file": "../other_run/head.safetensors"}, "points outside the model folder"),
+        ({"backbone__weights_dir": "/etc"}, "points outside the model folder"),
+        ({"classes": ["a", "b"]}, "has 3 outputs but the card lists 2 classes"),
+        ({"task": "multilabel"}, "single-label head but the card's task is 'multilabel'"),
+        ({"preprocessing__image_size": 20000}, "image_size=20000 is outside"),
+    ],
+)
 def test_crafted_or_broken_model_folders_are_refused_at_load(tmp_path: Path, changes: dict, message: str) -> None:
     folder = _saved(tmp_path)
     other = tmp_path / "other_run"

@@ -21,8 +21,9 @@ from dinotune.metrics import confusion_matrix, scores
 from dinotune.model import load_model
 from dinotune.verbs.common import Result
 from dinotune.verbs.segment import run_segment
+from tests.training_fixtures import segment_config
 
-from .conftest import segment_config
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # 2 shared cores: more threads only spin
 
 
 def constant_miou(root: Path) -> float:
@@ -60,9 +61,12 @@ def test_run_folder_outputs(linear_run: Result, seg_root: Path) -> None:
     _, card = load_model(run_dir, device="cpu")
     assert card.classes[0] == "background" and card.backbone.get("weights_dir") is None  # frozen: not copied
     preds = [np.asarray(Image.open(run_dir / "predictions" / "masks" / f"{s.path.stem}.png")) for s in val]
-    total = sum(confusion_matrix(torch.from_numpy(p.astype(np.int64)),
-                                 torch.from_numpy(read_mask(s.label).astype(np.int64)), 11)
-                for p, s in zip(preds, val, strict=True))
+    total = sum(
+        confusion_matrix(
+            torch.from_numpy(p.astype(np.int64)), torch.from_numpy(read_mask(s.label).astype(np.int64)), 11
+        )
+        for p, s in zip(preds, val, strict=True)
+    )
     assert scores(total)["miou"] == pytest.approx(metrics["val"]["miou"])
 
 
@@ -98,7 +102,7 @@ def test_config_errors(seg_root: Path, tmp_path: Path) -> None:
 
 
 def test_resume_continues_the_run(seg_root: Path, tmp_path: Path) -> None:
-    from .conftest import _run
+    from tests.training_fixtures import _run
 
     first = _run(seg_root, tmp_path / "run", trainer={"max_epochs": 1, "progress_bar": False})
     assert first.metrics["epochs_run"] == 1 and not first.metrics["resumed"]
@@ -157,14 +161,26 @@ def test_low_range_16bit_microscopy_segments_with_per_image_normalisation(tmp_pa
     full = _microscopy(tmp_path / "full8", 255, np.uint8)
     low = _microscopy(tmp_path / "low16", 300, np.uint16)
     warnings = check_dataset(low, task="segment", channels=1).warnings
-    assert any(w.code == "bit_range" and "0.5% of the range used" in w.message and "per_image" in w.message
-               for w in warnings), warnings
+    assert any(
+        w.code == "bit_range" and "0.5% of the range used" in w.message and "per_image" in w.message for w in warnings
+    ), warnings
 
     def miou(root: Path, name: str, scaling: dict) -> float:
-        data = {"root": str(root), "image_size": 64, "num_workers": 0, "augment": "none", "channels": 1,
-                "scaling": scaling}
-        cfg = segment_config(root, tmp_path / name, data=data, trainer={"max_epochs": 6, "progress_bar": False},
-                             inference={"mode": "whole"})
+        data = {
+            "root": str(root),
+            "image_size": 64,
+            "num_workers": 0,
+            "augment": "none",
+            "channels": 1,
+            "scaling": scaling,
+        }
+        cfg = segment_config(
+            root,
+            tmp_path / name,
+            data=data,
+            trainer={"max_epochs": 6, "progress_bar": False},
+            inference={"mode": "whole"},
+        )
         return run_segment(cfg).metrics["summary"]["val/miou"]
 
     eight_bit = miou(full, "full", {})

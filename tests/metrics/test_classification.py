@@ -16,9 +16,7 @@ from dinotune.metrics import average_precision_columns, classification_metrics, 
 TOL = 1e-6
 
 
-def _random_case(
-    n: int, c: int, seed: int, drop_class: int | None = None
-) -> tuple[torch.Tensor, torch.Tensor]:
+def _random_case(n: int, c: int, seed: int, drop_class: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
     targets = torch.randint(0, c, (n,), generator=g)
     if drop_class is not None:

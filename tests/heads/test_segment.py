@@ -12,6 +12,8 @@ from dinotune.heads.segment import HeadConfig, LinearSegHead, MultiScaleDecoder,
 from dinotune.losses.segmentation import SegmentationLoss, SegmentationLossConfig, dice_loss, pixel_class_weights
 from dinotune.model import ModelCard, build_segmenter, load_model, read_card, save_model
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # 2 shared cores: more threads only spin
+
 
 def test_ce_ignores_ignore_pixels() -> None:
     logits = torch.randn(2, 3, 4, 4, requires_grad=True)
@@ -60,8 +62,9 @@ def test_pixel_class_weights() -> None:
     w = pixel_class_weights(masks, 3)
     assert w[2] == 0 and float(w[0] + w[1]) == pytest.approx(2.0)
     assert float(w[1] / w[0]) == pytest.approx(5 / 2)
-    assert float(pixel_class_weights(masks, 3, mode="sqrt_inverse")[1] /
-                 pixel_class_weights(masks, 3, mode="sqrt_inverse")[0]) == pytest.approx((5 / 2) ** 0.5)
+    assert float(
+        pixel_class_weights(masks, 3, mode="sqrt_inverse")[1] / pixel_class_weights(masks, 3, mode="sqrt_inverse")[0]
+    ) == pytest.approx((5 / 2) ** 0.5)
 
 
 def test_layer_indices() -> None:
@@ -92,9 +95,14 @@ def test_segmenter_any_size_and_folder_round_trip(tmp_path, source: str, head: s
     with torch.no_grad():
         out = model(image)
     assert out.shape == (1, 4, 50, 70)
-    card = ModelCard(task="segment", classes=list("abcd"), colours=[[0, 0, 0]] * 4, preprocessing=Preprocessing(64),
-                     backbone={"source": source, "in_chans": 3, "seed": 0},
-                     head={"type": cfg.type, "config": cfg.model_dump()})
+    card = ModelCard(
+        task="segment",
+        classes=list("abcd"),
+        colours=[[0, 0, 0]] * 4,
+        preprocessing=Preprocessing(64),
+        backbone={"source": source, "in_chans": 3, "seed": 0},
+        head={"type": cfg.type, "config": cfg.model_dump()},
+    )
     save_model(tmp_path, model, card, save_backbone=False)
     loaded, loaded_card = load_model(tmp_path, device="cpu")
     assert loaded_card.classes == list("abcd") and loaded.layers == model.layers

@@ -13,14 +13,25 @@ import torch
 from dinotune.model import load_model
 from dinotune.verbs.common import Result
 from dinotune.verbs.finetune import predict_split, run_finetune
+from tests.training_fixtures import finetune_config
 
-from .conftest import finetune_config
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # 2 shared cores: more threads only spin
 
 
 def test_run_folder_holds_the_best_model_metrics_and_logs(finetuned: Result) -> None:
     run = finetuned.run_dir
-    assert {"config.yaml", "model.json", "head.safetensors", "backbone", "last", "metrics.json", "predictions.csv",
-            "log.txt", "logs", "checkpoints"} <= {p.name for p in run.iterdir()}
+    assert {
+        "config.yaml",
+        "model.json",
+        "head.safetensors",
+        "backbone",
+        "last",
+        "metrics.json",
+        "predictions.csv",
+        "log.txt",
+        "logs",
+        "checkpoints",
+    } <= {p.name for p in run.iterdir()}
     assert (run / "checkpoints" / "last.ckpt").is_file() and list((run / "logs").rglob("metrics.csv"))
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["best"]["value"] == pytest.approx(metrics["val"]["accuracy"], abs=1e-6)  # the best is what's saved
@@ -30,7 +41,8 @@ def test_run_folder_holds_the_best_model_metrics_and_logs(finetuned: Result) -> 
     with open(run / "predictions.csv") as handle:
         rows = list(csv.DictReader(handle))
     assert sum(r["true"] == r["predicted"] for r in rows) / len(rows) == pytest.approx(
-        metrics["test"]["accuracy"], abs=1e-6)
+        metrics["test"]["accuracy"], abs=1e-6
+    )
 
 
 def test_fine_tuned_weights_differ_from_the_source_and_reload(finetuned: Result) -> None:
@@ -44,15 +56,18 @@ def test_fine_tuned_weights_differ_from_the_source_and_reload(finetuned: Result)
     assert last_card.metrics["step"] > 0
 
 
-def test_distillation_moves_the_student_toward_the_teacher(finetuned: Result, digits: Path,
-                                                           tmp_path: Path) -> None:
+def test_distillation_moves_the_student_toward_the_teacher(finetuned: Result, digits: Path, tmp_path: Path) -> None:
     """alpha=0: the student sees no labels, only the teacher; its agreement with the teacher must rise."""
     from dinotune.data.datasets import build_datasets
 
-    cfg = finetune_config(digits, tmp_path / "student", mode="distill",
-                          distill={"teacher": str(finetuned.run_dir), "alpha": 0.0, "temperature": 2.0},
-                          backbone={"source": "random:vit_test16"},
-                          trainer={"max_epochs": 2, "seed": 1, "progress_bar": False})
+    cfg = finetune_config(
+        digits,
+        tmp_path / "student",
+        mode="distill",
+        distill={"teacher": str(finetuned.run_dir), "alpha": 0.0, "temperature": 2.0},
+        backbone={"source": "random:vit_test16"},
+        trainer={"max_epochs": 2, "seed": 1, "progress_bar": False},
+    )
     teacher, _ = load_model(finetuned.run_dir)
     _, sets = build_datasets(cfg.data, teacher.backbone.info.mean, teacher.backbone.info.std)
     t_probs, _, _ = predict_split(teacher, sets["test"], 256)
@@ -78,8 +93,14 @@ def test_distillation_moves_the_student_toward_the_teacher(finetuned: Result, di
 def test_fine_tuning_beats_the_linear_probe(finetuned: Result, digits: Path, tmp_path: Path) -> None:
     from dinotune.verbs.probe import probe
 
-    probed = probe({"root": digits, "image_size": 16, "num_workers": 0}, backbone="random:vit_test16",
-                   out=tmp_path / "probe", cache_dir=tmp_path / "cache", progress=False, knn={"enabled": False})
+    probed = probe(
+        {"root": digits, "image_size": 16, "num_workers": 0},
+        backbone="random:vit_test16",
+        out=tmp_path / "probe",
+        cache_dir=tmp_path / "cache",
+        progress=False,
+        knn={"enabled": False},
+    )
     probe_test = probed.metrics["probe"]["test"]["accuracy"]
     tuned_test = finetuned.metrics["test"]["accuracy"]
     print(f"digits 16px, random:vit_test16: probe test {probe_test:.4f}, fine-tune test {tuned_test:.4f}")
