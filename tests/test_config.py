@@ -68,7 +68,7 @@ def test_resolved_config_round_trips(tmp_path: Path) -> None:
 
 def test_example_configs_are_valid() -> None:
     """Every shipped YAML validates against the config model of the command it is for."""
-    from dinotune.cli import TRAIN_TASKS
+    from dinotune.cli import TRAIN_TASKS, train_job
     from dinotune.config import read_yaml
 
     configs = Path(__file__).resolve().parents[1] / "configs"
@@ -77,7 +77,8 @@ def test_example_configs_are_valid() -> None:
     for path in found:
         task = read_yaml(path).get("task")
         if task is not None:
-            load_config(TRAIN_TASKS[task][0], path, ["data.root=/data/images"])
+            assert task in TRAIN_TASKS, path
+            load_config(train_job(task)[0], path, ["data.root=/data/images"])
         elif path.name == "embed.yaml":
             load_config(EmbedConfig, path, ["data_dir=imgs", "out=e.safetensors"])
         else:

@@ -68,3 +68,31 @@ def test_a_second_writer_is_refused_while_the_first_runs(tmp_path: Path) -> None
         other.join()
     with staged_output(out) as stage:  # the lock went with the process
         (stage / "x").write_text("x")
+
+
+def test_overwrite_never_deletes_the_inputs(tmp_path: Path) -> None:
+    run = tmp_path / "runs" / "probe"
+    run.mkdir(parents=True)
+    (run / "model.json").write_text("precious")
+    for out in (run, tmp_path / "runs", tmp_path):
+        with (
+            pytest.raises(ConfigError, match="is, or holds, the input"),
+            staged_output(out, overwrite=True, keep=[run]),
+        ):
+            pass
+    assert (run / "model.json").read_text() == "precious"
+
+
+def test_a_new_training_folder_that_fails_before_a_checkpoint_is_removed(tmp_path: Path) -> None:
+    out = tmp_path / "train"
+    with pytest.raises(ValueError), training_output(out, resume=False, has_checkpoint=False):
+        (out / "config.yaml").write_text("x")
+        raise ValueError("bad input found after the config was written")
+    assert not out.exists()  # the same command can be run again
+
+
+def test_no_lock_file_is_left_behind(tmp_path: Path) -> None:
+    with staged_output(tmp_path / "run") as stage:
+        (stage / "x").write_text("x")
+        assert (tmp_path / ".run.lock").is_file()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]

@@ -10,29 +10,14 @@ import json
 import logging
 import sys
 from pathlib import Path
+from typing import Any
 
 import typer
 
-from dinotune.backbones.specs import ARCHS
 from dinotune.cli_data import data_app
 from dinotune.config import apply_overrides, load_config, read_yaml
 from dinotune.errors import ConfigError, DinotuneError
-from dinotune.evaluation.compare import format_table
-from dinotune.model import read_card
 from dinotune.run_folder import new_run_dir
-from dinotune.serve import ServeConfig
-from dinotune.serve import serve as run_serve
-from dinotune.verbs.compare import run_compare
-from dinotune.verbs.convert import convert_checkpoint
-from dinotune.verbs.embed import EmbedConfig, run_embed
-from dinotune.verbs.evaluate import run_evaluate
-from dinotune.verbs.export import run_export
-from dinotune.verbs.finetune import FinetuneConfig, run_finetune
-from dinotune.verbs.predict import run_predict
-from dinotune.verbs.pretrain import PretrainConfig, run_pretrain
-from dinotune.verbs.probe import ProbeConfig, run_probe
-from dinotune.verbs.quickstart import quickstart as run_quickstart
-from dinotune.verbs.segment import SegmentConfig, run_segment
 
 app = typer.Typer(
     name="dinotune",
@@ -59,6 +44,8 @@ def _main(verbose: bool = typer.Option(False, "--verbose", "-v", help="Show trac
 @app.command()
 def archs() -> None:
     """List the DINOv3 architectures and their Hugging Face ids."""
+    from dinotune.backbones.specs import ARCHS
+
     for spec in ARCHS.values():
         ids = ", ".join(spec.hub_ids.values()) or "(test size, random weights only)"
         typer.echo(f"{spec.name:16s} {spec.family:9s} {ids}")
@@ -71,6 +58,7 @@ def convert(
     overwrite: bool = typer.Option(False, help="Replace DST if it exists."),
 ) -> None:
     """Convert an official DINOv3 checkpoint to a Hugging Face folder, or back (lossless)."""
+    from dinotune.verbs.convert import convert_checkpoint
 
     out = convert_checkpoint(src, dst, overwrite=overwrite)
     typer.echo(f"wrote {out}")
@@ -89,6 +77,8 @@ def embed(
     overwrite: bool = OverwriteOpt,
 ) -> None:
     """Write CLS and mean-patch embeddings of every image in a folder to a safetensors file."""
+    from dinotune.verbs.embed import EmbedConfig, run_embed
+
     base = {
         "data_dir": data_dir,
         "out": out,
@@ -113,6 +103,8 @@ def probe(
     overwrite: bool = OverwriteOpt,
 ) -> None:
     """Linear-probe sweep + kNN on frozen features; saves the best head as a model."""
+    from dinotune.verbs.probe import ProbeConfig, run_probe
+
     base = {"data": {"root": data, "image_size": image_size}, "backbone": {"source": backbone}, "out": out}
     result = run_probe(load_config(ProbeConfig, config, overrides, base=base), overwrite=overwrite)
     typer.echo(f"run folder: {result.run_dir}")
@@ -129,6 +121,8 @@ def knn(
     overwrite: bool = OverwriteOpt,
 ) -> None:
     """Weighted kNN on frozen features (k and the temperature chosen on validation)."""
+    from dinotune.verbs.probe import ProbeConfig, run_probe
+
     base = {
         "data": {"root": data, "image_size": image_size},
         "backbone": {"source": backbone},
@@ -152,6 +146,8 @@ def predict(
     ),
 ) -> None:
     """Classify images with a run, model or export folder (a segmenter writes index-PNG masks and overlays)."""
+    from dinotune.verbs.predict import run_predict
+
     result, predictions = run_predict(run, images, out=out, top_k=top_k)
     for p in predictions:
         others = ", ".join(f"{label} {prob:.3f}" for label, prob in p.top[1:])
@@ -176,6 +172,8 @@ def quickstart(
     out: Path = typer.Option(None, "--out", "-o", help="Run folder (default: runs/quickstart-<time>)."),
 ) -> None:
     """The whole loop on a bundled real dataset: data check, features, probe, kNN, metrics, predictions."""
+    from dinotune.verbs.quickstart import quickstart as run_quickstart
+
     run_quickstart(backbone, per_class=per_class, image_size=image_size, out=out)
 
 
@@ -186,6 +184,8 @@ def pretrain(
     resume: bool = typer.Option(False, "--resume", help="Continue the run in `out` exactly where it stopped."),
 ) -> None:
     """Self-supervised continued pretraining (DINO + iBOT + KoLeo, optional Gram anchoring) on unlabelled images."""
+    from dinotune.verbs.pretrain import PretrainConfig, run_pretrain
+
     run_dir = run_pretrain(load_config(PretrainConfig, config, overrides), resume=resume).run_dir
     typer.echo(f"run folder: {run_dir} (continued backbone: {run_dir}/backbone_hf and {run_dir}/backbone.pth)")
 
@@ -196,7 +196,9 @@ def evaluate(
     data: list[Path] = typer.Option(
         None, "--data", "-d", help="Dataset (default: the run's own); repeat for a domain-shift table."
     ),
-    split: str = typer.Option("test", help="Split to evaluate when the data has splits."),
+    split: str = typer.Option(
+        None, help="Split to evaluate when the data has splits (default: the run's own report split, else test)."
+    ),
     out: Path = typer.Option(None, "--out", "-o", help="Output folder (default: RUN/evaluation)."),
     overwrite: bool = OverwriteOpt,
     robustness: bool = typer.Option(False, help="Accuracy under corruptions (5 severities) and FGSM/PGD."),
@@ -204,11 +206,16 @@ def evaluate(
     epsilon: float = typer.Option(0.035, help="Adversarial radius in normalised-pixel units."),
 ) -> None:
     """Metrics and a self-contained report.html for classifiers and segmenters alike."""
+    from dinotune.model import read_card
+    from dinotune.verbs.evaluate import run_evaluate
+
     options = {"robustness": robustness, "ood_data": ood_data, "epsilon": epsilon}
     if read_card(run).task == "segment":
         options = {}
     result = run_evaluate(run, data or None, split=split, out=out, overwrite=overwrite, **options)
-    typer.echo(f"wrote {result.run_dir / 'report.html'}")
+    summary = result.metrics.get("summary", {})
+    figures = ", ".join(f"{k} {v:.4f}" for k, v in summary.items() if isinstance(v, float))
+    typer.echo(f"{figures}\nwrote {result.run_dir / 'report.html'}")
 
 
 @app.command()
@@ -217,6 +224,9 @@ def compare(
     out: Path = typer.Option(None, "--out", "-o", help="Also write comparison.json and comparison.html here."),
 ) -> None:
     """One table of the main metric, training time, parameters and model size of several runs."""
+    from dinotune.evaluation.compare import format_table
+    from dinotune.verbs.compare import run_compare
+
     typer.echo(format_table(run_compare(runs, out=out).metrics["rows"]))
 
 
@@ -233,6 +243,8 @@ def export(
     calibration: Path = typer.Option(None, help="Folder of images for verification and int8 calibration."),
 ) -> None:
     """Export to ONNX, verified against PyTorch (max abs difference), optionally int8-quantised."""
+    from dinotune.verbs.export import run_export
+
     result = run_export(
         run,
         out,
@@ -256,15 +268,32 @@ def serve(
     overrides: list[str] = OverridesArg,
 ) -> None:
     """HTTP server: /predict, /predict/batch, /health, /ready, /info, /metrics, with micro-batching."""
+    from dinotune.serve import ServeConfig
+    from dinotune.serve import serve as run_serve
+
     run_serve(model, host=host, port=port, config=load_config(ServeConfig, config, overrides))
 
 
-TRAIN_TASKS = {  # the YAML's `task` key -> (config model, verb)
-    "probe": (ProbeConfig, run_probe),
-    "finetune": (FinetuneConfig, run_finetune),
-    "segment": (SegmentConfig, run_segment),
-    "pretrain": (PretrainConfig, run_pretrain),
-}
+TRAIN_TASKS = ("probe", "finetune", "segment", "pretrain")  # the YAML's `task` key
+
+
+def train_job(task: str) -> tuple[Any, Any]:
+    """(config model, verb) of a training task; imported here so `--help` does not load Lightning."""
+    if task == "probe":
+        from dinotune.verbs.probe import ProbeConfig, run_probe
+
+        return ProbeConfig, run_probe
+    if task == "finetune":
+        from dinotune.verbs.finetune import FinetuneConfig, run_finetune
+
+        return FinetuneConfig, run_finetune
+    if task == "segment":
+        from dinotune.verbs.segment import SegmentConfig, run_segment
+
+        return SegmentConfig, run_segment
+    from dinotune.verbs.pretrain import PretrainConfig, run_pretrain
+
+    return PretrainConfig, run_pretrain
 
 
 @app.command()
@@ -277,12 +306,12 @@ def train(
     task = apply_overrides(read_yaml(config), [o for o in overrides or [] if o.startswith("task=")]).get("task")
     if task not in TRAIN_TASKS:
         raise ConfigError(f"'{config}': key 'task' must be one of {', '.join(TRAIN_TASKS)} (got {task!r}).")
-    model, runner = TRAIN_TASKS[task]
+    model, runner = train_job(task)
     cfg = load_config(model, config, overrides)
     if task == "probe":
         if resume:
             raise ConfigError("--resume is for training jobs; a probe re-run reuses its cached features anyway.")
-        result = run_probe(cfg)  # type: ignore[arg-type]
+        result = runner(cfg)
     else:
         result = runner(cfg, resume=resume)  # type: ignore[operator]
     typer.echo(f"run folder: {result.run_dir}")

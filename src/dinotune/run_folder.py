@@ -15,10 +15,13 @@ import fcntl
 import json
 import logging
 import os
+import shutil
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
+
+import yaml
 
 from dinotune.atomic import atomic_dir, remove_stale_temps, write_text
 from dinotune.errors import ConfigError
@@ -43,30 +46,51 @@ def is_nonempty(folder: Path) -> bool:
 
 @contextlib.contextmanager
 def writer_lock(folder: Path) -> Iterator[None]:
-    """Hold `.<name>.lock` beside `folder` for the block; a second writer fails at once."""
+    """Hold `.<name>.lock` beside `folder` for the block; a second writer fails at once. The lock file is
+    removed when the block ends (a writer that opened it just before checks it still holds the live file)."""
     folder.parent.mkdir(parents=True, exist_ok=True)
     lock_path = folder.parent / f".{folder.name}.lock"
-    handle = open(lock_path, "a+")  # noqa: SIM115  # held for the whole block
-    try:
+    while True:
+        handle = open(lock_path, "a+")  # noqa: SIM115  # held for the whole block
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
+            handle.close()
             raise ConfigError(
                 f"'{folder}' is being written by another dinotune process; wait for it or choose another output folder."
             ) from None
+        try:
+            live = os.fstat(handle.fileno()).st_ino == os.stat(lock_path).st_ino
+        except FileNotFoundError:
+            live = False
+        if live:
+            break
+        handle.close()  # the previous holder removed it between our open and our lock: take the new file
+    try:
         handle.seek(0)
         handle.truncate()
         handle.write(f"{os.getpid()}\n")
         handle.flush()
         yield
     finally:
+        lock_path.unlink(missing_ok=True)
         handle.close()
 
 
 @contextlib.contextmanager
-def staged_output(folder: str | Path, *, overwrite: bool = False) -> Iterator[Path]:
-    """Yield a staging folder that replaces `folder` when the block succeeds (`--overwrite` verbs)."""
+def staged_output(folder: str | Path, *, overwrite: bool = False, keep: Sequence[str | Path] = ()) -> Iterator[Path]:
+    """Yield a staging folder that replaces `folder` when the block succeeds (`--overwrite` verbs).
+
+    `keep`: what the verb reads (its run, its data); an output folder that is one of them, or holds one,
+    is refused, so `--overwrite` can never delete the inputs.
+    """
     folder = Path(folder)
+    for source in keep:
+        if Path(source).resolve().is_relative_to(folder.resolve()):
+            raise ConfigError(
+                f"the output folder '{folder}' is, or holds, the input '{source}'; choose another "
+                "output folder (e.g. inside the run: RUN/evaluation, RUN/export)."
+            )
     with writer_lock(folder):
         if is_nonempty(folder) and not overwrite:
             raise ConfigError(
@@ -81,7 +105,8 @@ def staged_output(folder: str | Path, *, overwrite: bool = False) -> Iterator[Pa
 @contextlib.contextmanager
 def training_output(folder: str | Path, *, resume: bool, has_checkpoint: bool) -> Iterator[Path]:
     """The run folder of a training verb, locked for the block: refused when it already holds files,
-    unless `--resume`; with `--resume`, it must hold a checkpoint to continue from."""
+    unless `--resume`; with `--resume`, it must hold a checkpoint to continue from. A new folder that
+    fails before its first checkpoint (bad input) is removed, so the same command can simply be re-run."""
     folder = Path(folder)
     if _rank() > 0:  # DDP: rank 0 checks, locks and creates the folder; the other ranks wait for it, then write
         _wait_for(folder)
@@ -95,8 +120,14 @@ def training_output(folder: str | Path, *, resume: bool, has_checkpoint: bool) -
         if not resume and is_nonempty(folder):
             hint = "pass --resume to continue it" if has_checkpoint else "it is not a resumable run"
             raise ConfigError(f"'{folder}' already exists and is not empty ({hint}); or choose another out.")
+        new = not folder.exists()
         folder.mkdir(parents=True, exist_ok=True)
-        yield folder
+        try:
+            yield folder
+        except BaseException:
+            if new and not any((folder / "checkpoints").glob("*.ckpt")):
+                shutil.rmtree(folder, ignore_errors=True)  # nothing worth keeping: let the retry start clean
+            raise
 
 
 def _wait_for(folder: Path, timeout_s: float = 300.0) -> None:
@@ -110,6 +141,19 @@ def _wait_for(folder: Path, timeout_s: float = 300.0) -> None:
 def _rank() -> int:
     """This process's rank under torchrun (0 when not distributed)."""
     return int(os.environ.get("RANK", os.environ.get("LOCAL_RANK", "0")))
+
+
+def recorded_data_root(run: str | Path) -> Path | None:
+    """The dataset a run was trained on: its splits.json's root, else its config.yaml's data.root."""
+    run = Path(run)
+    try:
+        return Path(json.loads((run / "splits.json").read_text())["root"])
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    try:
+        return Path(yaml.safe_load((run / "config.yaml").read_text())["data"]["root"])
+    except (OSError, yaml.YAMLError, KeyError, TypeError):
+        return None
 
 
 class RunLog:

@@ -106,3 +106,20 @@ def test_fine_tuning_beats_the_linear_probe(finetuned: Result, digits: Path, tmp
     print(f"digits 16px, random:vit_test16: probe test {probe_test:.4f}, fine-tune test {tuned_test:.4f}")
     assert probed.metrics["counts"] == finetuned.metrics["counts"]  # the same splits
     assert tuned_test > probe_test
+
+
+def test_resuming_a_finished_run_keeps_its_best_model(finetuned: Result, digits: Path, tmp_path: Path) -> None:
+    """--resume on a run that already finished trains nothing and must not replace the best model."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    run = tmp_path / "copy"
+    shutil.copytree(finetuned.run_dir, run)
+    head = load_file(str(run / "head.safetensors"))  # mark the saved best head, so a replacement would show
+    head["linear.bias"] += 0.125
+    save_file(head, str(run / "head.safetensors"), metadata={"feature_choice": "cls+patch_mean", "multilabel": "false"})
+    before = (run / "head.safetensors").read_bytes()
+    again = run_finetune(finetune_config(digits, run), resume=True)
+    assert (run / "head.safetensors").read_bytes() == before
+    assert again.metrics["steps"] == finetuned.metrics["steps"]  # nothing was trained

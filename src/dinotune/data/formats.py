@@ -140,7 +140,7 @@ def load_dataset(
         raise DataError(f"unknown layout {layout!r}; use one of: auto, {', '.join(readers)}")
     spec = _read_csv(root, csv_file) if layout == "csv" else readers[layout](root)
     if task is not None and task != spec.task and not (task == "unlabelled"):
-        raise DataError(f"{root} looks like a {spec.layout} dataset ({spec.task}) but task={task!r} was asked")
+        raise DataError(f"{root} is laid out as '{spec.layout}' ({spec.task} data), but task={task!r} was asked")
     if task == "unlabelled" and spec.task != "unlabelled":
         spec.task = "unlabelled"
     cmap_path = (

@@ -83,18 +83,19 @@ def read_run(run: str | Path) -> dict[str, Any]:
             f"'{run}' is not a run folder (no metrics.json or model.json); pass folders written by probe, knn or train."
         )
     row: dict[str, Any] = dict.fromkeys(COLUMNS)
-    row["run"] = run.name
     card = _json(run / "model.json")
+    exported = card.get("head", {}).get("type") == "onnx"
+    row["run"] = f"{run.parent.name}/{run.name}" if exported else run.name  # an export is named by its run
     trained = _json(run / "metrics.json")
     row["task"] = trained.get("task") or card.get("task")
-    split = trained.get("report_split", "test")
-    from_card = _split_metrics({"summary": card.get("metrics", {}), "report_split": split})
+    scores = sorted((k, v) for k, v in card.get("metrics", {}).items() if "/" in k and isinstance(v, (int, float)))
+    from_card = {k.split("/", 1)[1]: v for k, v in sorted(scores, key=lambda kv: kv[0].startswith("test/"))}
     found = from_card | _split_metrics(trained) | _split_metrics(_json(run / "evaluation" / "metrics.json"))
     for key in METRICS:
         if isinstance(found.get(key), (int, float)):
             row[key] = float(found[key])
-    row["metric"] = MAIN_METRIC.get(row["task"] or "", "accuracy")
-    row["value"] = row.get(row["metric"])
+    row["metric"] = MAIN_METRIC.get(row["task"] or "")
+    row["value"] = row.get(row["metric"]) if row["metric"] else None
     seconds = next((trained[k] for k in ("train_seconds", "seconds") if isinstance(trained.get(k), (int, float))), None)
     row["train_seconds"] = float(seconds) if seconds is not None else None
     params = trained.get("parameters", {})

@@ -95,7 +95,8 @@ def samples_for_model(spec: DatasetSpec, split: str, classes: Sequence[str]) -> 
     """
     if split not in spec.splits:
         raise DataError(
-            f"{spec.root} has no '{split}' split (found: {', '.join(sorted(spec.splits))}); pass another split."
+            f"{spec.root} has no '{split}' split (found: {', '.join(sorted(spec.splits))}); "
+            "pass another one with --split."
         )
     index = {name: i for i, name in enumerate(classes)}
     remap = [index.get(c, UNLABELLED) for c in spec.classes]

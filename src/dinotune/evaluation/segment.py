@@ -123,7 +123,9 @@ def evaluate_segmentation(
     spec, _ = load_run_dataset(Path(run), Path(root), "segment")
     used = split if split in spec.splits else "all" if "all" in spec.splits else None
     if used is None:
-        raise DataError(f"{root} has no '{split}' split (found: {', '.join(sorted(spec.splits))}); pass another split.")
+        raise DataError(
+            f"{root} has no '{split}' split (found: {', '.join(sorted(spec.splits))}); pass another one with --split."
+        )
     cfg = InferenceConfig(**card.inference)
     prep = card.preprocessing
     dataset = SegmentationDataset(

@@ -25,13 +25,14 @@ from torch import Tensor, nn
 
 from dinotune.atomic import write_text
 from dinotune.data.decode import is_image_path
+from dinotune.data.formats import load_dataset
 from dinotune.errors import ConfigError, DataError
 from dinotune.export.quantize import group_by_shape, quantize_graph, run_session, timing, timing_batch
 from dinotune.features.extract import compute_features
 from dinotune.heads.linear import build_input, parse_feature_choice
 from dinotune.model import Classifier, ModelCard, Segmenter, load_model, onnx_session, read_card
 from dinotune.model.onnx import INPUT_NAME
-from dinotune.run_folder import staged_output
+from dinotune.run_folder import recorded_data_root, staged_output
 
 log = logging.getLogger(__name__)
 
@@ -100,7 +101,7 @@ def export_model(
     images = [card.preprocessing.load(p, model.input_multiple) for p in paths]
     if static and quantize and not images:
         raise ConfigError("static int8 quantisation needs calibration images (--calibration FOLDER).")
-    with staged_output(out, overwrite=overwrite) as tmp:
+    with staged_output(out, overwrite=overwrite, keep=[source]) as tmp:
         report, cases, batch = _export_into(
             tmp, module, card, images, paths, model.input_multiple, opset, dynamic_spatial, timing_repeats
         )
@@ -244,19 +245,27 @@ def _image_paths(images: str | Path | Sequence[str | Path] | None, source: Path,
 
 
 def _validation_split(source: Path, limit: int) -> list[Path]:
-    """The run's validation (else test) images, when splits.json is there and its data still exists."""
+    """The run's validation (else test) images, when its data is recorded and still there: from
+    splits.json for data it split itself, else from the split folders of its config's data.root."""
     split_file = source / "splits.json"
-    if not split_file.is_file():
-        return []
-    try:
-        payload = json.loads(split_file.read_text())
-        root, splits = Path(payload["root"]), payload["splits"]
-    except (ValueError, KeyError, TypeError):
-        return []
-    names = splits.get("val") or splits.get("test") or []
-    step = max(1, len(names) // limit)
-    paths = [root / name for name in names[::step][:limit]]
-    return [p for p in paths if p.is_file()]
+    if split_file.is_file():
+        try:
+            payload = json.loads(split_file.read_text())
+            root, splits = Path(payload["root"]), payload["splits"]
+        except (ValueError, KeyError, TypeError):
+            return []
+        names = splits.get("val") or splits.get("test") or []
+        paths = [root / name for name in names]
+    else:
+        root = recorded_data_root(source)
+        try:
+            spec = load_dataset(root, auto_split=False) if root is not None and root.exists() else None
+        except DataError:
+            spec = None
+        samples = (spec.splits.get("val") or spec.splits.get("test") or []) if spec else []
+        paths = [s.path for s in samples]
+    step = max(1, len(paths) // limit)
+    return [p for p in paths[::step][:limit] if Path(p).is_file()]
 
 
 def _parity_inputs(

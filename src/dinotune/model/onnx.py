@@ -6,6 +6,7 @@ evaluate and serve run an export folder exactly as they run the run folder it ca
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,7 @@ from dinotune.errors import CheckpointError
 from dinotune.model.card import ModelCard, inside
 
 INPUT_NAME = "images"
+log = logging.getLogger("dinotune")
 
 
 def onnx_session(path: Path, threads: int | None = None) -> Any:
@@ -100,5 +102,7 @@ def load_onnx_model(
         raise CheckpointError(f"'{folder}' has no {path.name}; export it again.")
     if card.task == "embed":
         raise CheckpointError(f"'{folder}' is a backbone-only export; predicting needs an export with its head.")
+    if path.name != card.head.get("fp32_file", path.name):
+        log.info("running %s (int8); the fp32 graph is %s", path.name, card.head["fp32_file"])
     session = onnx_session(path, threads)
     return OnnxSegmenter(session, card) if card.task == "segment" else OnnxClassifier(session, card)

@@ -77,16 +77,15 @@ def with_channels(data: DataConfig, backbone: Backbone) -> DataConfig:
 
 
 def backbone_source(backbone: Backbone, seed: int) -> dict[str, Any]:
-    """The card's `backbone` section: how to load this backbone again."""
+    """The card's `backbone` section: how to load this backbone again (a local path made absolute, so the
+    model loads from any working directory)."""
+    source = backbone.info.source
+    if not source.startswith("random:") and Path(source).exists():
+        source = str(Path(source).resolve())
     return {
-        "source": backbone.info.source,
+        "source": source,
         "arch": backbone.info.arch,
         "in_chans": backbone.info.in_chans,
         "seed": seed,
         "identity": backbone.info.identity,
     }
-
-
-def parameter_counts(model: torch.nn.Module) -> dict[str, int]:
-    params = list(model.parameters())
-    return {"trainable": sum(p.numel() for p in params if p.requires_grad), "total": sum(p.numel() for p in params)}

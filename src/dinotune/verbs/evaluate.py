@@ -2,7 +2,8 @@
 
 Dispatches on the model card's task: classifiers get the full classification report (curves,
 calibration, mistakes, robustness, OOD), segmenters mIoU, per-class IoU, the confusion matrix and
-overlays. Without `--data` the run's own data (recorded in its splits.json) is used, test split first.
+overlays. Without `--data` the run's own data (its splits.json or config.yaml) is used, and without `--split`
+the split the run reported on.
 """
 
 from __future__ import annotations
@@ -12,35 +13,35 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from dinotune.errors import DataError
 from dinotune.evaluation.evaluate import evaluate
 from dinotune.evaluation.segment import evaluate_segmentation
 from dinotune.model import read_card
-from dinotune.run_folder import staged_output
+from dinotune.run_folder import recorded_data_root, staged_output
 from dinotune.verbs.common import Result
 
 
 def _run_data(run: Path) -> Path:
-    """The dataset a run was trained on: its splits.json's root, else its config.yaml's data.root."""
+    """The dataset a run was trained on (an error naming the flag when it records none)."""
+    root = recorded_data_root(run)
+    if root is None:
+        raise DataError(f"'{run}' does not record its dataset (no splits.json or config.yaml); pass --data DATASET.")
+    return root
+
+
+def _report_split(run: Path) -> str:
+    """The split a run reported on (metrics.json's report_split), else test."""
     try:
-        return Path(json.loads((run / "splits.json").read_text())["root"])
-    except (OSError, ValueError, KeyError, TypeError):
-        pass
-    try:
-        return Path(yaml.safe_load((run / "config.yaml").read_text())["data"]["root"])
-    except (OSError, yaml.YAMLError, KeyError, TypeError):
-        raise DataError(
-            f"'{run}' does not record its dataset (no splits.json or config.yaml); pass --data DATASET."
-        ) from None
+        return str(json.loads((run / "metrics.json").read_text()).get("report_split") or "test")
+    except (OSError, ValueError, AttributeError):
+        return "test"
 
 
 def run_evaluate(
     run: str | Path,
     data: str | Path | Sequence[str | Path] | None = None,
     *,
-    split: str = "test",
+    split: str | None = None,
     out: str | Path | None = None,
     overwrite: bool = False,
     **options: Any,
@@ -49,11 +50,12 @@ def run_evaluate(
     whole or not at all. `options` go to the classification evaluation (robustness, ood_data, ...)."""
     run = Path(run)
     card = read_card(run)
+    split = split or _report_split(run)
     data = data if data else _run_data(run)
     out_dir = Path(out) if out is not None else run / "evaluation"
-    with staged_output(out_dir, overwrite=overwrite) as stage:
+    roots = [data] if isinstance(data, (str, Path)) else list(data)
+    with staged_output(out_dir, overwrite=overwrite, keep=[run, *roots]) as stage:
         if card.task == "segment":
-            roots = [data] if isinstance(data, (str, Path)) else list(data)
             if len(roots) != 1:
                 raise DataError("segmentation evaluation takes one dataset (--data once).")
             metrics = evaluate_segmentation(run, roots[0], split=split, out=stage)

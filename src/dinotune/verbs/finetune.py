@@ -24,11 +24,11 @@ from dinotune.data.datasets import build_datasets, class_weights, weighted_sampl
 from dinotune.data.preflight import preflight
 from dinotune.data.preprocessing import Preprocessing
 from dinotune.device import autocast
-from dinotune.errors import DataError
+from dinotune.errors import ConfigError, DataError
 from dinotune.heads.linear import new_linear_head, parse_feature_choice
 from dinotune.losses.distill import DistillConfig
 from dinotune.metrics import classification_metrics, multilabel_metrics
-from dinotune.model import Classifier, ModelCard, load_model
+from dinotune.model import Classifier, ModelCard, load_model, read_card
 from dinotune.run_folder import RunLog, new_run_dir, training_output, write_json
 from dinotune.tasks.classify import ClassificationModule, RegularizationConfig
 from dinotune.training.modes import Mode, prepare_model
@@ -77,6 +77,9 @@ class FinetuneConfig(StrictModel):
 
 def _teacher(cfg: FinetuneConfig, classes: list[str], prep: Preprocessing) -> tuple[Classifier, tuple]:
     """The distillation teacher and the affine map from the student's normalisation to the teacher's."""
+    if read_card(cfg.distill.teacher).is_onnx:  # type: ignore[arg-type]
+        raise ConfigError(f"distill.teacher '{cfg.distill.teacher}' is an ONNX export; distillation needs the "
+                          "PyTorch run or model folder it was exported from.")  # fmt: skip
     teacher, card = load_model(cfg.distill.teacher, device="cpu")  # type: ignore[arg-type]
     if card.classes != classes:
         raise DataError(
@@ -149,7 +152,7 @@ def run_finetune(cfg: FinetuneConfig, resume: bool = False, callbacks: tuple[L.C
             with_channels(cfg.data, backbone), prep.mean, prep.std, run_dir, patch_size=backbone.input_multiple
         )
         if spec.task != "classify":
-            raise DataError(f"'{cfg.data.root}' looks like a {spec.task} dataset; fine-tuning needs class labels.")
+            raise DataError(f"'{cfg.data.root}' holds '{spec.task}' data; fine-tuning needs class labels.")
         preflight(spec, cfg.data, channels=backbone.info.in_chans)
         module, counts = _module(cfg, backbone, spec, prep)
         loader, evals = _loaders(cfg, spec, sets)

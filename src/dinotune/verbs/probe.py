@@ -117,7 +117,7 @@ def run_probe(cfg: ProbeConfig, backbone: Backbone | None = None, overwrite: boo
     """Features -> sweep + kNN -> a run folder, written whole or not at all (`overwrite` replaces one)."""
     start = time.perf_counter()
     run_dir = Path(cfg.out or new_run_dir("probe" if cfg.sweep.enabled else "knn"))
-    with staged_output(run_dir, overwrite=overwrite) as stage:
+    with staged_output(run_dir, overwrite=overwrite, keep=[cfg.data.root]) as stage:
         metrics = _probe_into(cfg, stage, backbone)
         metrics["train_seconds"] = round(time.perf_counter() - start, 2)
         write_json(stage / "metrics.json", metrics)
@@ -148,7 +148,7 @@ def _probe_into(cfg: ProbeConfig, stage: Path, backbone: Backbone | None) -> dic
         csv_file=cfg.data.csv_file,
     )
     if spec.task != "classify":
-        raise DataError(f"'{cfg.data.root}' looks like a {spec.task} dataset; probes need class labels.")
+        raise DataError(f"'{cfg.data.root}' holds '{spec.task}' data; probes need class labels.")
     preflight(spec, cfg.data, channels=backbone.info.in_chans)  # dataset-level problems before any extraction
     prep = _preprocessing(cfg, backbone)
     run.info(

@@ -17,13 +17,14 @@ from pydantic import Field
 
 from dinotune.atomic import atomic_dir
 from dinotune.config import StrictModel
-from dinotune.model import ModelCard, plain_copy, save_model
+from dinotune.model import CARD_FILE, ModelCard, plain_copy, save_model
 from dinotune.run_folder import RunLog
 from dinotune.training.base import TaskModule
 from dinotune.training.callbacks import BestModelExport
 from dinotune.training.trainer import TrainerConfig, build_trainer, resume_path
 
 BEST_DIR, LAST_DIR = "best", "last"
+DERIVED = ("evaluation", "export")  # folders made from the run's model by evaluate / export
 
 
 class EarlyStoppingConfig(StrictModel):
@@ -85,12 +86,18 @@ def promote_best(
             save_model(tmp, plain_copy(module.deployable()), last_card, save_backbone)
     best_dir = run_dir / BEST_DIR
     if best_dir.is_dir():
+        stale = [name for name in DERIVED if (run_dir / name).exists() and (run_dir / CARD_FILE).is_file()]
         for item in best_dir.iterdir():
             target = run_dir / item.name
             if target.is_dir():
                 shutil.rmtree(target)
             item.replace(target)
         shutil.rmtree(best_dir)
+        for name in stale:  # made from the model this one replaces: they would report or serve the wrong model
+            shutil.rmtree(run_dir / name)
+            run.warn(f"removed {run_dir / name}: it was made from the previous best model; run it again")
+    elif (run_dir / CARD_FILE).is_file():
+        run.info("no better model in this session: the run folder keeps its best model")
     else:
         run.warn("no validation ran (training shorter than an epoch): the run folder holds the last model")
         save_model(run_dir, plain_copy(module.deployable()), card(), save_backbone)
