@@ -75,3 +75,19 @@ def test_convert_command(fixtures_dir: Path, tmp_path: Path, name: str) -> None:
     result = run("convert", str(fixtures_dir / name / "checkpoint.pth"), str(tmp_path / "hf"))
     assert result.returncode == 0, result.stderr
     assert (tmp_path / "hf" / "config.json").is_file()
+
+
+def test_a_full_disk_is_one_line_not_a_traceback(tmp_path: Path, monkeypatch, capsys) -> None:
+    import errno
+
+    import dinotune.cli as cli
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "run" / "head.safetensors"))
+
+    monkeypatch.setattr(cli, "app", full)
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main()
+    err = capsys.readouterr().err.strip()
+    assert exit_info.value.code == 2 and "\n" not in err
+    assert "disk is full while writing" in err and "head.safetensors" in err

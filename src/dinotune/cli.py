@@ -6,6 +6,7 @@ exception is a bug and keeps its traceback. `--verbose` shows tracebacks for use
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import sys
@@ -328,6 +329,14 @@ def main() -> None:
         if _state["verbose"]:
             raise
         typer.secho(f"error: {err}", fg="red", err=True)
+        sys.exit(2)
+    except OSError as err:
+        if err.errno not in (errno.ENOSPC, errno.EDQUOT) or _state["verbose"]:
+            raise
+        where = f" while writing {err.filename}" if err.filename else ""
+        typer.secho(f"error: the disk is full{where}; free space (or point out=/DINOTUNE_HOME elsewhere) and "
+                    "run the command again: finished files were written whole, nothing half-written was kept.",
+                    fg="red", err=True)  # fmt: skip
         sys.exit(2)
 
 

@@ -156,7 +156,7 @@ def batches(
     )
     loader = DataLoader(dataset, batch_size=batch_size, num_workers=num_workers, shuffle=False)
     seen: set[int] = set()
-    for batch in tqdm(loader, desc=desc, disable=not progress, leave=False):
+    for batch in tqdm(loader, desc=desc, disable=None if progress else True, leave=False):  # None: off if no TTY
         keep = [i for i, idx in enumerate(batch["index"].tolist()) if idx not in seen]
         seen.update(batch["index"].tolist())
         if len(keep) < len(batch["index"]):  # replacements for unreadable files: already counted

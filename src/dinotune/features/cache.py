@@ -187,7 +187,9 @@ class FeatureCache:
         writer = _ShardWriter(self.dir, self.shard_images)
         bad: dict[Path, str] = {}
         try:
-            with tqdm(total=len(paths), desc="extracting features", unit="img", disable=not progress) as bar:
+            with tqdm(
+                total=len(paths), desc="extracting features", unit="img", disable=None if progress else True
+            ) as bar:
                 for batch in loader:
                     ok = batch["ok"]
                     for i in torch.nonzero(~ok).flatten().tolist():

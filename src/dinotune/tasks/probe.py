@@ -249,7 +249,7 @@ def _train(
     total_steps = epochs * steps_per_epoch
     gen = torch.Generator().manual_seed(s.seed)
     step = 0
-    bar = tqdm(range(1, epochs + 1), desc="linear sweep", disable=not s.progress, leave=False)
+    bar = tqdm(range(1, epochs + 1), desc="linear sweep", disable=None if s.progress else True, leave=False)
     epoch = 0
     for epoch in bar:
         perm = torch.randperm(n, generator=gen).to(train_y.device)

@@ -1,0 +1,90 @@
+"""Every shipped config trains on an RGB ImageFolder and on a grayscale one, with the channels it says:
+the general configs read RGB as 3 channels (grayscale files converted), the industrial one 1 channel."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from dinotune.cli import train_job
+from dinotune.config import load_config, read_yaml
+from dinotune.model import read_card
+from dinotune.verbs.common import Result
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+TINY = ["backbone.source=random:vit_test16", "data.image_size=32", "data.num_workers=0"]
+TRAINING = ["trainer.max_epochs=1", "trainer.progress_bar=false", "batch_size=16"]
+EXPECTED_CHANNELS = {"industrial/finetune.yaml": 1}
+SHIPPED = sorted(str(p.relative_to(CONFIGS)) for p in CONFIGS.rglob("*.yaml") if read_yaml(p).get("task"))
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+def _imagefolder(root: Path, mode: str) -> Path:
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 12), ("val", 6), ("test", 6)):
+        for label in range(2):
+            folder = root / split / f"class{label}"
+            folder.mkdir(parents=True)
+            for i in range(n):
+                pixels = rng.integers(0, 120, (32, 32, 3)) + 120 * label
+                Image.fromarray(pixels.astype(np.uint8)).convert(mode).save(folder / f"{i}.png")
+    return root
+
+
+def _masks(root: Path) -> Path:
+    from dinotune.data.bundled import make_segmentation_dataset
+
+    return make_segmentation_dataset(root, 12, size=32)
+
+
+@pytest.fixture(scope="module")
+def folders(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    base = tmp_path_factory.mktemp("configs")
+    return {
+        "RGB": _imagefolder(base / "rgb", "RGB"),
+        "L": _imagefolder(base / "gray", "L"),
+        "seg": _masks(base / "seg"),
+    }
+
+
+@pytest.fixture(scope="module")
+def teacher(folders: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    model, runner = train_job("finetune")
+    out = tmp_path_factory.mktemp("teacher") / "run"
+    cfg = load_config(model, CONFIGS / "finetune.yaml", [f"data.root={folders['RGB']}", f"out={out}", *TINY, *TRAINING])
+    return runner(cfg).run_dir
+
+
+def _overrides(name: str, task: str, data: Path, out: Path, teacher: Path) -> list[str]:
+    overrides = [f"data.root={data}", f"out={out}", *TINY]
+    if task == "pretrain":
+        ssl = ["data.batch_size=8", "crops.global_size=32", "crops.local_size=16", "crops.n_local=1",
+               "heads.out_dim=64", "heads.hidden_dim=32", "heads.bottleneck_dim=16", "trainer.max_steps=2"]  # fmt: skip
+        return [*overrides[:2], "backbone.source=random:vit_test16", "data.num_workers=0", *ssl]
+    if task == "probe":
+        return [*overrides, "sweep.epochs=2", "progress=false"]
+    if name == "distill.yaml":
+        overrides.append(f"distill.teacher={teacher}")
+    return [*overrides, *TRAINING, "inference.mode=whole"] if task == "segment" else [*overrides, *TRAINING]
+
+
+@pytest.mark.parametrize("mode", ["RGB", "L"])
+@pytest.mark.parametrize("name", SHIPPED)
+def test_every_shipped_config_trains_on_rgb_and_grayscale(
+    name: str, mode: str, folders: dict[str, Path], teacher: Path, tmp_path: Path
+) -> None:
+    task = read_yaml(CONFIGS / name)["task"]
+    data = folders["seg"] if task == "segment" else folders[mode]
+    model, runner = train_job(task)
+    cfg = load_config(model, CONFIGS / name, _overrides(name, task, data, tmp_path / "run", teacher))
+    result: Result = runner(cfg)
+    if task == "pretrain":
+        assert (result.run_dir / "backbone_hf" / "config.json").is_file()
+        return
+    card = read_card(result.run_dir)
+    assert card.preprocessing.channels == EXPECTED_CHANNELS.get(name, 3), card.preprocessing
+    assert card.backbone["in_chans"] == EXPECTED_CHANNELS.get(name, 3)
