@@ -91,3 +91,32 @@ def test_a_full_disk_is_one_line_not_a_traceback(tmp_path: Path, monkeypatch, ca
     err = capsys.readouterr().err.strip()
     assert exit_info.value.code == 2 and "\n" not in err
     assert "disk is full while writing" in err and "head.safetensors" in err
+
+
+def test_ctrl_c_says_what_was_kept_exits_130_and_the_printed_command_resumes(tmp_path: Path) -> None:
+    import shlex
+    import signal
+    import time
+
+    from dinotune.data.bundled import digits_imagefolder
+
+    digits_imagefolder(tmp_path / "d", size=32)
+    config = Path(__file__).resolve().parents[1] / "configs" / "finetune.yaml"
+    args = ["train", str(config), "data.root=d", "out=ft", "backbone.source=random:vit_test16", "data.image_size=32",
+            "trainer.max_epochs=30", "data.num_workers=0", "trainer.progress_bar=false"]  # fmt: skip
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "dinotune", *args], cwd=tmp_path, env=env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # fmt: skip
+    deadline = time.monotonic() + 240
+    while not (tmp_path / "ft" / "checkpoints" / "last.ckpt").is_file() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err[-2000:]
+    assert "interrupted: the checkpoints written so far are kept" in err and "Traceback" not in err
+    command = shlex.split(err.strip().splitlines()[-1])
+    assert command[0] == "dinotune" and command[-1] == "--resume"
+    resumed = subprocess.run([sys.executable, "-m", "dinotune", *command[1:], "trainer.max_epochs=3"], cwd=tmp_path,
+                             env=env, capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert (tmp_path / "ft" / "metrics.json").is_file()

@@ -7,8 +7,9 @@ exception is a bug and keeps its traceback. `--verbose` shows tracebacks for use
 from __future__ import annotations
 
 import errno
-import json
 import logging
+import os
+import signal
 import sys
 from pathlib import Path
 from typing import Any
@@ -16,11 +17,13 @@ from typing import Any
 import typer
 
 from dinotune.cli_data import data_app
+from dinotune.cli_output import export_summary, interrupted_message, quiet
 from dinotune.config import apply_overrides, load_config, read_yaml
 from dinotune.errors import ConfigError, DinotuneError
 from dinotune.run_folder import new_run_dir
 
 app = typer.Typer(
+    rich_markup_mode=None,  # plain help: no <bool>/{arg} placeholders, readable in logs too
     name="dinotune",
     help="Turn DINOv3 vision foundation models into the best model for your own images.",
     no_args_is_help=True,
@@ -29,7 +32,9 @@ app = typer.Typer(
 )
 _state = {"verbose": False}
 
-OverridesArg = typer.Argument(None, help="Config overrides as key=value, e.g. data.image_size=112.")
+OverridesArg = typer.Argument(
+    None, metavar="KEY=VALUE...", help="Config overrides as key=value, e.g. data.image_size=112."
+)
 OverwriteOpt = typer.Option(False, "--overwrite", help="Replace the output folder if it exists.")
 
 
@@ -38,8 +43,7 @@ def _main(verbose: bool = typer.Option(False, "--verbose", "-v", help="Show trac
     _state["verbose"] = verbose
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(message)s")
     if not verbose:
-        for noisy in ("transformers", "httpx", "huggingface_hub", "lightning"):
-            logging.getLogger(noisy).setLevel(logging.WARNING)
+        quiet()
 
 
 @app.command()
@@ -54,8 +58,8 @@ def archs() -> None:
 
 @app.command()
 def convert(
-    src: Path = typer.Argument(..., help="Official .pth or Hugging Face folder."),
-    dst: Path = typer.Argument(..., help="Hugging Face folder (from a .pth) or .pth (from a folder)."),
+    src: Path = typer.Argument(..., metavar="SRC", help="Official .pth or Hugging Face folder."),
+    dst: Path = typer.Argument(..., metavar="DST", help="Hugging Face folder (from a .pth) or .pth (from a folder)."),
     overwrite: bool = typer.Option(False, help="Replace DST if it exists."),
 ) -> None:
     """Convert an official DINOv3 checkpoint to a Hugging Face folder, or back (lossless)."""
@@ -67,7 +71,7 @@ def convert(
 
 @app.command()
 def embed(
-    data_dir: Path = typer.Argument(..., help="Folder of images (searched recursively)."),
+    data_dir: Path = typer.Argument(..., metavar="DATA_DIR", help="Folder of images (searched recursively)."),
     out: Path = typer.Option(..., "--out", "-o", help="Output .safetensors file."),
     backbone: str = typer.Option(None, "--backbone", "-b", help="Backbone source (default: $DINOTUNE_BACKBONE)."),
     image_size: int = typer.Option(None, help="Input side in pixels (rounded to the patch size)."),
@@ -95,7 +99,7 @@ def embed(
 
 @app.command()
 def probe(
-    data: Path = typer.Argument(..., help="Labelled dataset (ImageFolder, CSV or JSON annotations)."),
+    data: Path = typer.Argument(..., metavar="DATA", help="Labelled dataset (ImageFolder, CSV or JSON annotations)."),
     backbone: str = typer.Option(None, "--backbone", "-b", help="Backbone source (default: $DINOTUNE_BACKBONE)."),
     out: Path = typer.Option(None, "--out", "-o", help="Run folder (default: runs/probe-<time>)."),
     image_size: int = typer.Option(None, help="Input side in pixels."),
@@ -113,7 +117,7 @@ def probe(
 
 @app.command()
 def knn(
-    data: Path = typer.Argument(..., help="Labelled dataset."),
+    data: Path = typer.Argument(..., metavar="DATA", help="Labelled dataset."),
     backbone: str = typer.Option(None, "--backbone", "-b", help="Backbone source."),
     out: Path = typer.Option(None, "--out", "-o", help="Run folder (default: runs/knn-<time>)."),
     image_size: int = typer.Option(None, help="Input side in pixels."),
@@ -136,8 +140,8 @@ def knn(
 
 @app.command()
 def predict(
-    run: Path = typer.Argument(..., help="Run, model or export folder (with model.json)."),
-    images: list[Path] = typer.Argument(..., help="Image files or folders."),
+    run: Path = typer.Argument(..., metavar="RUN", help="Run, model or export folder (with model.json)."),
+    images: list[Path] = typer.Argument(..., metavar="IMAGES...", help="Image files or folders."),
     top_k: int = typer.Option(3, help="Labels to show per image."),
     out: Path = typer.Option(
         None,
@@ -180,7 +184,7 @@ def quickstart(
 
 @app.command()
 def pretrain(
-    config: Path = typer.Argument(..., help="YAML config, e.g. configs/ssl_continuation.yaml."),
+    config: Path = typer.Argument(..., metavar="CONFIG", help="YAML config, e.g. configs/ssl_continuation.yaml."),
     overrides: list[str] = OverridesArg,
     resume: bool = typer.Option(False, "--resume", help="Continue the run in `out` exactly where it stopped."),
 ) -> None:
@@ -193,7 +197,7 @@ def pretrain(
 
 @app.command()
 def evaluate(
-    run: Path = typer.Argument(..., help="Run, model or export folder (with model.json)."),
+    run: Path = typer.Argument(..., metavar="RUN", help="Run, model or export folder (with model.json)."),
     data: list[Path] = typer.Option(
         None, "--data", "-d", help="Dataset (default: the run's own); repeat for a domain-shift table."
     ),
@@ -221,7 +225,9 @@ def evaluate(
 
 @app.command()
 def compare(
-    runs: list[Path] = typer.Argument(..., help="Run folders to compare (probe, knn, finetune, segment, ...)."),
+    runs: list[Path] = typer.Argument(
+        ..., metavar="RUNS...", help="Run folders to compare (probe, knn, finetune, segment, ...)."
+    ),
     out: Path = typer.Option(None, "--out", "-o", help="Also write comparison.json and comparison.html here."),
 ) -> None:
     """One table of the main metric, training time, parameters and model size of several runs."""
@@ -233,7 +239,7 @@ def compare(
 
 @app.command()
 def export(
-    run: Path = typer.Argument(..., help="Run or model folder (with model.json)."),
+    run: Path = typer.Argument(..., metavar="RUN", help="Run or model folder (with model.json)."),
     out: Path = typer.Option(None, "--out", "-o", help="Export folder (default: RUN/export)."),
     overwrite: bool = OverwriteOpt,
     fmt: str = typer.Option("onnx", "--format", help="Export format (onnx)."),
@@ -257,12 +263,14 @@ def export(
         calibration_images=calibration,
         overwrite=overwrite,
     )
-    typer.echo(json.dumps(result.metrics, indent=2, default=str))
+    typer.echo(export_summary(result.run_dir, result.metrics))
 
 
 @app.command()
 def serve(
-    model: Path = typer.Argument(..., help="Run/model folder, export folder, or exported .onnx with its model.json."),
+    model: Path = typer.Argument(
+        ..., metavar="MODEL", help="Run/model folder, export folder, or exported .onnx with its model.json."
+    ),
     host: str = typer.Option("127.0.0.1", help="Address to listen on (0.0.0.0 inside a container)."),
     port: int = typer.Option(8000, help="Port."),
     config: Path = typer.Option(None, "--config", "-c", help="YAML with ServeConfig fields."),
@@ -299,7 +307,9 @@ def train_job(task: str) -> tuple[Any, Any]:
 
 @app.command()
 def train(
-    config: Path = typer.Argument(..., help=f"YAML config whose `task` key names the job ({', '.join(TRAIN_TASKS)})."),
+    config: Path = typer.Argument(
+        ..., metavar="CONFIG", help=f"YAML config whose `task` key names the job ({', '.join(TRAIN_TASKS)})."
+    ),
     overrides: list[str] = OverridesArg,
     resume: bool = typer.Option(False, "--resume", help="Continue the run in `out` exactly where it stopped."),
 ) -> None:
@@ -322,9 +332,24 @@ app.add_typer(data_app, name="data", help="Check datasets and compute their stat
 
 
 def main() -> None:
-    """Console entry point: turns user errors into one line and exit code 2."""
+    """Console entry point: user errors are one line and exit code 2; Ctrl-C says what was kept, exit 130."""
+    interrupted = [False]
+
+    def on_sigint(signum: int, frame: Any) -> None:
+        interrupted[0] = True
+        signal.default_int_handler(signum, frame)
+
+    signal.signal(signal.SIGINT, on_sigint)
     try:
         app()  # standalone: typer handles usage errors (exit 2) and --help itself
+    except (KeyboardInterrupt, SystemExit) as exc:
+        if not (isinstance(exc, KeyboardInterrupt) or interrupted[0]):
+            raise  # a normal exit (typer's, or a verb's)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut the message short
+        typer.secho(interrupted_message(sys.argv[1:]), fg="yellow", err=True)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(130)  # outputs are already whole on disk; exit with 130 however Python would unwind
     except DinotuneError as err:
         if _state["verbose"]:
             raise

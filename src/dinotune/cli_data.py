@@ -10,13 +10,15 @@ import typer
 from dinotune.errors import DataError
 
 data_app = typer.Typer(
-    help="Inspect datasets: find broken files and leakage, compute scaling statistics.", no_args_is_help=True
+    rich_markup_mode=None,
+    help="Inspect datasets: find broken files and leakage, compute scaling statistics.",
+    no_args_is_help=True,
 )
 
 
 @data_app.command("check")
 def check(
-    path: Path = typer.Argument(..., help="Dataset folder or CSV file."),
+    path: Path = typer.Argument(..., metavar="PATH", help="Dataset folder or CSV file."),
     task: str | None = typer.Option(None, help="classify, segment or unlabelled (default: from the layout)."),
     as_json: bool = typer.Option(False, "--json", help="Print the full report as JSON."),
     num_classes: int | None = typer.Option(None, help="Segmentation: valid mask values are 0..N-1 (+255)."),
@@ -69,7 +71,7 @@ def _data_section(config: Path) -> dict:
 
 @data_app.command("stats")
 def stats(
-    path: Path = typer.Argument(..., help="Dataset folder or CSV file."),
+    path: Path = typer.Argument(..., metavar="PATH", help="Dataset folder or CSV file."),
     out: Path | None = typer.Option(None, "--out", help="Also write the YAML snippet to this file."),
     scaling: str = typer.Option("auto", help="auto, fixed or percentile."),
     max_images: int = typer.Option(256, help="Images sampled (seeded)."),

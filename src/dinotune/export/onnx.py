@@ -317,11 +317,12 @@ def _write_reference(path: Path, session, images: list[Tensor], index: int, path
 
 
 def _log_report(out: Path, report: dict[str, Any]) -> None:
-    log.info("exported %s: max |onnxruntime - torch| = %.2e", out, report["parity"]["max_abs_diff"])
+    """The figures for debug logs (the CLI prints them as a table; Python callers get the report)."""
+    log.debug("exported %s: max |onnxruntime - torch| = %.2e", out, report["parity"]["max_abs_diff"])
     if "int8" in report:
         q = report["int8"]
         figure = q.get("top1_agreement", q.get("mean_cosine_vs_fp32"))
-        log.info(
+        log.debug(
             "int8 (%s): agreement %.4f on %d %s, %.2fx faster than fp32",
             q["method"],
             figure,

@@ -274,7 +274,8 @@ def _train(
             best = max(float(b.best_score.max()) for b in banks.values())
             bar.set_postfix(best_val=f"{best:.4f}")
         if not any(bool(b.active.any()) for b in banks.values()):
-            log.info("linear sweep: every head stopped early at epoch %d", epoch)
+            if epoch < epochs:
+                log.info("linear sweep: every head stopped early, at epoch %d of %d", epoch, epochs)
             break
     return epoch
 

@@ -18,6 +18,7 @@ saved in `on_save_checkpoint`.
 from __future__ import annotations
 
 import datetime
+import logging
 import os
 from collections.abc import Iterable
 from pathlib import Path
@@ -64,6 +65,7 @@ class TrainerConfig(StrictModel):
     seed: int = 0
     deterministic: bool = Field(False, description="Deterministic kernels (slower; for exact reproduction).")
     progress_bar: bool = True
+    model_summary: bool = Field(False, description="Print Lightning's table of modules and parameter counts.")
 
     @model_validator(mode="after")
     def _check(self) -> TrainerConfig:
@@ -183,6 +185,9 @@ def build_trainer(
     whose parameter pairs must line up across copies (an EMA teacher) needs this.
     """
     run_dir = Path(run_dir)
+    if logging.getLogger().getEffectiveLevel() > logging.DEBUG:  # Lightning's INFO notes: with --verbose only
+        for name in ("lightning.pytorch", "lightning.fabric"):
+            logging.getLogger(name).setLevel(logging.WARNING)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     ckpt_dir = run_dir / CHECKPOINT_DIR
     for folder in (run_dir, ckpt_dir):
@@ -215,6 +220,7 @@ def build_trainer(
         plugins=[AtomicCheckpointIO()],
         deterministic=cfg.deterministic,
         enable_progress_bar=cfg.progress_bar,
+        enable_model_summary=cfg.model_summary,
         default_root_dir=run_dir,
         num_sanity_val_steps=0,
         use_distributed_sampler=False,  # the one sampler (training.sampler) shards itself

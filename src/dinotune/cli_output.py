@@ -1,0 +1,65 @@
+"""What the CLI prints besides the verbs' own lines: quiet defaults, the export table, the Ctrl-C message."""
+
+from __future__ import annotations
+
+import logging
+import os
+import warnings
+from pathlib import Path
+from typing import Any
+
+
+class _OursOrWarnings(logging.Filter):
+    """Our INFO lines, and everybody's warnings and errors: third-party INFO chatter (Lightning's tips and
+    summaries, transformers' loading notes) is shown with --verbose only."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.name.startswith(("dinotune", "__main__")) or record.levelno >= logging.WARNING
+
+
+def _show_warning(message: Warning | str, category: type[Warning], *args: Any, **kwargs: Any) -> None:
+    logging.getLogger("dinotune").warning("%s", message)  # the message only: no source path and code line
+
+
+def quiet() -> None:
+    """One place for what the CLI hides by default: third-party warnings, INFO logs and progress bars."""
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # "Loading weights", "Writing model shards"
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(_OursOrWarnings())
+    warnings.filterwarnings("ignore")  # third-party deprecation and advice warnings
+    warnings.filterwarnings("once", module=r"dinotune")  # ours (e.g. RANDOM WEIGHTS), once per message
+    warnings.showwarning = _show_warning
+
+
+def export_summary(folder: Path, report: dict[str, Any]) -> str:
+    """A few lines a person reads; the whole report is in the export's model.json (metrics.export)."""
+    parity = report["parity"]
+    axes, within = ", ".join(report["dynamic_axes"]), "within" if parity["within_goal"] else "OVER"
+    lines = [
+        f"exported {folder}/{report['file']} (opset {report['opset']}, dynamic {axes})",
+        f"  max |onnxruntime - torch|  {parity['max_abs_diff']:.2e}  ({within} the goal {parity['goal']:.0e})",
+    ]
+    if "pixel_agreement" in parity:
+        lines.append(f"  pixels agreeing           {parity['pixel_agreement']:.4%}")
+    speed = report["timing"].get("onnxruntime_speedup_vs_torch")
+    if speed:
+        lines.append(f"  onnxruntime vs torch      {speed:.2f}x")
+    if "int8" in report:
+        q = report["int8"]
+        agreement = q.get("top1_agreement", q.get("mean_cosine_vs_fp32"))
+        lines.append(f"  int8 ({q['method']})           agreement {agreement:.4f} on {q['n']} {q['evaluated_on']}, "
+                     f"{q['timing']['int8_speedup_vs_fp32']:.2f}x fp32, {q['size_ratio']:.2f}x the size")  # fmt: skip
+    lines.append(f"  checked on {report['validation_images']} real images; full report: {folder}/model.json")
+    return "\n".join(lines)
+
+
+def interrupted_message(argv: list[str]) -> str:
+    """What Ctrl-C kept, and the exact command that continues."""
+    command = argv[0] if argv else ""
+    if command in ("train", "pretrain"):
+        again = " ".join(["dinotune", *argv] + ([] if "--resume" in argv else ["--resume"]))
+        return f"interrupted: the checkpoints written so far are kept; continue exactly with:\n  {again}"
+    if command in ("probe", "knn", "embed", "quickstart"):
+        return "interrupted: the features extracted so far are cached; the same command continues from them."
+    return "interrupted: nothing half-written was kept (outputs are written whole or not at all)."
