@@ -18,7 +18,7 @@ from pydantic import Field, model_validator
 from torch.utils.data import DataLoader, Dataset
 
 from dinotune.backbones.lora import LoraConfig
-from dinotune.config import BackboneConfig, StrictModel, save_resolved
+from dinotune.config import BackboneConfig, StrictModel
 from dinotune.data.config import DataConfig
 from dinotune.data.datasets import build_datasets, class_weights, weighted_sampler
 from dinotune.data.preflight import preflight
@@ -29,15 +29,15 @@ from dinotune.heads.linear import new_linear_head, parse_feature_choice
 from dinotune.losses.distill import DistillConfig
 from dinotune.metrics import classification_metrics, multilabel_metrics
 from dinotune.model import Classifier, ModelCard, load_model, read_card
-from dinotune.run_folder import RunLog, new_run_dir, training_output, write_json
+from dinotune.run_folder import write_json
 from dinotune.tasks.classify import ClassificationModule, RegularizationConfig
 from dinotune.training.modes import Mode, prepare_model
 from dinotune.training.optim import OptimConfig
 from dinotune.training.sampler import resumable_loader
-from dinotune.training.trainer import TrainerConfig, resume_path
-from dinotune.verbs.common import Result, backbone_source, load_training_backbone, preprocessing_for, with_channels
+from dinotune.training.trainer import TrainerConfig
+from dinotune.verbs.common import Result, backbone_source, with_channels
 from dinotune.verbs.predictions import write_predictions
-from dinotune.verbs.training import EarlyStoppingConfig, fit_best, promote_best, training_metrics
+from dinotune.verbs.training import EarlyStoppingConfig, fit_best, promote_best, training_metrics, training_run
 
 
 class FinetuneConfig(StrictModel):
@@ -142,12 +142,7 @@ def _module(cfg: FinetuneConfig, backbone: Any, spec: Any, prep: Preprocessing) 
 def run_finetune(cfg: FinetuneConfig, resume: bool = False, callbacks: tuple[L.Callback, ...] = ()) -> Result:
     """Train, keep the best model, evaluate it on val/test. `resume`: continue from checkpoints/last.ckpt."""
     start = time.perf_counter()
-    run_dir = Path(cfg.out or new_run_dir("finetune"))
-    with training_output(run_dir, resume=resume, has_checkpoint=resume_path(run_dir) is not None):
-        run = RunLog(run_dir)
-        save_resolved(cfg, run_dir)
-        backbone = load_training_backbone(cfg.backbone, cfg.data, cfg.trainer.seed)
-        prep = preprocessing_for(cfg.data, backbone)
+    with training_run(cfg, "finetune", resume) as (run_dir, run, backbone, prep):
         spec, sets = build_datasets(
             with_channels(cfg.data, backbone), prep.mean, prep.std, run_dir, patch_size=backbone.input_multiple
         )

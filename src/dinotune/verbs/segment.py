@@ -21,7 +21,7 @@ from pydantic import Field
 from torch.utils.data import DataLoader
 
 from dinotune.backbones.lora import LoraConfig
-from dinotune.config import BackboneConfig, StrictModel, save_resolved
+from dinotune.config import BackboneConfig, StrictModel
 from dinotune.data.config import DataConfig
 from dinotune.data.datasets import SegmentationDataset, build_datasets
 from dinotune.data.decode import build_lut, load_class_mapping
@@ -34,14 +34,14 @@ from dinotune.heads.segment import HeadConfig
 from dinotune.losses.segmentation import SegmentationLossConfig, pixel_class_weights
 from dinotune.model import ModelCard, build_segmenter, load_model
 from dinotune.model.inference import InferenceConfig, default_colours
-from dinotune.run_folder import RunLog, new_run_dir, training_output, write_json
+from dinotune.run_folder import write_json
 from dinotune.tasks.segment import SegmentationModule, SegMode
 from dinotune.training.modes import prepare_model
 from dinotune.training.optim import OptimConfig
 from dinotune.training.sampler import resumable_loader
-from dinotune.training.trainer import TrainerConfig, resume_path
-from dinotune.verbs.common import Result, backbone_source, load_training_backbone, preprocessing_for, with_channels
-from dinotune.verbs.training import EarlyStoppingConfig, fit_best, promote_best, training_metrics
+from dinotune.training.trainer import TrainerConfig
+from dinotune.verbs.common import Result, backbone_source, with_channels
+from dinotune.verbs.training import EarlyStoppingConfig, fit_best, promote_best, training_metrics, training_run
 
 
 class SegmentConfig(StrictModel):
@@ -84,12 +84,7 @@ def run_segment(cfg: SegmentConfig, resume: bool = False, callbacks: tuple[L.Cal
     """Train a segmentation head (and optionally the backbone), keep the best, evaluate it at full size."""
     start = time.perf_counter()
     _check(cfg)
-    run_dir = Path(cfg.out or new_run_dir("segment"))
-    with training_output(run_dir, resume=resume, has_checkpoint=resume_path(run_dir) is not None):
-        run = RunLog(run_dir)
-        save_resolved(cfg, run_dir)
-        backbone = load_training_backbone(cfg.backbone, cfg.data, cfg.trainer.seed)
-        prep = preprocessing_for(cfg.data, backbone)
+    with training_run(cfg, "segment", resume) as (run_dir, run, backbone, prep):
         data_cfg = with_channels(cfg.data, backbone).model_copy(update={"task": "segment"})
         spec, sets = build_datasets(data_cfg, prep.mean, prep.std, run_dir, patch_size=backbone.input_multiple)
         if "train" not in sets or "val" not in sets or not len(sets["train"]):  # type: ignore[arg-type]

@@ -7,8 +7,9 @@ model beside it), so a finished run folder is a model folder that predict/evalua
 
 from __future__ import annotations
 
+import contextlib
 import shutil
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -16,12 +17,15 @@ import lightning as L
 from pydantic import Field
 
 from dinotune.atomic import atomic_dir
-from dinotune.config import StrictModel
+from dinotune.backbones import Backbone
+from dinotune.config import StrictModel, save_resolved
+from dinotune.data.preprocessing import Preprocessing
 from dinotune.model import CARD_FILE, ModelCard, plain_copy, save_model
-from dinotune.run_folder import RunLog
+from dinotune.run_folder import RunLog, new_run_dir, training_output
 from dinotune.training.base import TaskModule
 from dinotune.training.callbacks import BestModelExport
 from dinotune.training.trainer import TrainerConfig, build_trainer, resume_path
+from dinotune.verbs.common import load_training_backbone, preprocessing_for
 
 BEST_DIR, LAST_DIR = "best", "last"
 DERIVED = ("evaluation", "export")  # folders made from the run's model by evaluate / export
@@ -32,6 +36,18 @@ class EarlyStoppingConfig(StrictModel):
     monitor: str | None = Field(None, description="Metric to maximise (None: the task's own, e.g. val/accuracy).")
     patience: int = Field(5, ge=1, description="Validations without improvement before training stops.")
     min_delta: float = Field(0.0, ge=0)
+
+
+@contextlib.contextmanager
+def training_run(cfg: Any, kind: str, resume: bool) -> Iterator[tuple[Path, RunLog, Backbone, Preprocessing]]:
+    """The opening every training verb shares: the guarded run folder (locked, `--resume` rule), its log and
+    resolved config, the seeded backbone with the data's channels, and the card's preprocessing."""
+    run_dir = Path(cfg.out or new_run_dir(kind))
+    with training_output(run_dir, resume=resume, has_checkpoint=resume_path(run_dir) is not None):
+        run = RunLog(run_dir)
+        save_resolved(cfg, run_dir)
+        backbone = load_training_backbone(cfg.backbone, cfg.data, cfg.trainer.seed)
+        yield run_dir, run, backbone, preprocessing_for(cfg.data, backbone)
 
 
 def fit_best(
