@@ -73,28 +73,23 @@ class BackboneBase(nn.Module):
         """Recompute block activations in backward (less memory, ~30% more compute)."""
         raise NotImplementedError
 
-    def layer_id(self, param_name: str) -> int:
-        """Depth of a parameter for layer-wise LR decay: embeddings 0, unit i -> i + 1, the rest n + 1.
+    def layer_ids(self) -> dict[str, int]:
+        """Depth of every parameter for layer-wise LR decay: embeddings 0, unit i -> i + 1, the rest n + 1.
 
-        `param_name` is a name from `self.named_parameters()`.
+        Keys are the names of `self.named_parameters()`; the module tree is walked once.
         """
-        if self._embedding_prefix and param_name.startswith(self._embedding_prefix):
-            return 0
-        for index, prefix in enumerate(self._unit_prefixes):
-            if param_name.startswith(prefix):
-                return index + 1
-        return self.n_blocks + 1
-
-    @property
-    def _unit_prefixes(self) -> list[str]:
         names = {id(m): n for n, m in self.named_modules()}
-        return [names[id(unit)] + "." for unit in self.units]
+        prefixes = [(names[id(unit)] + ".", index + 1) for index, unit in enumerate(self.units)]
+        if self.embeddings is not None:
+            prefixes.insert(0, (names[id(self.embeddings)] + ".", 0))
+        return {
+            name: next((depth for prefix, depth in prefixes if name.startswith(prefix)), self.n_blocks + 1)
+            for name, _ in self.named_parameters()
+        }
 
-    @property
-    def _embedding_prefix(self) -> str | None:
-        if self.embeddings is None:
-            return None
-        return {id(m): n for n, m in self.named_modules()}[id(self.embeddings)] + "."
+    def layer_id(self, param_name: str) -> int:
+        """The depth of one parameter (see `layer_ids`)."""
+        return self.layer_ids()[param_name]
 
     def fsdp_units(self) -> set[type[nn.Module]]:
         """Module types FSDP wraps one by one (a block or stage each)."""

@@ -17,12 +17,12 @@ from typing import Any
 
 import numpy as np
 
-from dinotune.atomic import atomic_path, write_text
+from dinotune.atomic import write_text
 from dinotune.data.formats import Sample, list_images
 from dinotune.errors import DataError
 from dinotune.evaluation import calibration as cal
 from dinotune.evaluation import ood as ood_scores
-from dinotune.evaluation.predict import Predictions, load_run_dataset, predict, samples_for_model
+from dinotune.evaluation.predict import Predictions, load_run_dataset, predict, samples_for_model, write_predictions
 from dinotune.evaluation.report import build_report
 from dinotune.evaluation.results import DatasetResult, EvaluationResult
 from dinotune.evaluation.robustness import DEFAULT_EPSILON, adversarial_accuracy, run_corruptions
@@ -177,7 +177,9 @@ def evaluate(
     _pictures(ev, model, card, main_samples, patches=torch_model)
     write_text(out_dir / "metrics.json", json.dumps(ev.metrics, indent=2, default=str))
     for n, result in enumerate(results):
-        _write_predictions(out_dir / f"predictions_{n}_{result.name}.csv", result, card)
+        pred = result.predictions
+        write_predictions(out_dir / f"predictions_{n}_{result.name}.csv", pred.paths, pred.labels, pred.probs,
+                          card.classes, card.multilabel)  # fmt: skip
     if report:
         ev.report_path = build_report(ev).write(out_dir / "report.html")
     return ev
@@ -237,22 +239,6 @@ def _dataset_result(
                 log.warning("no temperature scaling: %s", err)
         _calibrate(result, val, fit_temperature)
     return result
-
-
-def _write_predictions(path: Path, result: DatasetResult, card: ModelCard) -> None:
-    """Per-image true and predicted labels with probabilities, so every figure can be audited."""
-    pred = result.predictions
-    with atomic_path(path) as tmp, open(tmp, "w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["file", "true", "predicted", *[f"p_{c}" for c in card.classes]])
-        for i, file in enumerate(pred.paths):
-            if card.multilabel:
-                true = ";".join(card.classes[j] for j in np.flatnonzero(pred.labels[i] > 0))
-                guess = ";".join(card.classes[j] for j in np.flatnonzero(pred.probs[i] > 0.5))
-            else:
-                label = int(pred.labels[i])
-                true, guess = card.classes[label] if label >= 0 else "", card.classes[int(pred.predicted[i])]
-            writer.writerow([file, true, guess, *[f"{p:.6f}" for p in pred.probs[i]]])
 
 
 def _ood(

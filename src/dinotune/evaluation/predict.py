@@ -8,6 +8,7 @@ would count that image twice).
 
 from __future__ import annotations
 
+import csv
 import json
 import logging
 from collections.abc import Callable, Iterator, Sequence
@@ -20,13 +21,22 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
+from dinotune.atomic import atomic_path
 from dinotune.data.datasets import ClassificationDataset
 from dinotune.data.formats import DatasetSpec, Sample, load_dataset
 from dinotune.device import autocast
 from dinotune.errors import DataError
 from dinotune.model import Classifier, ModelCard, model_device
 
-__all__ = ["Predictions", "batches", "load_run_dataset", "model_transform", "predict", "samples_for_model"]
+__all__ = [
+    "Predictions",
+    "batches",
+    "load_run_dataset",
+    "model_transform",
+    "predict",
+    "samples_for_model",
+    "write_predictions",
+]
 
 log = logging.getLogger(__name__)
 UNLABELLED = -1
@@ -199,3 +209,21 @@ def predict(
     return Predictions(
         x.numpy(), probs.numpy(), torch.cat(labels).numpy(), torch.cat(feats).numpy(), [str(Path(p)) for p in paths]
     )
+
+
+def write_predictions(path: Path, paths: Sequence[str | Path], labels: Any, probs: Any, classes: Sequence[str],
+                      multilabel: bool) -> None:  # fmt: skip
+    """`predictions.csv`: file, true label(s), predicted label(s), one probability per class; the one format of a
+    run's report split and of every evaluated dataset. Labels are class indices (-1: unlabelled) or multi-hot."""
+    labels, probs = np.asarray(labels), np.asarray(probs)
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["file", "true", "predicted", *[f"p_{c}" for c in classes]])
+        for i, file in enumerate(paths):
+            if multilabel:
+                true = ";".join(classes[j] for j in np.flatnonzero(labels[i] > 0))
+                guess = ";".join(classes[j] for j in np.flatnonzero(probs[i] > 0.5))
+            else:
+                label = int(labels[i])
+                true, guess = classes[label] if label >= 0 else "", classes[int(probs[i].argmax())]
+            writer.writerow([str(file), true, guess, *[f"{p:.6f}" for p in probs[i].tolist()]])

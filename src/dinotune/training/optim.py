@@ -71,7 +71,7 @@ def param_groups(
     out, so AdamW never touches them (not even through weight decay).
     """
     groups: dict[tuple[str, int, bool], dict] = {}
-    n_layers = backbone.n_blocks
+    n_layers, depths = backbone.n_blocks, backbone.layer_ids()
 
     def add(part: str, name: str, param: nn.Parameter, depth: int, group_lr: float) -> None:
         no_wd = skip_weight_decay(name, param)
@@ -90,7 +90,7 @@ def param_groups(
 
     for name, param in backbone.named_parameters():
         if param.requires_grad:
-            depth = backbone.layer_id(name)
+            depth = depths[name]
             add("backbone", name, param, depth, lr * layer_decay ** (n_layers + 1 - depth))
     for index, head in enumerate(heads):
         for name, param in head.named_parameters():

@@ -25,6 +25,7 @@ from dinotune.data.preflight import preflight
 from dinotune.data.preprocessing import Preprocessing
 from dinotune.device import autocast
 from dinotune.errors import ConfigError, DataError
+from dinotune.evaluation.predict import write_predictions
 from dinotune.heads.linear import new_linear_head, parse_feature_choice
 from dinotune.losses.distill import DistillConfig
 from dinotune.metrics import classification_metrics, multilabel_metrics
@@ -36,7 +37,6 @@ from dinotune.training.optim import OptimConfig
 from dinotune.training.sampler import resumable_loader
 from dinotune.training.trainer import TrainerConfig
 from dinotune.verbs.common import Result, backbone_source, with_channels
-from dinotune.verbs.predictions import write_predictions
 from dinotune.verbs.training import EarlyStoppingConfig, fit_best, promote_best, training_metrics, training_run
 
 
@@ -196,7 +196,7 @@ def _evaluate_splits(cfg: FinetuneConfig, run_dir: Path, spec: Any, sets: dict[s
         metrics[split] = score(probs, labels, spec.classes)
         summary[f"{split}/{key}"] = metrics[split][key]
         if split == report_split:
-            write_predictions(run_dir / "predictions.csv", paths, labels, probs, spec)
+            write_predictions(run_dir / "predictions.csv", paths, labels, probs, spec.classes, spec.multilabel)
     metrics["summary"] = summary
     return metrics
 

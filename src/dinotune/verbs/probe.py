@@ -25,6 +25,7 @@ from dinotune.data.preflight import preflight
 from dinotune.data.preprocessing import Preprocessing
 from dinotune.device import default_workers
 from dinotune.errors import DataError
+from dinotune.evaluation.predict import write_predictions
 from dinotune.features.cache import FeatureCache
 from dinotune.metrics import classification_metrics, multilabel_metrics
 from dinotune.model import Classifier, ModelCard, save_model
@@ -32,7 +33,6 @@ from dinotune.run_folder import RunLog, new_run_dir, staged_output, write_json
 from dinotune.tasks.knn import DEFAULT_KS, DEFAULT_TEMPERATURE, knn_classify
 from dinotune.tasks.probe import DEFAULT_LRS, DEFAULT_WEIGHT_DECAYS, FeatureSet, SweepResult, sweep_linear_heads
 from dinotune.verbs.common import Result, backbone_source, preprocessing_for, resolve_channels
-from dinotune.verbs.predictions import write_predictions
 
 log = logging.getLogger(__name__)
 
@@ -191,7 +191,7 @@ def _save_probe(
     save_model(stage, model, card)
     _write_sweep_table(stage / "sweep.csv", sweep)
     probs = model.head.predict_proba(_inputs(sets[split], sweep))
-    write_predictions(stage / "predictions.csv", paths[split], sets[split].labels, probs, spec)
+    write_predictions(stage / "predictions.csv", paths[split], sets[split].labels, probs, spec.classes, spec.multilabel)
     head_params = sum(p.numel() for p in model.head.parameters())
     metrics["parameters"] = {"trainable": head_params, "total": sum(p.numel() for p in model.parameters())}
 
