@@ -14,8 +14,8 @@ from typing import Any
 
 import albumentations as A
 import numpy as np
-import torch
 
+from dinotune.data.numpy_transforms import resolve_norm
 from dinotune.errors import ConfigError
 
 
@@ -69,27 +69,6 @@ PRESETS: dict[str, Preset] = {
 }
 
 
-def resolve_norm(
-    mean: Sequence[float] | None, std: Sequence[float] | None, channels: int
-) -> tuple[np.ndarray, np.ndarray]:
-    """Per-channel mean/std arrays; 3-value (RGB backbone) statistics are averaged for 1 channel."""
-    if mean is None or std is None:
-        mean, std = [0.0] * channels, [1.0] * channels
-    m, s = np.asarray(mean, dtype=np.float32), np.asarray(std, dtype=np.float32)
-    if m.size == 3 and channels == 1:
-        m, s = m.mean(keepdims=True), s.mean(keepdims=True)
-    if m.size == 1 and channels > 1:
-        m, s = np.repeat(m, channels), np.repeat(s, channels)
-    if m.size != channels or s.size != channels:
-        raise ConfigError(
-            f"data.mean/std have {m.size}/{s.size} values but data.channels={channels}; give one per "
-            "channel (run `dinotune data stats ROOT` to compute them)"
-        )
-    if np.any(s <= 0):
-        raise ConfigError("data.std values must be positive")
-    return m, s
-
-
 class Transform:
     """Callable `(image HxWxC float32, mask HxW | None) -> {"image": CHW tensor, "mask": HxW long}`.
 
@@ -110,6 +89,8 @@ class Transform:
         if img.ndim == 2:
             img = img[:, :, None]
         img = (img.astype(np.float32, copy=False) - self.mean) / self.std
+        import torch  # here, not at the top: the numpy twins (numpy_transforms) serve without torch
+
         result: dict[str, Any] = {"image": torch.from_numpy(np.ascontiguousarray(img.transpose(2, 0, 1)))}
         if mask is not None:
             result["mask"] = torch.from_numpy(np.ascontiguousarray(out["mask"]).astype(np.int64))
@@ -229,6 +210,8 @@ class FullSize:
         self.std = np.asarray(list(std), dtype=np.float32)
 
     def __call__(self, image: np.ndarray, mask: np.ndarray | None = None) -> dict[str, Any]:
+        import torch
+
         image = image[:, :, None] if image.ndim == 2 else image
         img = (image.astype(np.float32) - self.mean) / self.std
         out: dict[str, Any] = {"image": torch.from_numpy(np.ascontiguousarray(img.transpose(2, 0, 1)))}
