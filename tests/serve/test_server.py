@@ -168,6 +168,7 @@ class _SlowEngine:
         self.engine = engine
         self.card, self.name, self.runtime = engine.card, engine.name, "slow"
         self.input_multiple, self.reference, self.segments = engine.input_multiple, engine.reference, False
+        self.preprocess = engine.preprocess
 
     def run(self, images: np.ndarray):
         time.sleep(0.3)

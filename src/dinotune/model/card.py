@@ -36,6 +36,7 @@ class ModelCard:
     inference: dict[str, Any] = field(default_factory=dict)  # segmentation: InferenceConfig fields
     license: str = ""
     metrics: dict[str, Any] = field(default_factory=dict)
+    name: str = ""  # what the server reports the model as ("": the run folder's name)
     format: str = FORMAT
 
     @property

@@ -1,29 +1,34 @@
 """ONNX Runtime twins of `Classifier` and `Segmenter`, for export folders.
 
 They take and return torch tensors with the call interface of the PyTorch models, so predict,
-evaluate and serve run an export folder exactly as they run the run folder it came from.
+evaluate and serve run an export folder exactly as they run the run folder it came from. `run`
+takes and returns numpy arrays and needs no torch: torch is imported only by the tensor methods,
+so a slim server (numpy, PIL, onnxruntime) runs an export without it.
 """
 
 from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
-import torch.nn.functional as F
-from torch import Tensor
 
 from dinotune.errors import CheckpointError
 from dinotune.model.card import ModelCard, inside
+
+if TYPE_CHECKING:
+    from torch import Tensor
 
 INPUT_NAME = "images"
 log = logging.getLogger("dinotune")
 
 
 def onnx_session(path: Path, threads: int | None = None) -> Any:
-    """A CPU inference session; idle threads do not spin (they would steal the CPU decoding needs)."""
+    """A CPU inference session; idle threads do not spin (they would steal the CPU decoding needs).
+
+    `threads` sizes the intra-op pool (None: ONNX Runtime's default, one per core of the node, which
+    ignores a container's CPU limit: the server passes `dinotune.serve.threads.cpu_threads`)."""
     try:
         import onnxruntime as ort
     except ImportError:
@@ -46,10 +51,16 @@ class _OnnxModel:
         self.session, self.card = session, card
         self.input_multiple = int(card.head.get("input_multiple", 16))
         self.outputs: list[str] = list(card.head.get("outputs", ["logits"]))
-        self.device = torch.device("cpu")
+
+    @property
+    def device(self) -> Any:
+        import torch
+
+        return torch.device("cpu")
 
     def run(self, images: Tensor | np.ndarray) -> dict[str, np.ndarray]:
-        array = images.detach().float().cpu().numpy() if isinstance(images, Tensor) else images
+        """NCHW images (array or tensor) -> the graph's outputs by name, as numpy arrays."""
+        array = images if isinstance(images, np.ndarray) else images.detach().float().cpu().numpy()
         values = self.session.run(None, {INPUT_NAME: np.ascontiguousarray(array, dtype=np.float32)})
         return dict(zip(self.outputs, values, strict=True))
 
@@ -64,9 +75,13 @@ class OnnxClassifier(_OnnxModel):
     """images -> logits, and the embedding the export carries (the normed class token)."""
 
     def __call__(self, images: Tensor) -> Tensor:
+        import torch
+
         return torch.from_numpy(self.run(images)["logits"])
 
     def logits_and_features(self, images: Tensor) -> tuple[Tensor, Tensor]:
+        import torch
+
         out = self.run(images)
         return torch.from_numpy(out["logits"]), torch.from_numpy(out["embedding"])
 
@@ -74,6 +89,8 @@ class OnnxClassifier(_OnnxModel):
         return self.logits_and_features(images)
 
     def predict_proba(self, images: Tensor) -> Tensor:
+        import torch
+
         logits = self(images)
         return torch.sigmoid(logits) if self.card.multilabel else logits.softmax(dim=1)
 
@@ -86,11 +103,17 @@ class OnnxSegmenter(_OnnxModel):
         return len(self.card.classes)
 
     def __call__(self, images: Tensor) -> Tensor:
+        import torch
+
+        return torch.from_numpy(self.logits(images.detach().float().cpu().numpy()))
+
+    def logits(self, images: np.ndarray) -> np.ndarray:
+        """NCHW (any H/W) -> logits (N, K, H, W): zero-padded to the input multiple, the padding cropped off."""
         h, w = images.shape[-2:]
         pad_h, pad_w = (-h) % self.input_multiple, (-w) % self.input_multiple
         if pad_h or pad_w:
-            images = F.pad(images, (0, pad_w, 0, pad_h))
-        return torch.from_numpy(self.run(images)["logits"])[..., :h, :w]
+            images = np.pad(images, ((0, 0), (0, 0), (0, pad_h), (0, pad_w)))
+        return self.run(images)["logits"][..., :h, :w]
 
 
 def load_onnx_model(

@@ -1,5 +1,6 @@
 """Uploaded bytes -> the model's input tensor, with the HTTP status each kind of bad upload deserves.
 
+`read_uploads` takes the images out of a request: multipart file parts or base64 JSON.
 Decoding goes through `dinotune.data.decode` (the training path), so a served image is decoded exactly
 as the same file was during training: the bytes are written to a private temporary file because that
 module reads paths. The decode budget (`dinotune.data.budget`: pixels per page, and pixels x pages x
@@ -8,6 +9,8 @@ channels x bytes for the whole file) is checked from the headers before any pixe
 
 from __future__ import annotations
 
+import base64
+import binascii
 import os
 import tempfile
 import warnings
@@ -15,6 +18,8 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
+from starlette.datastructures import UploadFile
+from starlette.requests import Request
 
 from dinotune.data.budget import BudgetError, check_cost
 from dinotune.data.decode import read_image, sniff_format
@@ -80,3 +85,45 @@ def _check_header(path: Path, fmt: str, name: str, max_pixels: int) -> None:
         check_cost(name, cost, max_pixels)
     except BudgetError as err:
         raise UploadError(413, str(err)) from None
+
+
+async def read_uploads(request: Request, batch: bool, limit: int) -> list[tuple[str, bytes]]:
+    """(name, bytes) of each image: multipart file parts, or JSON {"image": b64} / {"images": [b64, ...]}."""
+    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if content_type == "multipart/form-data":
+        async with request.form(max_files=limit + 1, max_fields=limit + 8) as form:
+            files = [(key, value) for key, value in form.multi_items() if isinstance(value, UploadFile)]
+            files.sort(key=lambda kv: kv[0] != "file" and kv[0] != "files")
+            uploads = [(f.filename or key, await f.read()) for key, f in files]
+    elif content_type == "application/json":
+        try:
+            payload = await request.json()
+        except ValueError:
+            raise UploadError(400, "body is not valid JSON") from None
+        except RecursionError:  # a deeply nested body: refuse it, never a 500
+            raise UploadError(400, "JSON body is nested too deeply") from None
+        key = "images" if batch else "image"
+        items = payload.get(key) if isinstance(payload, dict) else None
+        items = [items] if isinstance(items, str) and not batch else items
+        if not isinstance(items, list) or not all(isinstance(i, str) for i in items):
+            shape = '["<base64>", ...]' if batch else '"<base64>"'
+            raise UploadError(400, f'JSON body must be {{"{key}": {shape}}}')
+        uploads = [(f"image {i}", _b64(item, i)) for i, item in enumerate(items)]
+    else:
+        raise UploadError(415, "send multipart/form-data with a file part, or application/json with base64 images")
+    if not uploads:
+        raise UploadError(400, "no image in the request (multipart file part 'file' or JSON 'image')")
+    if not batch and len(uploads) > 1:
+        raise UploadError(400, f"{len(uploads)} images sent to /predict; send several to /predict/batch")
+    if len(uploads) > limit:
+        raise UploadError(413, f"{len(uploads)} images in one request; the limit is {limit}")
+    return uploads
+
+
+def _b64(text: str, index: int) -> bytes:
+    if text.startswith("data:") and "," in text:
+        text = text.split(",", 1)[1]  # data URL
+    try:
+        return base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError):
+        raise UploadError(400, f"image {index}: not valid base64") from None

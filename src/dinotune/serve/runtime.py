@@ -2,12 +2,17 @@
 
 A classifier engine answers `run(batch) -> (probabilities, embeddings)` for the micro-batcher; a
 segmentation engine answers `segment(image) -> class probabilities (K, H, W)` one image at a time
-(images keep their own size). Run, model and export folders load through `dinotune.model.load_model`,
-so the server runs exactly what predict and evaluate run.
+(images keep their own size); `preprocess(image)` turns a decoded image into the model's input.
+
+An export folder (or `.onnx`) runs on `OnnxEngine`: numpy, PIL and ONNX Runtime only, preprocessing in
+numpy (`dinotune.data.numpy_transforms`, equal to the training pipeline to 1e-5), so a slim image without
+torch serves it. Run and model folders run on `TorchEngine` through `dinotune.model.load_model`, with the
+training transform, so the server runs exactly what predict and evaluate run; torch is imported there only.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 from dataclasses import dataclass
@@ -15,11 +20,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
+from dinotune.data.numpy_transforms import EvalTransform, FullSizeTransform
 from dinotune.errors import CheckpointError
-from dinotune.model import ModelCard, load_model, load_onnx_model, read_card
-from dinotune.model.inference import InferenceConfig, predict_probs
+from dinotune.model.card import ModelCard, inside, read_card
+from dinotune.model.onnx import load_onnx_model
 
 log = logging.getLogger(__name__)
 
@@ -40,36 +45,135 @@ class Reference:
         return cls(np.asarray(data["mean"], np.float64), np.asarray(data["std"], np.float64), int(data["n"]))
 
 
-class Engine:
-    """A loaded model and its card, named by its folder."""
+def model_name(card: ModelCard, folder: Path) -> str:
+    """The card's `name`, else the run's folder name (an export folder `RUN/export` is named by its RUN)."""
+    folder = folder.resolve()
+    return card.name or (folder.parent.name if card.is_onnx and folder.name == "export" else folder.name)
 
-    def __init__(self, model: Any, card: ModelCard, folder: Path, threads: int | None) -> None:
-        if threads:
-            torch.set_num_threads(threads)
-        self.model, self.card = model, card
-        self.name = folder.resolve().name
-        self.runtime = "onnxruntime" if card.is_onnx else "torch"
-        self.input_multiple: int = model.input_multiple
+
+def file_checksum(card: ModelCard, path: Path) -> str:
+    """sha256 of the served weight file: the card's own record when it has one, else computed here."""
+    records = [getattr(card, "checksums", None), card.head.get("checksums"), card.head.get("sha256")]
+    for record in records:
+        if isinstance(record, dict) and isinstance(record.get(path.name), str):
+            return record[path.name].removeprefix("sha256:")
+        if isinstance(record, str):
+            return record.removeprefix("sha256:")
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+class Engine:
+    """What every engine shares: the card, the folder's name and reference, the input transform."""
+
+    runtime = "none"
+
+    def __init__(self, card: ModelCard, folder: Path, input_multiple: int, weights: Path | None) -> None:
+        self.card, self.input_multiple = card, input_multiple
+        self.name = model_name(card, folder)
         self.reference = Reference.load(folder / "reference_stats.json")
+        self.checksum = file_checksum(card, weights) if weights is not None and weights.is_file() else ""
+        prep = card.preprocessing
+        # a segmenter sees each image at its own size (sliding window), a classifier the card's input size
+        self._transform = (
+            FullSizeTransform(prep.mean, prep.std)
+            if self.segments
+            else EvalTransform.from_preprocessing(prep, input_multiple)
+        )
 
     @property
     def segments(self) -> bool:
         return self.card.task == "segment"
 
+    def preprocess(self, image: np.ndarray) -> np.ndarray:
+        """Decoded HxWxC float32 -> CHW float32 model input."""
+        return self._transform(image)
+
+    def probabilities(self, logits: np.ndarray) -> np.ndarray:
+        logits = logits.astype(np.float64)
+        if self.card.multilabel:
+            return 1.0 / (1.0 + np.exp(-logits))
+        shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
+        return shifted / shifted.sum(axis=1, keepdims=True)
+
     def run(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """NCHW float32 -> (N x classes probabilities, N x D embeddings)."""
-        with torch.inference_mode():
-            logits, embedding = self.model.logits_and_embedding(torch.from_numpy(images))
-        logits = logits.double()
-        probs = torch.sigmoid(logits) if self.card.multilabel else logits.softmax(dim=1)
-        return probs.numpy(), embedding.float().numpy()
+        raise NotImplementedError
 
     def segment(self, image: np.ndarray) -> np.ndarray:
-        """CHW float32 (any size) -> (K, H, W) class probabilities, with the card's inference settings."""
-        cfg = InferenceConfig(**self.card.inference)
+        raise NotImplementedError
+
+
+class OnnxEngine(Engine):
+    """An export on ONNX Runtime, in numpy (no torch) except for segmentation's test-time windows."""
+
+    runtime = "onnxruntime"
+
+    def __init__(self, folder: Path, card: ModelCard, file: str | None, threads: int | None) -> None:
+        self.model = load_onnx_model(folder, card, file, threads)
+        super().__init__(card, folder, self.model.input_multiple, inside(folder, file or card.head["file"], "file"))
+
+    def run(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """NCHW float32 -> (N x classes probabilities, N x D embeddings)."""
+        out = self.model.run(images)
+        return self.probabilities(out["logits"]), out["embedding"].astype(np.float32)
+
+    def segment(self, image: np.ndarray) -> np.ndarray:
+        return _torch_segment(self.model, self.card, image)
+
+
+class TorchEngine(Engine):
+    """A run or model folder in PyTorch, preprocessed by the training pipeline itself."""
+
+    runtime = "torch"
+
+    def __init__(self, folder: Path, threads: int | None) -> None:
+        import torch
+
+        from dinotune.model.io import HEAD_FILE, load_model
+
+        if threads:
+            torch.set_num_threads(threads)
+        self.model, card = load_model(folder, device="cpu")
+        if card.task == "embed":
+            raise CheckpointError(f"{folder} is a backbone-only export (task 'embed'); serve needs a model with a head.")
+        super().__init__(card, folder, self.model.input_multiple, folder / card.head.get("file", HEAD_FILE))
+        if not self.segments:  # exactly the tensors predict and evaluate compute
+            self._transform = _TensorToArray(card.preprocessing.transform(self.input_multiple))
+
+    def run(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        import torch
+
         with torch.inference_mode():
-            probs = predict_probs(self.model, torch.from_numpy(image)[None], len(self.card.classes), cfg)
-        return probs[0].numpy()
+            logits, embedding = self.model.logits_and_embedding(torch.from_numpy(images))
+        return self.probabilities(logits.double().numpy()), embedding.float().numpy()
+
+    def segment(self, image: np.ndarray) -> np.ndarray:
+        return _torch_segment(self.model, self.card, image)
+
+
+class _TensorToArray:
+    """A training transform's CHW tensor as the array the batcher stacks."""
+
+    def __init__(self, transform: Any) -> None:
+        self.transform = transform
+
+    def __call__(self, image: np.ndarray) -> np.ndarray:
+        return self.transform(image)["image"].numpy()
+
+
+def _torch_segment(model: Any, card: ModelCard, image: np.ndarray) -> np.ndarray:
+    """CHW float32 (any size) -> (K, H, W) class probabilities, with the card's inference settings."""
+    import torch
+
+    from dinotune.model.inference import InferenceConfig, predict_probs
+
+    cfg = InferenceConfig(**card.inference)
+    with torch.inference_mode():
+        probs = predict_probs(model, torch.from_numpy(image)[None], len(card.classes), cfg)
+    return probs[0].numpy()
 
 
 def load_engine(model: str | Path, threads: int | None = None) -> Engine:
@@ -78,9 +182,8 @@ def load_engine(model: str | Path, threads: int | None = None) -> Engine:
     if path.suffix == ".onnx":
         if not path.is_file():
             raise CheckpointError(f"'{path}' does not exist.")
-        card = read_card(path.parent)
-        return Engine(load_onnx_model(path.parent, card, path.name, threads), card, path.parent, threads)
-    net, card = load_model(path, device="cpu")
-    if card.task == "embed":
-        raise CheckpointError(f"{path} is a backbone-only export (task 'embed'); serve needs a model with a head.")
-    return Engine(net, card, path, threads)
+        return OnnxEngine(path.parent, read_card(path.parent), path.name, threads)
+    card = read_card(path)
+    if card.is_onnx:
+        return OnnxEngine(path, card, None, threads)
+    return TorchEngine(path, threads)

@@ -1,0 +1,89 @@
+"""What the API promises, as pydantic models and OpenAPI request bodies, so Swagger can upload a file
+and clients can be generated from `/openapi.json`.
+
+The handlers read the body themselves (streamed size limit, multipart or base64 JSON, one-line errors),
+so the request bodies are declared here rather than inferred from parameters.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+
+class Prediction(BaseModel):
+    label: str = Field(description="Class name.")
+    index: int = Field(description="Class index in the model card's `classes`.")
+    probability: float = Field(description="Softmax probability (sigmoid for multilabel models).")
+
+
+class Classification(BaseModel):
+    predictions: list[Prediction] = Field(description="The top_k classes, most probable first.")
+
+
+class Segmentation(BaseModel):
+    mask_png: str = Field(description="Base64 8-bit palette PNG: pixel values are class indices.")
+    height: int
+    width: int
+    fractions: dict[str, float] = Field(description="Share of the pixels given to each class.")
+
+
+class PredictResponse(BaseModel):
+    """One image's answer: `predictions` for a classifier, the mask fields for a segmenter."""
+
+    model: str = Field(description="The served model's name (from its card).")
+    predictions: list[Prediction] | None = None
+    mask_png: str | None = None
+    height: int | None = None
+    width: int | None = None
+    fractions: dict[str, float] | None = None
+
+
+class BatchResponse(BaseModel):
+    model: str = Field(description="The served model's name (from its card).")
+    results: list[Classification | Segmentation] = Field(description="One answer per image, in upload order.")
+
+
+class ErrorResponse(BaseModel):
+    detail: str = Field(description="One line: what was wrong and how to fix it.")
+
+
+class ImageJson(BaseModel):
+    image: str = Field(description="The image file, base64-encoded (a data: URL is accepted).")
+
+
+class ImagesJson(BaseModel):
+    images: list[str] = Field(description="Image files, base64-encoded.")
+
+
+class Ready(BaseModel):
+    ready: bool
+    model: str | None = None
+    detail: str | None = None
+
+
+def _binary(description: str) -> dict[str, Any]:
+    return {"type": "string", "format": "binary", "description": description}
+
+
+def request_body(batch: bool) -> dict[str, Any]:
+    """`openapi_extra` of /predict (one file) or /predict/batch (several): multipart, or base64 JSON."""
+    if batch:
+        files = {"type": "array", "items": _binary("An image file"), "description": "Image files (any part name)."}
+        form = {"type": "object", "properties": {"files": files}, "required": ["files"]}
+        json_schema = ImagesJson.model_json_schema()
+    else:
+        form = {"type": "object", "properties": {"file": _binary("The image file")}, "required": ["file"]}
+        json_schema = ImageJson.model_json_schema()
+    content = {"multipart/form-data": {"schema": form}, "application/json": {"schema": json_schema}}
+    return {"requestBody": {"required": True, "content": content}}
+
+
+ERRORS: dict[int | str, dict[str, Any]] = {
+    400: {"model": ErrorResponse, "description": "Bad request: corrupt image, bad JSON, bad top_k, no file."},
+    413: {"model": ErrorResponse, "description": "Body, image or pixel count over the server's limits."},
+    415: {"model": ErrorResponse, "description": "Not a supported image, or not multipart/JSON."},
+    503: {"model": ErrorResponse, "description": "Model not ready yet, or queue full (see Retry-After)."},
+    504: {"model": ErrorResponse, "description": "No result within request_timeout_s."},
+}
