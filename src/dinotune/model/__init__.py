@@ -25,7 +25,26 @@ _PUBLIC: dict[str, tuple[str, ...]] = {  # module -> the public names it defines
 }
 _WHERE = {name: module for module, names in _PUBLIC.items() for name in names}
 
-__all__ = sorted(_WHERE)
+__all__ = [
+    "CARD_FILE",
+    "HEAD_FILE",
+    "TASKS",
+    "Classifier",
+    "ModelCard",
+    "OnnxClassifier",
+    "OnnxSegmenter",
+    "Segmenter",
+    "build_segmenter",
+    "feature_dims",
+    "load_card_backbone",
+    "load_model",
+    "load_onnx_model",
+    "model_device",
+    "onnx_session",
+    "plain_copy",
+    "read_card",
+    "save_model",
+]
 
 
 def __getattr__(name: str) -> Any:

@@ -118,7 +118,10 @@ class Monitor:
             "dinotune_queue_images", "Images admitted and not yet answered", registry=r, multiprocess_mode="livesum"
         )
         self.ready = Gauge(
-            "dinotune_model_ready", "1 once the model is loaded (every worker's)", registry=r, multiprocess_mode="livemin"
+            "dinotune_model_ready",
+            "1 once the model is loaded (by every worker)",
+            registry=r,
+            multiprocess_mode="livemin",
         )
         self.model_info = Gauge(
             "dinotune_model_info", "The served model: 1, with its name, dinotune version, task, runtime and sha256",

@@ -138,7 +138,7 @@ class TorchEngine(Engine):
             torch.set_num_threads(threads)
         self.model, card = load_model(folder, device="cpu")
         if card.task == "embed":
-            raise CheckpointError(f"{folder} is a backbone-only export (task 'embed'); serve needs a model with a head.")
+            raise CheckpointError(f"{folder} is a backbone-only export (task 'embed'); serve needs one with a head.")
         super().__init__(card, folder, self.model.input_multiple, folder / card.head.get("file", HEAD_FILE))
         if not self.segments:  # exactly the tensors predict and evaluate compute
             self._transform = _TensorToArray(card.preprocessing.transform(self.input_multiple))
