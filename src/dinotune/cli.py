@@ -266,21 +266,36 @@ def export(
     typer.echo(export_summary(result.run_dir, result.metrics))
 
 
-@app.command()
+SERVE_EXAMPLES = """Examples (tests/serve/test_launchers.py runs them):
+
+\b
+  dinotune serve runs/cats/export --port 8080 max_batch_size=16 threads=2
+  dinotune serve runs/cats/export --host 0.0.0.0 --workers 2
+  DINOTUNE_MODEL=runs/cats/export \\
+    uvicorn --factory dinotune.serve.app:create_app
+
+See docs/serve.md for gunicorn, threads, metrics and the OpenAPI schema."""
+
+
+@app.command(epilog=SERVE_EXAMPLES)
 def serve(
     model: Path = typer.Argument(
         ..., metavar="MODEL", help="Run/model folder, export folder, or exported .onnx with its model.json."
     ),
     host: str = typer.Option("127.0.0.1", help="Address to listen on (0.0.0.0 inside a container)."),
     port: int = typer.Option(8000, help="Port."),
+    workers: int = typer.Option(None, min=1, help="Worker processes sharing the port and the metrics (default 1)."),
     config: Path = typer.Option(None, "--config", "-c", help="YAML with ServeConfig fields."),
-    overrides: list[str] = OverridesArg,
+    overrides: list[str] = typer.Argument(
+        None, metavar="KEY=VALUE...", help="ServeConfig overrides, e.g. max_batch_size=16 threads=2."
+    ),
 ) -> None:
     """HTTP server: /predict, /predict/batch, /health, /ready, /info, /metrics, with micro-batching."""
     from dinotune.serve import ServeConfig
     from dinotune.serve import serve as run_serve
 
-    run_serve(model, host=host, port=port, config=load_config(ServeConfig, config, overrides))
+    base = {"workers": workers} if workers else None
+    run_serve(model, host=host, port=port, config=load_config(ServeConfig, config, overrides, base=base))
 
 
 TRAIN_TASKS = ("probe", "finetune", "segment", "pretrain")  # the YAML's `task` key

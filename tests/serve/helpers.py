@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import io
+import os
+import signal
 import socket
 import struct
+import subprocess
 import threading
 import time
 import zlib
@@ -94,3 +97,50 @@ def running(app, wait_ready: bool = True) -> Iterator[str]:
         server.should_exit = True
         thread.join(timeout=10)
         sock.close()
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@contextmanager
+def server_process(command: list[str], port: int, env: dict[str, str] | None = None) -> Iterator[str]:
+    """Run a server command in its own process group; yield its base URL once /ready answers 200."""
+    import tempfile
+
+    with tempfile.TemporaryFile(mode="w+") as log:  # not a pipe: a chatty server must never block on it
+        process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            yield _wait_ready(process, f"http://127.0.0.1:{port}", log)
+        finally:
+            _stop(process)
+
+
+def _wait_ready(process: subprocess.Popen, base: str, log) -> str:
+    deadline = time.monotonic() + 90
+    while True:
+        if process.poll() is not None:
+            log.seek(0)
+            raise RuntimeError(f"server exited ({process.returncode}):\n{log.read()[-4000:]}")
+        try:
+            if httpx.get(f"{base}/ready", timeout=2).status_code == 200:
+                return base
+        except httpx.TransportError:
+            pass
+        if time.monotonic() > deadline:
+            raise RuntimeError("server did not become ready in 90 s")
+        time.sleep(0.1)
+
+
+def _stop(process: subprocess.Popen) -> None:
+    """SIGTERM to the whole group (workers too), SIGKILL if it does not stop within 20 s."""
+    if process.poll() is not None:
+        return
+    os.killpg(process.pid, signal.SIGTERM)
+    try:
+        process.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
