@@ -30,7 +30,15 @@ from dinotune.serve.environment import from_environment
 from dinotune.serve.images import UploadError, read_uploads
 from dinotune.serve.monitoring import MEDIA_TYPE
 from dinotune.serve.runtime import Engine
-from dinotune.serve.schema import ERRORS, BatchResponse, ErrorResponse, PredictResponse, Ready, request_body
+from dinotune.serve.schema import (
+    ERRORS,
+    BatchResponse,
+    ErrorResponse,
+    PredictResponse,
+    Ready,
+    openapi_without_422,
+    request_body,
+)
 from dinotune.serve.server import BodyTooLarge, Limits, ServerState, error, too_large
 from dinotune.version import __version__
 
@@ -136,6 +144,7 @@ def create_app(model: str | Path | Engine | None = None, config: ServeConfig | N
     app.add_exception_handler(BodyTooLarge, lambda request, exc: too_large(config.max_upload_bytes))
     app.add_exception_handler(RequestValidationError, _bad_parameter)
     _routes(app, server)
+    app.openapi = openapi_without_422(app)  # type: ignore[method-assign]
     return app
 
 

@@ -87,3 +87,21 @@ ERRORS: dict[int | str, dict[str, Any]] = {
     503: {"model": ErrorResponse, "description": "Model not ready yet, or queue full (see Retry-After)."},
     504: {"model": ErrorResponse, "description": "No result within request_timeout_s."},
 }
+
+
+def openapi_without_422(app: Any) -> Any:
+    """`app.openapi` without FastAPI's automatic 422: a bad parameter is answered 400 like every bad request."""
+    build = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            spec = build()
+            for operations in spec.get("paths", {}).values():
+                for operation in operations.values():
+                    operation.get("responses", {}).pop("422", None)
+            for name in ("HTTPValidationError", "ValidationError"):
+                spec.get("components", {}).get("schemas", {}).pop(name, None)
+            app.openapi_schema = spec
+        return app.openapi_schema
+
+    return openapi
