@@ -47,6 +47,55 @@ def test_onnx_export_serves_without_torch(onnx_export: Path, tmp_path: Path) -> 
         np.testing.assert_allclose([served[i] for i in range(len(CLASSES))], expected, atol=1e-4)
 
 
+def _segmentation_export(root: Path) -> Path:
+    """A random-weight ViT segmenter run, exported (fp32)."""
+    import warnings
+
+    from dinotune import load_backbone
+    from dinotune.data.preprocessing import Preprocessing
+    from dinotune.export.onnx import export_model
+    from dinotune.heads.segment import HeadConfig
+    from dinotune.model import ModelCard, build_segmenter, save_model
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="RANDOM WEIGHTS")
+        backbone = load_backbone("random:vit_test16", device="cpu")
+        model = build_segmenter(backbone, HeadConfig(type="linear"), 3).eval()
+        card = ModelCard(
+            task="segment",
+            classes=["sky", "road", "car"],
+            colours=[[0, 0, 0], [128, 0, 0], [0, 128, 0]],
+            preprocessing=Preprocessing(32, mean=backbone.info.mean, std=backbone.info.std),
+            backbone={"source": backbone.info.source, "in_chans": 3, "seed": 0},
+            head={"type": "linear", "config": HeadConfig(type="linear").model_dump()},
+            inference={"mode": "slide", "crop": 32, "stride": 20, "flip": True},
+        )
+        run = save_model(root / "roads", model, card)
+        export_model(run, run / "export", timing_repeats=1)
+    return run
+
+
+def test_a_segmentation_export_serves_without_torch(tmp_path: Path) -> None:
+    import base64
+    import io
+
+    from PIL import Image
+
+    run = _segmentation_export(tmp_path)
+    (tmp_path / "sitecustomize.py").write_text(SHIM)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), str(ROOT / "src")])}
+    port = free_port()
+    data = png_bytes(5, size=(45, 61))  # several overlapping windows, not a multiple of the patch
+    command = [sys.executable, "-m", "dinotune", "serve", str(run / "export"), "--port", str(port)]
+    with server_process(command, port, env) as base:
+        answer = httpx.post(f"{base}/predict", files={"file": ("x.png", data)}, timeout=60)
+    assert answer.status_code == 200, answer.text
+    mask = np.asarray(Image.open(io.BytesIO(base64.b64decode(answer.json()["mask_png"]))))
+    engine = load_engine(run)  # the PyTorch run, torch's sliding window
+    probs = engine.segment(engine.preprocess(decode_upload(data, "x", channels=3, max_pixels=10**6)))
+    assert mask.shape == (45, 61) and (mask == probs.argmax(0)).mean() >= 0.999
+
+
 def test_the_shim_really_blocks_torch(tmp_path: Path) -> None:
     import subprocess
 

@@ -9,43 +9,16 @@ time, so memory is bounded by the window, not the image (the (K, H, W) output as
 
 from __future__ import annotations
 
-import io
-from collections.abc import Callable, Iterable
-from pathlib import Path
+from collections.abc import Callable
 
-import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
-from pydantic import Field
 from torch import Tensor
 
-from dinotune.atomic import atomic_path
-from dinotune.config import StrictModel
+from dinotune.model.masks import default_colours, index_png, overlay, write_index_png
+from dinotune.model.slide import InferenceConfig, window_starts
 
 Model = Callable[[Tensor], Tensor]
-
-
-class InferenceConfig(StrictModel):
-    """The `inference:` section: how full-size images are predicted (final evaluation and predict)."""
-
-    mode: str = Field("slide", pattern="^(slide|whole)$", description="slide (windows) or whole (one pass).")
-    crop: int = Field(512, ge=1, description="slide: window side in pixels.")
-    stride: int = Field(341, ge=1, description="slide: step between windows (crop * 2/3 is common).")
-    flip: bool = Field(False, description="Also predict the horizontally flipped image and average.")
-    scales: list[float] = Field(
-        default_factory=lambda: [1.0],
-        description="Multi-scale TTA factors, e.g. [0.75, 1.0, 1.25]; probabilities are averaged at the original size.",
-    )
-    window_batch: int = Field(4, ge=1, description="Windows per forward pass (memory bound).")
-
-
-def window_starts(size: int, crop: int, stride: int) -> list[int]:
-    """Start offsets along one axis: every `stride`, the last shifted to end at `size`."""
-    if size <= crop:
-        return [0]
-    n = (size - crop + stride - 1) // stride + 1
-    return sorted({min(i * stride, size - crop) for i in range(n)})
 
 
 @torch.no_grad()
@@ -99,60 +72,6 @@ def predict_probs(model: Model, images: Tensor, num_classes: int, cfg: Inference
             total += logits.softmax(dim=1)
             views += 1
     return total / views
-
-
-# --------------------------------------------------------------------------------------------------
-# Mask files
-# --------------------------------------------------------------------------------------------------
-
-
-def default_colours(n: int) -> list[list[int]]:
-    """The PASCAL VOC bit-interleaved palette: distinct, stable colours for any class count (0 = black)."""
-    colours = []
-    for i in range(n):
-        r = g = b = 0
-        c = i
-        for j in range(8):
-            r |= ((c >> 0) & 1) << (7 - j)
-            g |= ((c >> 1) & 1) << (7 - j)
-            b |= ((c >> 2) & 1) << (7 - j)
-            c >>= 3
-        colours.append([r, g, b])
-    return colours
-
-
-def index_png(mask: np.ndarray, colours: Iterable[Iterable[int]]) -> bytes:
-    """An 8-bit palette PNG: pixel values are class indices (what training reads back), shown in colour."""
-    flat = [int(v) for c in colours for v in c][: 256 * 3]
-    image = Image.fromarray(mask.astype(np.uint8), mode="P")
-    image.putpalette(flat + [255, 255, 255] * (256 - len(flat) // 3))
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
-    return buffer.getvalue()
-
-
-def write_index_png(path: Path, mask: np.ndarray, colours: Iterable[Iterable[int]]) -> None:
-    """`index_png` written atomically to `path`."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(path) as tmp:
-        tmp.write_bytes(index_png(mask, colours))
-
-
-def overlay(
-    image: np.ndarray, mask: np.ndarray, colours: list[list[int]], alpha: float = 0.5, ignore_index: int = 255
-) -> np.ndarray:
-    """HxWx3 uint8: the image (first 3 channels or grey) blended with the class colours."""
-    img = image.astype(np.float32)
-    img = np.repeat(img[..., :1], 3, axis=2) if img.ndim == 3 and img.shape[2] < 3 else img[..., :3]
-    if img.ndim == 2:
-        img = np.repeat(img[..., None], 3, axis=2)
-    if img.max() <= 1.0:
-        img = img * 255.0
-    palette = np.asarray(colours, dtype=np.float32).reshape(-1, 3)
-    valid = (mask != ignore_index) & (mask < len(palette))
-    out = img.copy()
-    out[valid] = (1 - alpha) * img[valid] + alpha * palette[mask[valid]]
-    return out.clip(0, 255).astype(np.uint8)
 
 
 __all__ = [

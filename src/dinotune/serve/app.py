@@ -24,6 +24,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 
+from dinotune.model.masks import index_png
 from dinotune.serve.batching import Overloaded
 from dinotune.serve.config import ServeConfig
 from dinotune.serve.environment import from_environment
@@ -48,8 +49,6 @@ TOP_K = Query(None, ge=1, description="Labels per image (default: the server's t
 
 def _segmentation_answer(probs: np.ndarray, card: Any) -> dict[str, Any]:
     """The mask as a base64 index PNG (palette = class colours) and each class's share of the pixels."""
-    from dinotune.model.inference import index_png
-
     mask = probs.argmax(0)
     counts = np.bincount(mask.ravel(), minlength=len(card.classes))
     return {

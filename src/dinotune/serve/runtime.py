@@ -13,7 +13,6 @@ training transform, so the server runs exactly what predict and evaluate run; to
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import json
 import logging
 from dataclasses import dataclass
@@ -24,6 +23,7 @@ import numpy as np
 
 from dinotune.data.numpy_transforms import EvalTransform, FullSizeTransform
 from dinotune.errors import CheckpointError
+from dinotune.model import slide
 from dinotune.model.card import ModelCard, inside, read_card
 from dinotune.model.onnx import load_onnx_model
 
@@ -105,16 +105,11 @@ class Engine:
 
 
 class OnnxEngine(Engine):
-    """An export on ONNX Runtime in numpy (no torch); segmentation's sliding windows still need torch."""
+    """An export on ONNX Runtime, in numpy alone (no torch), segmentation's sliding windows included."""
 
     runtime = "onnxruntime"
 
     def __init__(self, folder: Path, card: ModelCard, file: str | None, threads: int | None) -> None:
-        if card.task == "segment" and importlib.util.find_spec("torch") is None:
-            raise CheckpointError(
-                f"{folder} is a segmentation export: its sliding-window inference needs torch, which this "
-                "environment lacks (the torch-free serve-onnx install serves classifiers); pip install torch"
-            )
         self.model = load_onnx_model(folder, card, file, threads)
         super().__init__(card, folder, self.model.input_multiple, inside(folder, file or card.head["file"], "file"))
 
@@ -124,7 +119,9 @@ class OnnxEngine(Engine):
         return self.probabilities(out["logits"]), out["embedding"].astype(np.float32)
 
     def segment(self, image: np.ndarray) -> np.ndarray:
-        return _torch_segment(self.model, self.card, image)
+        """CHW float32 (any size) -> (K, H, W) class probabilities, with the card's inference settings."""
+        cfg = slide.InferenceConfig(**self.card.inference)
+        return slide.predict_probs(self.model.logits, image[None], len(self.card.classes), cfg)[0]
 
 
 class TorchEngine(Engine):
