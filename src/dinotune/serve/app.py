@@ -27,7 +27,7 @@ from starlette.concurrency import run_in_threadpool
 from dinotune.model.masks import index_png
 from dinotune.serve.batching import Overloaded
 from dinotune.serve.config import ServeConfig
-from dinotune.serve.environment import from_environment
+from dinotune.serve.environment import from_environment, log_to_stderr
 from dinotune.serve.images import UploadError, read_uploads
 from dinotune.serve.monitoring import MEDIA_TYPE
 from dinotune.serve.runtime import Engine
@@ -126,6 +126,7 @@ def create_app(model: str | Path | Engine | None = None, config: ServeConfig | N
     Without `model`, DINOTUNE_MODEL names it and DINOTUNE_CONFIG its config (a launcher's factory call).
     """
     if model is None:
+        log_to_stderr()
         model, environment_config = from_environment()
         config = config or environment_config
     config = config or ServeConfig()

@@ -8,6 +8,7 @@ multiprocess metrics, so that several workers' counters add up in `/metrics`.
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -39,3 +40,14 @@ def multiprocess_dir(environ: Mapping[str, str] | None = None) -> Path | None:
     environ = os.environ if environ is None else environ
     value = environ.get(MULTIPROC_ENV) or environ.get(MULTIPROC_ENV.lower())
     return Path(value) if value else None
+
+
+def log_to_stderr() -> None:
+    """Show the server's own lines (model ready, alerts) in a launcher's worker, where nothing set up
+    logging: uvicorn and gunicorn configure only their own loggers."""
+    logger = logging.getLogger("dinotune")
+    if not logger.handlers and not logging.getLogger().handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)

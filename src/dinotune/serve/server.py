@@ -107,6 +107,7 @@ class ServerState:
         self.decode_slots: asyncio.Semaphore | None = None
         self.segment_slots: asyncio.Semaphore | None = None
         self._tasks: list[asyncio.Task] = []
+        self.threads: int | None = None  # chosen when the server loads the model itself
         if self.engine is not None:
             self._ready(self.engine)
 
@@ -120,10 +121,11 @@ class ServerState:
         checksum = getattr(engine, "checksum", "")
         self.monitor.set_model(engine.name, __version__, engine.card.task, engine.runtime, checksum)
         log.info(
-            "model %s ready (%s, %d classes, drift reference: %s)",
+            "model %s ready (%s, %d classes, %s, drift reference: %s)",
             engine.name,
             engine.runtime,
             len(engine.card.classes),
+            f"{self.threads} thread{'s' if self.threads != 1 else ''}" if self.threads else "threads: the caller's",
             "yes" if engine.reference is not None else "none",
         )
 
@@ -138,11 +140,10 @@ class ServerState:
             self._tasks.append(loop.create_task(self._refresh_process()))
 
     async def _load(self) -> None:
-        threads = cpu_threads(self.config.threads, self.config.workers)
+        self.threads = cpu_threads(self.config.threads, self.config.workers)
         try:
-            engine = await asyncio.to_thread(load_engine, self.model, threads)
+            engine = await asyncio.to_thread(load_engine, self.model, self.threads)
             self._ready(engine)
-            log.info("model threads: %d per worker", threads)
         except Exception as err:  # the server stays up and /ready explains why it never became ready
             self.load_error = f"{type(err).__name__}: {err}"
             log.error("model %s failed to load: %s", self.model, self.load_error)
