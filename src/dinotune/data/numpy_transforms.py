@@ -9,7 +9,7 @@ albumentations pipeline and `torch.nn.functional.interpolate` to 1e-5. The resam
 - area (cv2.INTER_AREA, used by resize="keep" when shrinking): each output pixel averages the input pixels
   it covers, weighted by the covered fraction; on an axis that grows, OpenCV's area-upscale taps.
 
-Each axis is one (out x in) weight matrix, so a resize is two matrix products in float64.
+Each axis is one (out x in) weight matrix, applied as its few nonzero taps per output pixel (float32).
 """
 
 from __future__ import annotations
@@ -43,17 +43,13 @@ def resolve_norm(
     return m, s
 
 
-def linear_weights(size_in: int, size_out: int) -> np.ndarray:
-    """(out x in) half-pixel bilinear taps without antialiasing, the border clamped."""
-    scale = size_in / size_out
-    src = np.maximum((np.arange(size_out) + 0.5) * scale - 0.5, 0.0)
+def linear_taps(size_in: int, size_out: int) -> tuple[np.ndarray, np.ndarray]:
+    """Half-pixel bilinear taps without antialiasing, the border clamped: (out x 2) indices and weights."""
+    src = np.maximum((np.arange(size_out) + 0.5) * (size_in / size_out) - 0.5, 0.0)
     low = np.minimum(np.floor(src).astype(np.int64), size_in - 1)
     frac = np.where(low >= size_in - 1, 0.0, src - low)
-    weights = np.zeros((size_out, size_in))
-    rows = np.arange(size_out)
-    np.add.at(weights, (rows, low), 1.0 - frac)
-    np.add.at(weights, (rows, np.minimum(low + 1, size_in - 1)), frac)
-    return weights
+    index = np.stack([low, np.minimum(low + 1, size_in - 1)], 1)
+    return index, np.stack([1.0 - frac, frac], 1).astype(np.float32)
 
 
 def area_weights(size_in: int, size_out: int) -> np.ndarray:
@@ -89,19 +85,41 @@ def area_upscale_weights(size_in: int, size_out: int) -> np.ndarray:
     return weights
 
 
+def _taps(weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """A (out x in) weight matrix as per-output taps: (out x T) input indices and float32 weights."""
+    rows, cols = np.nonzero(weights)  # row-major: each row's columns in increasing order
+    counts = np.bincount(rows, minlength=weights.shape[0])
+    slot = np.arange(rows.size) - np.repeat(np.cumsum(counts) - counts, counts)
+    index = np.zeros((weights.shape[0], max(1, int(counts.max()))), np.int64)
+    taps = np.zeros(index.shape, np.float32)
+    index[rows, slot], taps[rows, slot] = cols, weights[rows, cols]
+    return index, taps
+
+
+def _along(image: np.ndarray, taps: tuple[np.ndarray, np.ndarray], axis: int) -> np.ndarray:
+    """Resample one axis by gathering its few taps (cost: output size x taps, not output x input)."""
+    index, w = taps
+    shape = [1] * image.ndim
+    shape[axis] = index.shape[0]
+    out = np.take(image, index[:, 0], axis=axis) * w[:, 0].reshape(shape)
+    for t in range(1, index.shape[1]):
+        out += np.take(image, index[:, t], axis=axis) * w[:, t].reshape(shape)
+    return out
+
+
 def resize(image: np.ndarray, height: int, width: int, area: bool = False) -> np.ndarray:
     """HxWxC float32 -> height x width x C, linear (default) or OpenCV's INTER_AREA."""
     h, w = image.shape[:2]
     if (h, w) == (height, width):
         return image
     if area and height <= h and width <= w:
-        wy, wx = area_weights(h, height), area_weights(w, width)
+        ty, tx = _taps(area_weights(h, height)), _taps(area_weights(w, width))
     elif area:
-        wy, wx = area_upscale_weights(h, height), area_upscale_weights(w, width)
+        ty, tx = _taps(area_upscale_weights(h, height)), _taps(area_upscale_weights(w, width))
     else:
-        wy, wx = linear_weights(h, height), linear_weights(w, width)
-    out = np.einsum("yh,hwc,xw->yxc", wy, image.astype(np.float64, copy=False), wx, optimize=True)
-    return out.astype(np.float32)
+        ty, tx = linear_taps(h, height), linear_taps(w, width)
+    image = image.astype(np.float32, copy=False)
+    return _along(_along(image, ty, 0), tx, 1)
 
 
 def _pad_centre(image: np.ndarray, size: int) -> np.ndarray:
