@@ -266,18 +266,7 @@ def export(
     typer.echo(export_summary(result.run_dir, result.metrics))
 
 
-SERVE_EXAMPLES = """Examples (tests/serve/test_launchers.py runs them):
-
-\b
-  dinotune serve runs/cats/export --port 8080 max_batch_size=16 threads=2
-  dinotune serve runs/cats/export --host 0.0.0.0 --workers 2
-  DINOTUNE_MODEL=runs/cats/export \\
-    uvicorn --factory dinotune.serve.app:create_app
-
-See docs/serve.md for gunicorn, threads, metrics and the OpenAPI schema."""
-
-
-@app.command(epilog=SERVE_EXAMPLES)
+@app.command()
 def serve(
     model: Path = typer.Argument(
         ..., metavar="MODEL", help="Run/model folder, export folder, or exported .onnx with its model.json."
@@ -290,7 +279,16 @@ def serve(
         None, metavar="KEY=VALUE...", help="ServeConfig overrides, e.g. max_batch_size=16 threads=2."
     ),
 ) -> None:
-    """HTTP server: /predict, /predict/batch, /health, /ready, /info, /metrics, with micro-batching."""
+    """HTTP server: /predict, /predict/batch, /health, /ready, /info, /metrics, with micro-batching.
+
+    \b
+    Examples (tests/serve/test_launchers.py runs each as written):
+      $ dinotune serve runs/probe/export --port 8000 max_batch_size=16 threads=2
+      $ dinotune serve runs/probe/export --host 0.0.0.0 --port 8000 --workers 2
+      $ DINOTUNE_MODEL=runs/probe/export uvicorn --factory dinotune.serve.app:create_app --port 8000
+
+    Launchers, workers, threads, metrics and the OpenAPI schema: docs/serve.md.
+    """
     from dinotune.serve import ServeConfig
     from dinotune.serve import serve as run_serve
 

@@ -2,7 +2,8 @@
 
 The model loads in a background thread with its threads sized to the CPU quota, so `/health` answers
 at once and `/ready` turns 200 when predictions can be served; a model that cannot load keeps the
-server up and `/ready` says why.
+server up and `/ready` says why. With several workers sharing one socket each worker loads its model
+before it accepts connections, so no request reaches a worker that would answer "not ready".
 """
 
 from __future__ import annotations
@@ -134,7 +135,9 @@ class ServerState:
         self.segment_slots = asyncio.Semaphore(1)  # whole images, one at a time: memory bound by the window
         self.batcher.start()
         loop = asyncio.get_running_loop()
-        if self.engine is None:
+        if self.engine is None and self.config.workers > 1:
+            await self._load()  # a worker takes connections only once it can answer them (no 503 from it)
+        elif self.engine is None:
             self._tasks.append(loop.create_task(self._load()))
         if self.monitor.shared_dir is not None:
             self._tasks.append(loop.create_task(self._refresh_process()))
