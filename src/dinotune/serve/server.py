@@ -135,6 +135,12 @@ class ServerState:
         self.segment_slots = asyncio.Semaphore(1)  # whole images, one at a time: memory bound by the window
         self.batcher.start()
         loop = asyncio.get_running_loop()
+        if self.config.workers > 1 and self.monitor.shared_dir is None:
+            log.warning(
+                "workers=%d but PROMETHEUS_MULTIPROC_DIR is not set: /metrics shows only the answering worker's "
+                "figures; set it to an empty folder shared by the workers (docs/serve.md)",
+                self.config.workers,
+            )
         if self.engine is None and self.config.workers > 1:
             await self._load()  # a worker takes connections only once it can answer them (no 503 from it)
         elif self.engine is None:
