@@ -65,6 +65,7 @@ _DROPPED_PATTERNS = [
 ]
 _WRAPPER_KEYS = ("teacher", "model", "state_dict", "student")
 _PREFIXES = ("backbone.", "module.", "_orig_mod.")
+_SEGMENTOR = "segmentation_model."
 
 
 def _compile(pattern: str) -> re.Pattern[str]:
@@ -112,6 +113,10 @@ def unwrap_state_dict(obj: Any, source: str = "checkpoint") -> dict[str, Tensor]
         raise CheckpointError(f"{source} is not a state_dict of tensors. Pass an official DINOv3 release `.pth`.")
     out = {}
     for key, value in obj.items():
+        if key.startswith(_SEGMENTOR):  # an official segmentor checkpoint (e.g. Mask2Former): its ViT only
+            if not key.startswith(_SEGMENTOR + "0.backbone."):
+                continue
+            key = key.removeprefix(_SEGMENTOR + "0.backbone.")
         for prefix in _PREFIXES:
             key = key.removeprefix(prefix)
         if key.startswith(("dino_head.", "ibot_head.", "head.")):

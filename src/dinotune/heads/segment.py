@@ -19,12 +19,15 @@ from pydantic import Field
 from torch import Tensor, nn
 
 from dinotune.config import StrictModel
+from dinotune.heads.mask2former import Mask2FormerConfig, four_even_intervals
 
 
 class HeadConfig(StrictModel):
     """The `head:` section of a segmentation config."""
 
-    type: Literal["linear", "decoder"] = Field("linear", description="linear (BN + 1x1 conv) or decoder (FPN).")
+    type: Literal["linear", "decoder", "m2f"] = Field(
+        "linear", description="linear (BN + 1x1 conv), decoder (FPN) or m2f (Mask2Former, official DINOv3 layout)."
+    )
     layers: Literal["last", "last4"] = Field(
         "last4",
         description="linear: last block, or the last 4 "
@@ -33,12 +36,15 @@ class HeadConfig(StrictModel):
     )
     width: int = Field(128, ge=8, description="decoder: channels of every FPN level.")
     dropout: float = Field(0.0, ge=0, lt=1, description="Dropout on the head input (0: off).")
+    m2f: Mask2FormerConfig = Field(default_factory=Mask2FormerConfig, description="m2f: sizes, weights, classes.")
 
 
 def layer_indices(n_blocks: int, cfg: HeadConfig) -> list[int]:
     """Block (ViT) or stage (ConvNeXt) indices the head reads."""
     if cfg.type == "linear":
         return [n_blocks - 1] if cfg.layers == "last" else list(range(max(0, n_blocks - 4), n_blocks))
+    if cfg.type == "m2f":
+        return four_even_intervals(n_blocks)
     if n_blocks <= 4:
         return list(range(n_blocks))
     return sorted({round((i + 1) * n_blocks / 4) - 1 for i in range(4)})  # e.g. 12 -> [2, 5, 8, 11]
@@ -115,6 +121,8 @@ class MultiScaleDecoder(nn.Module):
 def build_head(cfg: HeadConfig, in_dims: list[int], num_classes: int) -> nn.Module:
     if cfg.type == "linear":
         return LinearSegHead(in_dims, num_classes, cfg.dropout)
+    if cfg.type == "m2f":
+        raise ValueError("the m2f head reads the image too: build it with dinotune.model.build_segmenter")
     return MultiScaleDecoder(in_dims, num_classes, cfg.width, cfg.dropout)
 
 

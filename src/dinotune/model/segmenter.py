@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import math
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -55,3 +58,34 @@ def feature_dims(backbone: Backbone, layers: list[int]) -> list[int]:
 def build_segmenter(backbone: Backbone, head_cfg: HeadConfig, num_classes: int) -> Segmenter:
     layers = layer_indices(backbone.n_blocks, head_cfg)
     return Segmenter(backbone, build_head(head_cfg, feature_dims(backbone, layers), num_classes), layers)
+
+
+class MaskSegmenter(Segmenter):
+    """Backbone + `Mask2FormerHead`: the head reads the image too, inputs are padded to multiples of 32
+    (the adapter's strides), and `forward` gives the log of the official semantic scores, so every
+    consumer of `Segmenter` logits (argmax, softmax in sliding window / TTA, ONNX) works unchanged."""
+
+    SCORE_FLOOR = 1e-6  # scores are >= 0; the floor keeps their log finite
+
+    @property
+    def input_multiple(self) -> int:
+        return math.lcm(self.backbone.input_multiple, 32)
+
+    def features(self, images: Tensor) -> list[Tensor]:
+        """The maps of `layers`, which repeat blocks on backbones with fewer than 4 of them."""
+        unique = sorted(set(self.layers))
+        frozen = not any(p.requires_grad for p in self.backbone.parameters())
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not frozen):
+            maps = self.backbone.get_intermediate_layers(images, n=unique, reshape=True, norm=True)
+        return [maps[unique.index(layer)] for layer in self.layers]
+
+    def outputs(self, images: Tensor) -> dict[str, Any]:
+        """Mask2Former's raw dict for images whose sides are multiples of `input_multiple`."""
+        return self.head(images, self.features(images))
+
+    def forward(self, images: Tensor) -> Tensor:
+        h, w = images.shape[-2:]
+        multiple = self.input_multiple
+        images = F.pad(images, (0, (-w) % multiple, 0, (-h) % multiple))
+        scores = self.head.semantic(self.outputs(images), tuple(images.shape[-2:]))
+        return scores.clamp_min(self.SCORE_FLOOR).log()[..., :h, :w]

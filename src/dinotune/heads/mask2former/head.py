@@ -53,6 +53,17 @@ class Mask2FormerHead(nn.Module):
         self.register_buffer("aggregation", aggregation.float(), persistent=False)  # not part of the weights
         self.num_classes = int(aggregation.shape[0])
 
+    def train(self, mode: bool = True) -> Mask2FormerHead:
+        """Parts with every parameter frozen stay in eval mode while the rest trains: their BatchNorm
+        statistics and drop path stay those of inference, so frozen parts are bit-identical after training."""
+        super().train(mode)
+        if mode:
+            for module in self.modules():
+                params = list(module.parameters())
+                if params and not any(p.requires_grad for p in params):
+                    module.eval()
+        return self
+
     def forward(self, images: Tensor, feats: list[Tensor]) -> Outputs:
         maps = self.adapter(images, [f.float() for f in feats])
         mask_features, multi_scale = self.pixel_decoder(maps)
