@@ -64,7 +64,7 @@ def mask_pixels(pred: Tensor, target: Tensor, valid: Tensor, points: int, genera
     coords = torch.rand(1, 1, points, 2, generator=generator).to(pred.device) * 2 - 1
 
     def sample(x: Tensor, mode: str) -> Tensor:
-        return F.grid_sample(x[None], coords, mode=mode, align_corners=False)[0, :, 0]
+        return F.grid_sample(x[None], coords, mode=mode, padding_mode="border", align_corners=False)[0, :, 0]
 
     return sample(pred, "bilinear"), sample(target, "nearest"), sample(valid[None].float(), "nearest")
 
