@@ -33,7 +33,7 @@ def test_hungarian_matching_pairs_each_target_with_its_query() -> None:
     loss = Mask2FormerLoss()
     valid = torch.ones(1, 2, 2)
     logp = class_log_probs(outputs["pred_logits"])
-    (rows, cols), = loss.match(logp, outputs["pred_masks"], semantic_targets(target), valid)
+    ((rows, cols),) = loss.match(logp, outputs["pred_masks"], semantic_targets(target), valid)
     assert dict(zip(cols.tolist(), rows.tolist(), strict=True)) == {0: 1, 1: 0}  # target 0 (class 0) <- q1
     # the query order does not matter: swapping q0 and q1 swaps the match
     swapped = {k: v[:, [1, 0, 2]] for k, v in outputs.items()}

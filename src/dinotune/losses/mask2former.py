@@ -125,7 +125,9 @@ class Mask2FormerLoss(nn.Module):
         wc, wm, wd = self.weights
         return wc * ce + wm * bce / n + wd * dice / n
 
-    def forward(self, outputs: dict[str, Any], masks: Tensor, aggregation: Tensor | None = None, generator=None) -> Tensor:
+    def forward(
+        self, outputs: dict[str, Any], masks: Tensor, aggregation: Tensor | None = None, generator=None
+    ) -> Tensor:
         masks = masks.long()
         valid = (masks != self.ignore_index).float()
         targets = semantic_targets(masks, self.ignore_index)

@@ -26,6 +26,7 @@ from dinotune.heads.linear import LinearHead
 from dinotune.heads.segment import HeadConfig, build_head
 from dinotune.model.card import CARD_FILE, ModelCard, inside, read_card
 from dinotune.model.classifier import Classifier
+from dinotune.model.mask2former import build_mask_segmenter
 from dinotune.model.onnx import load_onnx_model
 from dinotune.model.segmenter import Segmenter, feature_dims
 
@@ -116,12 +117,23 @@ def _segmenter(backbone: Backbone, path: Path, card: ModelCard) -> Segmenter:
     if not isinstance(layers, list):
         raise CheckpointError(f"{card.head.get('file')}: the card's head has no 'layers' list.")
     head_cfg = HeadConfig(**card.head.get("config", {}))
-    head = build_head(head_cfg, feature_dims(backbone, layers), len(card.classes))
+    if head_cfg.type == "m2f":
+        model: Segmenter = _mask_segmenter(backbone, head_cfg, card)
+    else:
+        model = Segmenter(backbone, build_head(head_cfg, feature_dims(backbone, layers), len(card.classes)), layers)
     try:
-        head.load_state_dict(load_file(str(path)))
+        model.head.load_state_dict(load_file(str(path)))
     except (RuntimeError, SafetensorError) as err:
         raise CheckpointError(f"{path} does not match the head in {CARD_FILE}: {str(err).splitlines()[0]}") from None
-    return Segmenter(backbone, head, layers)
+    return model
+
+
+def _mask_segmenter(backbone: Backbone, head_cfg: HeadConfig, card: ModelCard) -> Segmenter:
+    """A Mask2Former segmenter from the card alone: head classes and aggregation are stored there, and the
+    official file named in the config is not read again (head.safetensors holds the trained weights)."""
+    cfg = head_cfg.m2f.model_copy(update={"weights": None, "aggregate": None})
+    head_classes = card.head.get("head_classes") or list(card.classes)
+    return build_mask_segmenter(backbone, cfg, list(card.classes), list(head_classes), card.head.get("aggregate"))
 
 
 def _check_card(card: ModelCard, folder: Path) -> None:

@@ -65,7 +65,9 @@ def build_mask_segmenter(
 ) -> MaskSegmenter:
     """Backbone + Mask2Former head over the official FOUR_EVEN_INTERVALS blocks, weights loaded strictly."""
     if backbone.info.family != "vit":
-        raise ConfigError(f"head.type=m2f needs a ViT backbone (the DINOv3 adapter reads patch tokens); got a {backbone.info.family}.")
+        raise ConfigError(
+            f"head.type=m2f needs a ViT backbone (the DINOv3 adapter reads patch tokens); got a {backbone.info.family}."
+        )
     matrix = aggregation_matrix(mapping, head_classes, str(cfg.aggregate)) if mapping is not None else None
     head = Mask2FormerHead(backbone.embed_dim, len(head_classes), cfg, backbone.info.in_chans, matrix)
     if head_sd is not None:

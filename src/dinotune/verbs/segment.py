@@ -11,6 +11,7 @@ its own size and predicts it with `inference` (sliding window by default), as th
 
 from __future__ import annotations
 
+import math
 import time
 from pathlib import Path
 from typing import Any, Literal
@@ -34,6 +35,7 @@ from dinotune.heads.segment import HeadConfig
 from dinotune.losses.segmentation import SegmentationLossConfig, pixel_class_weights
 from dinotune.model import ModelCard, build_segmenter, load_model
 from dinotune.model.inference import InferenceConfig, default_colours
+from dinotune.model.mask2former import build_mask_segmenter, card_fields, resolve_classes, set_trainable_parts
 from dinotune.run_folder import write_json
 from dinotune.tasks.segment import SegmentationModule, SegMode
 from dinotune.training.modes import prepare_model
@@ -86,21 +88,25 @@ def run_segment(cfg: SegmentConfig, resume: bool = False, callbacks: tuple[L.Cal
     _check(cfg)
     with training_run(cfg, "segment", resume) as (run_dir, run, backbone, prep):
         data_cfg = with_channels(cfg.data, backbone).model_copy(update={"task": "segment"})
-        spec, sets = build_datasets(data_cfg, prep.mean, prep.std, run_dir, patch_size=backbone.input_multiple)
+        multiple = math.lcm(backbone.input_multiple, 32) if cfg.head.type == "m2f" else backbone.input_multiple
+        spec, sets = build_datasets(data_cfg, prep.mean, prep.std, run_dir, patch_size=multiple)
         if "train" not in sets or "val" not in sets or not len(sets["train"]):  # type: ignore[arg-type]
             raise DataError(f"'{cfg.data.root}' needs train and val images with masks (found splits: {sorted(sets)}).")
         preflight(spec, cfg.data, channels=backbone.info.in_chans)
         classes, colours = class_names(cfg, spec)
-        model = build_segmenter(backbone, cfg.head, len(classes))
+        model, head_fields = _build_model(cfg, backbone, classes)
         counts = prepare_model(model, cfg.mode, freeze_blocks=cfg.freeze_blocks, lora=cfg.lora)
+        if cfg.head.type == "m2f":  # head-only fine-tuning of chosen parts (e.g. predictor.class_embed)
+            set_trainable_parts(model.head, cfg.head.m2f.trainable)
+            counts["trainable"] = sum(p.numel() for p in model.parameters() if p.requires_grad)
         weights = _class_weights(cfg, sets["train"], len(classes))  # type: ignore[arg-type]
         module = SegmentationModule(model, len(classes), mode=cfg.mode, optim=cfg.optim, loss=cfg.loss,
                                     class_weights=weights, ignore_index=cfg.data.ignore_index,
-                                    seed=cfg.trainer.seed)  # fmt: skip
+                                    seed=cfg.trainer.seed, set_loss=cfg.head.m2f.loss)  # fmt: skip
         source = backbone_source(backbone, cfg.trainer.seed)
 
         def card() -> ModelCard:
-            head = {"type": cfg.head.type, "config": cfg.head.model_dump()}
+            head = {"type": cfg.head.type, "config": cfg.head.model_dump(mode="json"), **head_fields}
             return ModelCard("segment", classes, prep, dict(source), head, colours=colours,
                              ignore_index=cfg.data.ignore_index, inference=cfg.inference.model_dump(),
                              license=backbone.info.license)  # fmt: skip
@@ -124,6 +130,15 @@ def run_segment(cfg: SegmentConfig, resume: bool = False, callbacks: tuple[L.Cal
             write_segmentation_report(run_dir, metrics)
             run.info(" ".join(f"{k} {v:.4f}" for k, v in metrics["summary"].items()))
     return Result(run_dir, metrics)
+
+
+def _build_model(cfg: SegmentConfig, backbone: Any, classes: list[str]) -> tuple[Any, dict[str, Any]]:
+    """The segmenter of `cfg.head` and what its card's head section needs beyond type and config."""
+    if cfg.head.type != "m2f":
+        return build_segmenter(backbone, cfg.head, len(classes)), {}
+    head_classes, mapping, head_sd = resolve_classes(cfg.head.m2f, classes)
+    model = build_mask_segmenter(backbone, cfg.head.m2f, classes, head_classes, mapping, head_sd)
+    return model, card_fields(model, head_classes, mapping)
 
 
 def _check(cfg: SegmentConfig) -> None:

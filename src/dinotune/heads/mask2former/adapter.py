@@ -160,9 +160,7 @@ class DINOv3Adapter(nn.Module):
         h, w = images.shape[-2] // 16, images.shape[-1] // 16
         c1, *levels = self.spm(images)
         shapes = [(int(c.shape[-2]), int(c.shape[-1])) for c in levels]
-        query = torch.cat(
-            [c.flatten(2).transpose(1, 2) + self.level_embed[i] for i, c in enumerate(levels)], dim=1
-        )
+        query = torch.cat([c.flatten(2).transpose(1, 2) + self.level_embed[i] for i, c in enumerate(levels)], dim=1)
         refs = reference_points(shapes, images.device)
         for block, feat in zip(self.interactions, feats, strict=True):
             tokens = feat.flatten(2).transpose(1, 2)
@@ -174,7 +172,9 @@ class DINOv3Adapter(nn.Module):
         )
         c1 = self.up(c2) + c1
         sizes = [(4 * h, 4 * w), (2 * h, 2 * w), (h, w), (h // 2, w // 2)]
-        vit = [F.interpolate(f, size=s, mode="bilinear", align_corners=False) for f, s in zip(feats, sizes, strict=True)]
+        vit = [
+            F.interpolate(f, size=s, mode="bilinear", align_corners=False) for f, s in zip(feats, sizes, strict=True)
+        ]
         maps = [c + v for c, v in zip((c1, c2, c3, c4), vit, strict=True)]
         return [norm(m) for norm, m in zip((self.norm1, self.norm2, self.norm3, self.norm4), maps, strict=True)]
 

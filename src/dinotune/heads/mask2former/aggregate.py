@@ -51,13 +51,15 @@ def aggregation_matrix(mapping: dict[str, list[Any]], head_classes: list[str], s
         for member in members:
             k = member if isinstance(member, int) else index.get(str(member))
             if k is None or not 0 <= k < len(head_classes):
+                names = ", ".join(head_classes[:8]) + (", ..." if len(head_classes) > 8 else "")
                 raise ConfigError(
                     f"head.m2f.aggregate ({source}): '{member}' of class '{user}' is not a head class "
-                    f"(names: {', '.join(head_classes[:8])}{', ...' if len(head_classes) > 8 else ''}; or 0..{len(head_classes) - 1})."
+                    f"(names: {names}; or indices 0..{len(head_classes) - 1})."
                 )
             if k in owner and owner[k] != user:
                 raise ConfigError(
-                    f"head.m2f.aggregate ({source}): head class '{head_classes[k]}' is in both '{owner[k]}' and '{user}'."
+                    f"head.m2f.aggregate ({source}): head class '{head_classes[k]}' is in both "
+                    f"'{owner[k]}' and '{user}'."
                 )
             owner[k] = user
             matrix[row, k] = 1.0
@@ -66,7 +68,10 @@ def aggregation_matrix(mapping: dict[str, list[Any]], head_classes: list[str], s
 
 def mapping_from_matrix(matrix: Tensor, head_classes: list[str], user_classes: list[str]) -> dict[str, list[str]]:
     """The inverse of `aggregation_matrix` by name: what a model card stores."""
-    return {u: [head_classes[k] for k in row.nonzero().flatten().tolist()] for u, row in zip(user_classes, matrix, strict=True)}
+    return {
+        u: [head_classes[k] for k in row.nonzero().flatten().tolist()]
+        for u, row in zip(user_classes, matrix, strict=True)
+    }
 
 
 __all__ = ["aggregation_matrix", "mapping_from_matrix", "read_mapping"]

@@ -28,7 +28,9 @@ class Mask2FormerLossConfig(StrictModel):
 class Mask2FormerConfig(StrictModel):
     """Head and adapter sizes (official defaults), starting weights, trainable parts, class aggregation."""
 
-    hidden_dim: int = Field(256, ge=32, multiple_of=32, description="Width of pixel decoder and queries (GroupNorm 32).")
+    hidden_dim: int = Field(
+        256, ge=32, multiple_of=32, description="Width of pixel decoder and queries (GroupNorm 32)."
+    )
     num_queries: int = Field(100, ge=1, description="Learned queries (masks predicted per image).")
     enc_layers: int = Field(6, ge=1, description="Deformable encoder layers of the pixel decoder.")
     dec_layers: int = Field(9, ge=1, description="Masked-attention decoder layers.")

@@ -36,7 +36,12 @@ class Mask2FormerHead(nn.Module):
     """(images, 4 ViT maps) -> Mask2Former outputs; `num_classes` is the user's class count."""
 
     def __init__(
-        self, in_dim: int, head_classes: int, cfg: Mask2FormerConfig, in_chans: int = 3, aggregation: Tensor | None = None
+        self,
+        in_dim: int,
+        head_classes: int,
+        cfg: Mask2FormerConfig,
+        in_chans: int = 3,
+        aggregation: Tensor | None = None,
     ) -> None:
         super().__init__()
         self.cfg, self.head_classes = cfg, head_classes
@@ -44,8 +49,14 @@ class Mask2FormerHead(nn.Module):
                                      drop_path=cfg.adapter_drop_path, in_chans=in_chans)  # fmt: skip
         self.pixel_decoder = PixelDecoder(in_dim, cfg.hidden_dim, enc_layers=cfg.enc_layers, ffn=cfg.ffn_dim,
                                           n_heads=cfg.heads)  # fmt: skip
-        self.predictor = MaskedTransformerDecoder(cfg.hidden_dim, head_classes, queries=cfg.num_queries,
-                                                  n_heads=cfg.heads, ffn=cfg.ffn_dim, layers=cfg.dec_layers)  # fmt: skip
+        self.predictor = MaskedTransformerDecoder(
+            cfg.hidden_dim,
+            head_classes,
+            queries=cfg.num_queries,
+            n_heads=cfg.heads,
+            ffn=cfg.ffn_dim,
+            layers=cfg.dec_layers,
+        )
         if aggregation is None:
             aggregation = torch.eye(head_classes)
         if aggregation.shape[1] != head_classes:

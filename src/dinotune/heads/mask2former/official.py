@@ -26,7 +26,9 @@ def read_official(path: str | Path) -> dict[str, Tensor]:
     try:
         sd = torch.load(Path(path), map_location="cpu", weights_only=True)
     except Exception as err:  # torch raises many types for a torn or foreign file
-        raise CheckpointError(f"Cannot read '{path}': {type(err).__name__}: {str(err).splitlines()[0][:200]}.") from None
+        raise CheckpointError(
+            f"Cannot read '{path}': {type(err).__name__}: {str(err).splitlines()[0][:200]}."
+        ) from None
     if isinstance(sd, dict) and isinstance(sd.get("state_dict"), dict):
         sd = sd["state_dict"]
     if not isinstance(sd, dict) or not all(isinstance(v, Tensor) for v in sd.values()):
@@ -94,7 +96,9 @@ def head_class_count(head_sd: dict[str, Tensor], source: str) -> int:
     """Classes of a head file (its class_embed has one more output: 'no object')."""
     weight = head_sd.get("predictor.class_embed.weight")
     if weight is None:
-        raise CheckpointError(f"{source} has no {official_name('predictor.class_embed.weight')}: not a Mask2Former head.")
+        raise CheckpointError(
+            f"{source} has no {official_name('predictor.class_embed.weight')}: not a Mask2Former head."
+        )
     return int(weight.shape[0]) - 1
 
 

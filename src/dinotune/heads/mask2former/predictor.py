@@ -84,7 +84,9 @@ class MaskedTransformerDecoder(nn.Module):
     ) -> None:
         super().__init__()
         self.n_heads, self.hidden = n_heads, hidden
-        self.transformer_self_attention_layers = nn.ModuleList(SelfAttentionLayer(hidden, n_heads) for _ in range(layers))
+        self.transformer_self_attention_layers = nn.ModuleList(
+            SelfAttentionLayer(hidden, n_heads) for _ in range(layers)
+        )
         self.transformer_cross_attention_layers = nn.ModuleList(
             CrossAttentionLayer(hidden, n_heads) for _ in range(layers)
         )
