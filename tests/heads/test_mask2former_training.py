@@ -29,7 +29,7 @@ def _train(model, images, masks, steps: int, lr: float, batch: int = 8) -> None:
     model.train()
     model.backbone.eval()
     gen = torch.Generator().manual_seed(0)
-    for step in range(steps):
+    for _ in range(steps):
         idx = torch.randint(len(images), (batch,), generator=gen)
         loss = loss_fn(model.outputs(images[idx]), masks[idx], model.head.aggregation)
         optimizer.zero_grad()

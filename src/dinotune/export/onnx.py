@@ -96,6 +96,10 @@ def export_model(
     if read_card(source).is_onnx:
         raise ConfigError(f"'{source}' is already an ONNX export; export the run or model folder it came from.")
     model, card = load_model(source, device="cpu")
+    if card.head.get("type") == "m2f" and dynamic_spatial:  # its adapter's grid sizes trace as constants
+        log.warning("Mask2Former head: exporting for one input size (%d px); predict with inference.mode=slide.",
+                    card.preprocessing.image_size)  # fmt: skip
+        dynamic_spatial = False
     module = ExportModule(model, backbone_only).eval()
     paths = _image_paths(calibration_images, source, max_images)
     images = [card.preprocessing.load(p, model.input_multiple) for p in paths]

@@ -76,6 +76,8 @@ class SegmentationModule(TaskModule):
     def _set_step(self, images: Tensor, masks: Tensor, generator: torch.Generator | None) -> tuple[Tensor, Tensor]:
         """Mask2Former: the set loss on the raw outputs (aggregated classes), and the semantic scores.
         Crops whose sides are not multiples of 32 are padded (masks with ignore_index)."""
+        if self.model.training:  # Lightning restores recorded module modes: frozen head parts back to eval
+            self.model.head.train()
         h, w = images.shape[-2:]
         multiple = self.model.input_multiple
         pad = (0, (-w) % multiple, 0, (-h) % multiple)
