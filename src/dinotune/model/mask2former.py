@@ -7,6 +7,7 @@ head.safetensors under dinotune's names (`dinotune.heads.mask2former.official` m
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from torch import Tensor
@@ -22,7 +23,7 @@ from dinotune.heads.mask2former import (
     read_official,
     split_official,
 )
-from dinotune.heads.mask2former.aggregate import aggregation_matrix, read_mapping
+from dinotune.heads.mask2former.aggregate import aggregation_matrix, read_class_names, read_mapping
 from dinotune.model.segmenter import MaskSegmenter
 
 
@@ -34,7 +35,8 @@ def resolve_classes(
     if cfg.weights is not None:
         _, head_sd = split_official(read_official(cfg.weights), str(cfg.weights))
     count = head_class_count(head_sd, str(cfg.weights)) if head_sd is not None else None
-    names = list(cfg.head_classes) if cfg.head_classes else None
+    given = cfg.head_classes
+    names = read_class_names(given) if isinstance(given, Path) else list(given) if given else None
     if names is None:
         names = classes if count in (None, len(classes)) else [f"head_class_{i}" for i in range(count or 0)]
     if count is not None and len(names) != count:

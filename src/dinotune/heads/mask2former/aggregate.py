@@ -42,6 +42,19 @@ def read_mapping(path: str | Path) -> dict[str, list[Any]]:
     return out
 
 
+def read_class_names(path: str | Path) -> list[str]:
+    """A YAML/JSON list of class names (a head's own classes)."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+        data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+    except (OSError, ValueError, yaml.YAMLError) as err:
+        raise ConfigError(f"head.m2f.head_classes: cannot read '{path}' ({err}).") from None
+    if not isinstance(data, list) or not data:
+        raise ConfigError(f"head.m2f.head_classes: '{path}' must be a list of class names.")
+    return [str(name) for name in data]
+
+
 def aggregation_matrix(mapping: dict[str, list[Any]], head_classes: list[str], source: str = "mapping") -> Tensor:
     """The (N_user, K) 0/1 matrix of `mapping`; head classes by name or index into `head_classes`."""
     index = {name: i for i, name in enumerate(head_classes)}
@@ -74,4 +87,4 @@ def mapping_from_matrix(matrix: Tensor, head_classes: list[str], user_classes: l
     }
 
 
-__all__ = ["aggregation_matrix", "mapping_from_matrix", "read_mapping"]
+__all__ = ["aggregation_matrix", "mapping_from_matrix", "read_class_names", "read_mapping"]

@@ -42,8 +42,10 @@ class Mask2FormerConfig(StrictModel):
     weights: Path | None = Field(
         None, description="Official head file (e.g. dinov3_vitl16_ade20k_m2f_head-*.pth) or full segmentor checkpoint."
     )
-    head_classes: list[str] | None = Field(
-        None, description="Names of the head's own classes (e.g. the 150 ADE20K names); default: the user's classes."
+    head_classes: list[str] | Path | None = Field(
+        None,
+        description="Names of the head's own classes (e.g. the 150 ADE20K names), or a YAML/JSON file listing them; "
+        "default: the user's classes.",
     )
     aggregate: Path | None = Field(
         None, description="YAML/JSON file: user class -> list of head classes whose probabilities are summed."
