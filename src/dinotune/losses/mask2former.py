@@ -57,8 +57,8 @@ def pairwise_dice(logits: Tensor, targets: Tensor, valid: Tensor) -> Tensor:
 
 def mask_pixels(pred: Tensor, target: Tensor, valid: Tensor, points: int, generator: torch.Generator | None):
     """Flatten (Q, h, w) predictions and (n, H, W) targets onto the same pixels: all target pixels
-    (predictions resized bilinearly), or `points` random ones sampled from both."""
-    if points <= 0:
+    (predictions resized bilinearly), or `points` random ones sampled from both when masks have more pixels."""
+    if points <= 0 or points >= target.shape[-2] * target.shape[-1]:  # small masks: every pixel, exactly
         pred = F.interpolate(pred[None], size=target.shape[-2:], mode="bilinear", align_corners=False)[0]
         return pred.flatten(1), target.flatten(1), valid.flatten()[None]
     coords = torch.rand(1, 1, points, 2, generator=generator).to(pred.device) * 2 - 1

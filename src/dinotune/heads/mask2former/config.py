@@ -21,7 +21,7 @@ class Mask2FormerLossConfig(StrictModel):
     mask_weight: float = Field(5.0, ge=0, description="Weight of the mask sigmoid BCE (and its matching cost).")
     dice_weight: float = Field(5.0, ge=0, description="Weight of the mask Dice loss (and its matching cost).")
     no_object_weight: float = Field(0.1, ge=0, description="CE weight of the 'no object' class.")
-    points: int = Field(0, ge=0, description="Sampled points per mask for the mask losses (0: every pixel).")
+    points: int = Field(0, ge=0, description="Sampled pixels per mask for the mask losses (0: every pixel).")
     aux: bool = Field(True, description="Also supervise the predictions after every decoder layer.")
 
 
