@@ -50,6 +50,9 @@ def export_summary(folder: Path, report: dict[str, Any]) -> str:
         agreement = q.get("top1_agreement", q.get("mean_cosine_vs_fp32"))
         lines.append(f"  int8 ({q['method']})           agreement {agreement:.4f} on {q['n']} {q['evaluated_on']}, "
                      f"{q['timing']['int8_speedup_vs_fp32']:.2f}x fp32, {q['size_ratio']:.2f}x the size")  # fmt: skip
+        if "kept" in q:
+            verdict = "int8 (faster and agrees)" if q["kept"] else "fp32: int8 " + "; ".join(q["reasons"])
+            lines.append(f"  served                    {report['served']} - {verdict}")
     lines.append(f"  checked on {report['validation_images']} real images; full report: {folder}/model.json")
     return "\n".join(lines)
 

@@ -13,6 +13,7 @@ from PIL import Image
 
 from dinotune.errors import ConfigError
 from dinotune.export.onnx import export_model
+from dinotune.export.quantize import int8_verdict
 from dinotune.model import load_model, read_card
 from tests.serve.helpers import CLASSES, make_model_folder
 
@@ -76,7 +77,8 @@ def test_export_card_holds_what_serving_needs(exported) -> None:
     source = read_card(folder)
     assert card.classes == CLASSES and card.license == source.license
     assert card.preprocessing == source.preprocessing and card.preprocessing.image_size == 64
-    assert card.head["type"] == "onnx" and card.head["file"] == "model.int8.onnx"
+    served = "model.int8.onnx" if report["int8"]["kept"] else "model.onnx"  # int8 only when it pays
+    assert card.head["type"] == "onnx" and card.head["file"] == served == report["served"]
     saved = card.metrics["export"]
     assert saved["parity"]["max_abs_diff"] == report["parity"]["max_abs_diff"]
     assert saved["validation_images"] == 6
@@ -89,7 +91,8 @@ def test_int8_runs_and_reports_agreement_and_speed(exported) -> None:
     int8 = report["int8"]
     assert (onnx_folder / "model.int8.onnx").is_file() and int8["method"] == "dynamic"
     assert int8["evaluated_on"] == "images" and int8["n"] == 6
-    assert 0.0 <= int8["top1_agreement"] <= 1.0
+    assert 0.0 <= int8["top1_agreement"] <= 1.0 and int8["cosine_of"] == "embedding"
+    assert -1.0 <= int8["mean_cosine_vs_fp32"] <= 1.0 + 1e-9 and int8["kept"] == (not int8["reasons"])
     assert int8["timing"]["int8_speedup_vs_fp32"] > 0 and int8["size_ratio"] < 1
     assert "int8" not in exported["convnext"][2]
 
@@ -106,11 +109,37 @@ def test_served_onnx_equals_served_pytorch(exported, name: str) -> None:
     x = np.random.default_rng(0).normal(size=(3, 3, 64, 64)).astype(np.float32)
     p_torch, e_torch = torch_engine.run(x)
     p_onnx, e_onnx = onnx_engine.run(x)
-    if name == "vit":  # int8 is served: close, not equal
+    if onnx_engine.card.head["file"] == "model.int8.onnx":  # int8 is served: close, not equal
         assert np.abs(p_onnx - p_torch).max() < 0.5
     else:
         np.testing.assert_allclose(p_onnx, p_torch, atol=1e-5)
         np.testing.assert_allclose(e_onnx, e_torch, atol=1e-4)
+
+
+def test_int8_is_served_only_when_faster_and_agreeing() -> None:
+    good = {
+        "evaluated_on": "images",
+        "top1_agreement": 1.0,
+        "cosine_of": "embedding",
+        "mean_cosine_vs_fp32": 0.999,
+        "timing": {"int8_speedup_vs_fp32": 1.8},
+    }
+    assert int8_verdict(good) == (True, [])
+    collapsed = {**good, "mean_cosine_vs_fp32": 0.2}  # top-1 kept, features gone (DINOv3 at default int8)
+    slower = {**good, "timing": {"int8_speedup_vs_fp32": 0.63}}
+    unseen = {**good, "evaluated_on": "random inputs"}
+    for case, reason in [(collapsed, "cosine 0.2000 < 0.99"), (slower, "0.63x the fp32 speed"), (unseen, "real")]:
+        kept, reasons = int8_verdict(case)
+        assert not kept and len(reasons) == 1 and reason in reasons[0]
+    assert int8_verdict({**good, "top1_agreement": 0.9})[1] == ["top-1 agreement 0.9000 < 0.99"]
+
+
+def test_off_grid_sizes_follow_pytorch(exported) -> None:
+    """ViT refuses sizes off its patch grid in PyTorch, and its export says so; ConvNeXt runs them (its
+    feature maps are floored) and ONNX Runtime answers the same there, so its export runs them too."""
+    assert exported["vit"][2]["other_sizes"]["rule"] == "refused"
+    convnext = exported["convnext"][2]["other_sizes"]
+    assert convnext["rule"] == "run" and convnext["max_abs_diff"] < 1e-4 and convnext["probe"][-1] % 32
 
 
 def test_export_refuses_bad_arguments_and_foreign_folders(exported, tmp_path: Path) -> None:

@@ -28,6 +28,8 @@ from dinotune.data.decode import is_image_path
 from dinotune.data.formats import load_dataset
 from dinotune.errors import ConfigError, DataError
 from dinotune.export.quantize import group_by_shape, quantize_graph, run_session, timing, timing_batch
+from dinotune.export.seal import seal_export
+from dinotune.export.spec import input_spec
 from dinotune.features.extract import compute_features
 from dinotune.heads.linear import build_input, parse_feature_choice
 from dinotune.model import Classifier, ModelCard, Segmenter, load_model, onnx_session, read_card
@@ -121,9 +123,10 @@ def export_model(
                 timing_repeats,
                 backbone_only,
             )
-            served = INT8_FILE
+            served = INT8_FILE if report["int8"]["kept"] else FP32_FILE
+        report["served"] = served
         export_card = _export_card(card, module, served, model.input_multiple, report, backbone_only)
-        write_text(tmp / "model.json", export_card.to_json())
+        seal_export(tmp, export_card)
     _log_report(out, report)
     return {"folder": str(out), **report}
 
@@ -153,6 +156,7 @@ def _export_into(
     }
     cases = _parity_inputs(images, channels, size, multiple, "height" in dynamic)
     report["parity"] = _parity(module, fp32, cases)
+    report["other_sizes"] = _other_sizes(module, fp32, channels, size, multiple, "height" in dynamic)
     batch = timing_batch(images, cases)
     report["timing"] = timing(module, {"onnxruntime_fp32": fp32}, batch, repeats)
     if images and "embedding" in module.output_names:
@@ -287,6 +291,21 @@ def _parity_inputs(
     return cases
 
 
+def _other_sizes(module: ExportModule, session, channels: int, size: int, multiple: int, dynamic: bool) -> dict:
+    """How a size off the patch grid is treated: a segmenter pads it; otherwise ONNX Runtime refuses it
+    when PyTorch does (ViT), or when it would answer differently from PyTorch (ConvNeXt floors, alike)."""
+    if module.segment or not dynamic:
+        return {"rule": "padded" if module.segment else "refused"}
+    x = torch.randn(1, channels, size, size + max(1, multiple // 2), generator=torch.Generator().manual_seed(0))
+    try:
+        with torch.no_grad():
+            expected = [t.numpy() for t in module(x)]
+    except (ValueError, RuntimeError) as err:
+        return {"rule": "refused", "probe": list(x.shape), "torch": str(err).splitlines()[0][:200]}
+    diff = max(float(np.abs(e - g).max()) for e, g in zip(expected, run_session(session, x), strict=True))
+    return {"rule": "run" if diff <= PARITY_GOAL else "refused", "probe": list(x.shape), "max_abs_diff": diff}
+
+
 def _parity(module: ExportModule, session, cases: dict[str, Tensor]) -> dict[str, Any]:
     """Max abs difference of every output; for a segmenter also the share of pixels with the same class."""
     per_case, same, pixels = {}, 0, 0
@@ -347,9 +366,11 @@ def _export_card(
         "input": INPUT_NAME,
         "outputs": module.output_names,
         "input_multiple": multiple,
+        "other_sizes": report["other_sizes"]["rule"],
+        "fixed_size": None if "height" in report["dynamic_axes"] else card.preprocessing.image_size,
         "source": {} if backbone_only else card.head,
     }
-    return replace(
+    exported = replace(
         card,
         task="embed" if backbone_only else card.task,
         classes=[] if backbone_only else card.classes,
@@ -357,3 +378,5 @@ def _export_card(
         head=head,
         metrics={**card.metrics, "export": report},
     )
+    exported.input_spec = input_spec(exported, module.output_names, multiple, head["other_sizes"])
+    return exported

@@ -17,6 +17,8 @@ from torch import Tensor, nn
 from dinotune.model.onnx import INPUT_NAME, onnx_session
 
 _QUANTIZED_OPS = ["MatMul", "Gemm"]  # ConvInteger has poor CPU kernels; the linear layers hold the FLOPs
+AGREEMENT_BOUND = 0.99  # top-1 agreement and mean embedding cosine of int8 vs fp32
+MIN_SPEEDUP = 1.1  # int8 must be clearly faster: smaller ratios are within a shared CPU's noise
 
 
 def group_by_shape(images: list[Tensor]) -> dict[tuple[int, ...], list[Tensor]]:
@@ -114,6 +116,7 @@ def quantize_graph(
     speed = timing(None, {"onnxruntime_fp32": fp32, "onnxruntime_int8": int8}, batch, repeats)
     speed["int8_speedup_vs_fp32"] = round(speed["onnxruntime_fp32_ms"] / speed["onnxruntime_int8_ms"], 3)
     result["timing"] = speed
+    result["kept"], result["reasons"] = int8_verdict(result)
     return result
 
 
@@ -136,27 +139,50 @@ def _quiet_root_warning() -> Iterator[None]:
 
 
 def _agreement(fp32, int8, cases: dict[str, Tensor], backbone_only: bool) -> dict[str, Any]:
-    """Top-1 agreement of int8 with fp32 (classifier: images; segmenter: pixels), or embedding cosine
-    similarity (backbone only)."""
+    """int8 against fp32 on the real images (else the random inputs): top-1 agreement of the logits (per
+    image, or per pixel for a segmenter) and the cosine of the embeddings (a segmenter has none: its
+    logit maps, flattened per image), since int8 can keep top-1 on a few images while features collapse."""
     real = {k: v for k, v in cases.items() if k.startswith("images_")} or cases
     agree, total, cosines, diffs = 0, 0, [], []
     for x in real.values():
-        a, b = run_session(fp32, x)[0], run_session(int8, x)[0]
-        diffs.append(float(np.abs(a - b).max()))
-        if backbone_only:
-            cos = (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1) + 1e-12)
-            cosines.extend(cos.tolist())
-        else:
-            same = a.argmax(1) == b.argmax(1)  # per image, or per pixel for a segmenter
-            agree += int(same.sum())
-        total += len(a) if backbone_only else int(same.size)
+        a, b = run_session(fp32, x), run_session(int8, x)
+        diffs.append(max(float(np.abs(u - v).max()) for u, v in zip(a, b, strict=True)))
+        feature = 0 if backbone_only or len(a) == 1 else 1  # outputs: (embedding, ...) or (logits, embedding)
+        cosines.extend(_cosine(a[feature], b[feature]).tolist())
+        if not backbone_only:
+            same = a[0].argmax(1) == b[0].argmax(1)  # per image, or per pixel for a segmenter
+            agree, total = agree + int(same.sum()), total + int(same.size)
     result: dict[str, Any] = {
         "evaluated_on": "images" if real is not cases else "random inputs",
-        "n": total,
+        "n": len(cosines),
         "max_abs_diff_vs_fp32": max(diffs),
+        "cosine_of": "embedding" if backbone_only or len(a) > 1 else "logit maps",
+        "mean_cosine_vs_fp32": float(np.mean(cosines)),
+        "min_cosine_vs_fp32": float(np.min(cosines)),
     }
-    if backbone_only:
-        result["mean_cosine_vs_fp32"] = float(np.mean(cosines))
-    else:
+    if not backbone_only:
         result["top1_agreement"] = agree / total
+        result["top1_n"] = total
     return result
+
+
+def _cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    a, b = a.reshape(len(a), -1).astype(np.float64), b.reshape(len(b), -1).astype(np.float64)
+    return (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1) + 1e-12)
+
+
+def int8_verdict(result: dict[str, Any]) -> tuple[bool, list[str]]:
+    """Whether int8 may be the served model, and why not: it must be faster than fp32 and agree with it
+    on real images (top-1 and embedding cosine, each >= the bound); otherwise fp32 is served."""
+    reasons = []
+    if result["evaluated_on"] != "images":
+        reasons.append("agreement not measured on real images (give --calibration FOLDER or keep the run's data)")
+    top1 = result.get("top1_agreement")
+    if top1 is not None and top1 < AGREEMENT_BOUND:
+        reasons.append(f"top-1 agreement {top1:.4f} < {AGREEMENT_BOUND}")
+    if result["mean_cosine_vs_fp32"] < AGREEMENT_BOUND:
+        reasons.append(f"{result['cosine_of']} cosine {result['mean_cosine_vs_fp32']:.4f} < {AGREEMENT_BOUND}")
+    speedup = result["timing"]["int8_speedup_vs_fp32"]
+    if speedup < MIN_SPEEDUP:
+        reasons.append(f"{speedup:.2f}x the fp32 speed (needs >= {MIN_SPEEDUP}x)")
+    return not reasons, reasons

@@ -8,6 +8,7 @@ decoder, onnx), `file`, and the task's own fields (classification: `feature_choi
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -38,6 +39,8 @@ class ModelCard:
     metrics: dict[str, Any] = field(default_factory=dict)
     name: str = ""  # what the server reports the model as ("": the run folder's name)
     format: str = FORMAT
+    input_spec: dict[str, Any] = field(default_factory=dict)  # export: every input step, as data and as text
+    files: dict[str, dict[str, Any]] = field(default_factory=dict)  # export: {name: {sha256, bytes}} per file
 
     @property
     def multilabel(self) -> bool:
@@ -81,3 +84,22 @@ def inside(folder: Path, relative: str, what: str) -> Path:
     if not path.is_relative_to(folder.resolve()):
         raise CheckpointError(f"{folder / CARD_FILE}: {what} '{relative}' points outside the model folder.")
     return path
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def verify_file(folder: Path, card: ModelCard, path: Path) -> None:
+    """Refuse a model file whose sha256 differs from the card's (changed, truncated or swapped after
+    export); files the card does not list (cards written before checksums) pass unchecked."""
+    expected = card.files.get(path.name, {}).get("sha256")
+    if expected and sha256_of(path) != expected:
+        raise CheckpointError(
+            f"{path}: sha256 differs from {folder / CARD_FILE} (files.{path.name}); the file was changed or "
+            "truncated after export: copy the export folder again or re-export it."
+        )

@@ -14,8 +14,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from dinotune.errors import CheckpointError
-from dinotune.model.card import ModelCard, inside
+from dinotune.errors import CheckpointError, DataError
+from dinotune.model.card import ModelCard, inside, verify_file
 
 if TYPE_CHECKING:
     from torch import Tensor
@@ -44,6 +44,19 @@ def onnx_session(path: Path, threads: int | None = None) -> Any:
         raise CheckpointError(f"{path} is not a loadable ONNX model ({str(err).splitlines()[0][:200]}).") from None
 
 
+def check_input_size(card: ModelCard, height: int, width: int) -> None:
+    """Refuse the sizes the PyTorch model refuses (the export tried one: `head.other_sizes`), and any
+    other size for a fixed-size graph, instead of letting ONNX Runtime run them silently."""
+    multiple, fixed = int(card.head.get("input_multiple", 16)), card.head.get("fixed_size")
+    if card.head.get("other_sizes") == "refused" and (height % multiple or width % multiple):
+        raise DataError(
+            f"input size {height}x{width} is not a multiple of {multiple} (the patch size); resize as the "
+            "card's input_spec says (multiples of the patch size)."
+        )
+    if fixed and (height, width) != (fixed, fixed):
+        raise DataError(f"input size {height}x{width}: this export takes {fixed}x{fixed} only; resize to it.")
+
+
 class _OnnxModel:
     """What both twins share: the session, the card's I/O names, torch-like no-ops."""
 
@@ -61,6 +74,7 @@ class _OnnxModel:
     def run(self, images: Tensor | np.ndarray) -> dict[str, np.ndarray]:
         """NCHW images (array or tensor) -> the graph's outputs by name, as numpy arrays."""
         array = images if isinstance(images, np.ndarray) else images.detach().float().cpu().numpy()
+        check_input_size(self.card, array.shape[-2], array.shape[-1])
         values = self.session.run(None, {INPUT_NAME: np.ascontiguousarray(array, dtype=np.float32)})
         return dict(zip(self.outputs, values, strict=True))
 
@@ -127,5 +141,6 @@ def load_onnx_model(
         raise CheckpointError(f"'{folder}' is a backbone-only export; predicting needs an export with its head.")
     if path.name != card.head.get("fp32_file", path.name):
         log.info("running %s (int8); the fp32 graph is %s", path.name, card.head["fp32_file"])
+    verify_file(folder, card, path)
     session = onnx_session(path, threads)
     return OnnxSegmenter(session, card) if card.task == "segment" else OnnxClassifier(session, card)
