@@ -162,3 +162,13 @@ def test_off_grid_sizes_are_refused_where_pytorch_refuses(vit) -> None:
     with pytest.raises(DataError, match="40x40 is not a multiple of 16"):
         load_model(folder)[0](x)
     load_model(folder)[0](torch.randn(1, 3, 48, 32))  # on the grid: runs
+
+
+def test_docs_example_reads_the_description_from_the_graph(vit, capsys: pytest.CaptureFixture[str]) -> None:
+    import re
+
+    page = (CLIENT.parents[1] / "export.md").read_text()
+    (code,) = re.findall(r"```python\n(.*?)```", page, flags=re.S)
+    assert 'Path("export")' in code
+    exec(code.replace('Path("export")', f"Path({str(vit[1])!r})"), {})
+    assert capsys.readouterr().out.strip() == read_card(vit[1]).input_spec["description"]
