@@ -149,16 +149,29 @@ def predict(
         "-o",
         help="Also write the predictions to this CSV file (segmentation: the output folder, default ./masks).",
     ),
+    tile: int = typer.Option(
+        None,
+        help="Classifier: label every TILE-pixel tile of each image (large scenes) into --out (default ./tiles): "
+        "a CSV per image with pixel boxes and map coordinates. Segmenter: block side (default 2048).",
+    ),
+    tile_stride: int = typer.Option(None, help="Step between tiles in pixels (default: --tile, no overlap)."),
+    embeddings: bool = typer.Option(False, help="With --tile: also write each tile's embedding to the CSV."),
 ) -> None:
-    """Classify images with a run, model or export folder (a segmenter writes index-PNG masks and overlays)."""
+    """Classify images with a run, model or export folder (a segmenter writes masks and overlays:
+    index PNGs, or GeoTIFFs with the input's CRS and transform for a georeferenced TIFF)."""
     from dinotune.verbs.predict import run_predict
 
-    result, predictions = run_predict(run, images, out=out, top_k=top_k)
+    result, predictions = run_predict(
+        run, images, out=out, top_k=top_k, tile=tile, tile_stride=tile_stride, embeddings=embeddings
+    )
     for p in predictions:
         others = ", ".join(f"{label} {prob:.3f}" for label, prob in p.top[1:])
         typer.echo(f"{p.path}\t{p.label}\t{p.probability:.3f}" + (f"\t({others})" if others else ""))
     if "masks" in result.metrics:
-        typer.echo(f"wrote {result.metrics['masks']} masks and overlays to {result.run_dir}")
+        overlays = " and overlays" if (result.run_dir / "overlays").is_dir() else ""
+        typer.echo(f"wrote {result.metrics['masks']} masks{overlays} to {result.run_dir}")
+    elif "tiles" in result.metrics:
+        typer.echo(f"wrote {result.metrics['tiles']} tiles of {result.metrics['scenes']} image(s) to {result.run_dir}")
     elif out:
         typer.echo(f"wrote {out}")
 

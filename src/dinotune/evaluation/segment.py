@@ -19,10 +19,12 @@ from dinotune.atomic import atomic_path
 from dinotune.data.datasets import SegmentationDataset
 from dinotune.data.decode import read_image
 from dinotune.data.paths import expand_images
+from dinotune.data.raster import open_scene, write_mask
 from dinotune.data.transforms import FullSize
 from dinotune.errors import DataError
 from dinotune.evaluation.predict import load_run_dataset
 from dinotune.evaluation.segment_report import write_segmentation_report
+from dinotune.evaluation.tiles import DEFAULT_BLOCK, segment_scene
 from dinotune.metrics import confusion_matrix, scores
 from dinotune.model import load_model, model_device
 from dinotune.model.inference import InferenceConfig, overlay, predict_probs, write_index_png
@@ -91,25 +93,34 @@ def predict_masks(
     inference: InferenceConfig | None = None,
     device: str | None = None,
     overlays: bool = True,
+    block: int = DEFAULT_BLOCK,
 ) -> list[Path]:
-    """Predict index-PNG masks (out/masks/<stem>.png) and overlays (out/overlays/) for image files or folders."""
+    """Masks under out/masks/ and overlays under out/overlays/ for image files or folders.
+
+    A georeferenced TIFF gives a GeoTIFF mask (`<stem>.tif`, the input's CRS and transform), any other
+    image an index PNG. Scenes larger than `block` pixels are predicted block by block
+    (`dinotune.evaluation.tiles`) and get no overlay (it would be as large as the scene).
+    """
     model, card = load_model(model_dir, device)
     if card.task != "segment":
         raise DataError(f"'{model_dir}' is a {card.task} model; masks need a segmentation model.")
     cfg = inference or InferenceConfig(**card.inference)
     prep = card.preprocessing
-    transform, scaling = FullSize(prep.mean, prep.std), prep.scaling_config()
-    paths = expand_images(list(images))
     out, written = Path(out), []
-    device_ = model_device(model)
-    for path in paths:
-        image = read_image(path, prep.channels, scaling)
-        probs = predict_probs(model, transform(image)["image"][None].to(device_), len(card.classes), cfg)
-        pred = probs.argmax(1)[0].cpu().numpy()
-        target = out / "masks" / f"{path.stem}.png"
-        write_index_png(target, pred, card.colours)
-        if overlays:
-            _save_rgb(out / "overlays" / f"{path.stem}.png", overlay(image, pred, card.colours, 0.5, card.ignore_index))
+    for path in expand_images(list(images)):
+        with open_scene(path, prep.channels, prep.scaling_config()) as scene:
+            pred = segment_scene(model, card, scene, cfg, block)
+            if scene.georef is not None:
+                target = out / "masks" / f"{path.stem}.tif"
+                write_mask(target, pred, card.colours, scene.georef)
+            else:
+                target = out / "masks" / f"{path.stem}.png"
+                write_index_png(target, pred, card.colours)
+            if overlays and max(scene.height, scene.width) <= block:
+                image = scene.read(0, 0, scene.height, scene.width)
+                _save_rgb(
+                    out / "overlays" / f"{path.stem}.png", overlay(image, pred, card.colours, 0.5, card.ignore_index)
+                )
         written.append(target)
     return written
 

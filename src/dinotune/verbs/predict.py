@@ -15,9 +15,11 @@ import torch
 
 from dinotune.atomic import atomic_path
 from dinotune.data.paths import expand_images
+from dinotune.data.raster import open_scene
 from dinotune.device import autocast
-from dinotune.errors import DataError
+from dinotune.errors import ConfigError, DataError
 from dinotune.evaluation.segment import predict_masks
+from dinotune.evaluation.tiles import DEFAULT_BLOCK, classify_scene, write_tiles
 from dinotune.model import load_model, model_device, read_card
 from dinotune.verbs.common import Result
 
@@ -72,14 +74,40 @@ def write_predictions_csv(path: Path, predictions: list[Prediction]) -> None:
             )
 
 
+def predict_tiles(
+    model_dir: str | Path, images: list[str | Path], out: Path, tile: int, stride: int | None = None,
+    embeddings: bool = False,
+) -> Result:  # fmt: skip
+    """Classify every `tile`-pixel tile of each image: `out/<stem>.csv` (pixel box, map coordinates of
+    the centre, label, probabilities, optionally the embedding) and `out/<stem>.json` (CRS, transform)."""
+    model, card = load_model(model_dir)
+    count, paths = 0, expand_images(images)
+    for path in paths:
+        with open_scene(path, card.preprocessing.channels, card.preprocessing.scaling_config()) as scene:
+            tiles = classify_scene(model, card, scene, tile, stride)
+            write_tiles(Path(out) / f"{path.stem}.csv", tiles, card.classes, embeddings)
+        count += len(tiles.boxes)
+    return Result(Path(out), {"scenes": len(paths), "tiles": count})
+
+
 def run_predict(
-    model_dir: str | Path, images: list[str | Path], *, out: Path | None = None, top_k: int = 3
-) -> tuple[Result, list[Prediction]]:
-    """The verb: classifications (plus `out` CSV), or masks and overlays written under `out` (default ./masks)."""
+    model_dir: str | Path, images: list[str | Path], *, out: Path | None = None, top_k: int = 3,
+    tile: int | None = None, tile_stride: int | None = None, embeddings: bool = False,
+) -> tuple[Result, list[Prediction]]:  # fmt: skip
+    """The verb: classifications (plus `out` CSV), or masks and overlays written under `out` (default ./masks).
+
+    `tile`: a classifier labels every tile of that many pixels (every `tile_stride`, default `tile`) of
+    each image, written under `out` (default ./tiles); a segmenter predicts blocks of that side (default
+    2048) - it always works block by block, and writes a GeoTIFF mask for a georeferenced input.
+    """
+    if (tile is not None and tile < 1) or (tile_stride is not None and tile_stride < 1):
+        raise ConfigError("--tile and --tile-stride must be positive pixel counts.")
     if read_card(model_dir).task == "segment":
         folder = Path(out or "masks")
-        masks = predict_masks(model_dir, images, folder)
+        masks = predict_masks(model_dir, images, folder, block=tile or DEFAULT_BLOCK)
         return Result(folder, {"masks": len(masks)}), []
+    if tile is not None:
+        return predict_tiles(model_dir, images, Path(out or "tiles"), tile, tile_stride, embeddings), []
     predictions = predict(model_dir, images, top_k=top_k)
     if out is not None:
         write_predictions_csv(out, predictions)
