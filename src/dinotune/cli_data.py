@@ -28,10 +28,13 @@ def check(
     max_imbalance: float = typer.Option(10.0, help="Warn when largest/smallest class exceeds this ratio."),
     channels: int | None = typer.Option(None, help="data.channels the files must fit (default: --config's, or 3)."),
     config: Path | None = typer.Option(None, "--config", help="Run config (YAML/JSON) whose data section to check."),
+    group_by: str | None = typer.Option(
+        None, help="Leakage check key: a DICOM keyword or CSV column (default: --config's, for DICOM PatientID)."
+    ),
 ) -> None:
     """Report unreadable, truncated, empty, non-image and duplicate files, imbalance and mask problems,
     and the dataset-level problems training would stop on (one class, a class too small for the split,
-    channel counts that do not fit data.channels).
+    one patient in two splits, channel counts that do not fit data.channels).
 
     Exits 0 when there are only warnings, 1 when there are errors. Never modifies the data.
     """
@@ -45,6 +48,7 @@ def check(
 
         cfg = load_data_config({**_data_section(config), "root": str(path)})
         channels, val_fraction = channels or cfg.channels, cfg.val_fraction
+        group_by = group_by or cfg.group_by
     channels = channels or 3
     report = check_dataset(
         path,
@@ -56,6 +60,7 @@ def check(
         max_imbalance=max_imbalance,
         channels=channels,
         val_fraction=val_fraction,
+        group_by=group_by,
     )
     typer.echo(json.dumps(report.to_dict(), indent=2) if as_json else report.format_text())
     raise typer.Exit(report.exit_code)

@@ -20,8 +20,9 @@ import numpy as np
 
 from dinotune.data.decode import decode_raw, load_class_map, read_mask, sniff_format
 from dinotune.data.formats import DatasetSpec, load_dataset, segmentation_pairs
+from dinotune.data.groups import split_note
 from dinotune.data.intensity import Intensity, range_note, valid_mask
-from dinotune.data.preflight import MAX_EXAMPLES, channel_problems, class_problems
+from dinotune.data.preflight import MAX_EXAMPLES, channel_problems, class_problems, leakage_problems
 from dinotune.data.stats import compute_stats, stats_yaml
 from dinotune.errors import DataError
 
@@ -180,14 +181,15 @@ def check_dataset(
     csv_file: Path | str | None = None,
     channels: int | None = 3,
     val_fraction: float = 0.1,
+    group_by: str | None = None,
 ) -> CheckReport:
     """Inspect every file of a dataset and report problems by file name. Never writes anything.
 
-    `channels` and `val_fraction` are the `data.` values the dataset will be read with (channels None:
-    not checked).
+    `channels`, `val_fraction`, `group_by`: the `data.` values it will be read with (channels None: unchecked).
     """
     root = Path(root)
-    spec = load_dataset(root, task, layout, csv_file=csv_file, class_map=class_map, auto_split=False)
+    spec = load_dataset(root, task, layout, csv_file=csv_file, class_map=class_map, auto_split=False,
+                        group_by=group_by)  # fmt: skip
     rep = CheckReport(str(root), spec.layout, spec.task)
     base = root if root.is_dir() else root.parent
 
@@ -203,17 +205,16 @@ def check_dataset(
     image_split, mask_of = _image_splits(spec, root, add, rel)
     rep.n_images = len(image_split)
     sizes = Counter(image_split.values())
-    rep.split_sizes = {
-        k: sizes[k] for k in sorted(sizes, key=lambda k: (k not in SPLIT_ORDER, SPLIT_ORDER.get(k, 0), k))
-    }
-    colours = spec.colours
-    results = _scan_all([(p, False) for p in image_split] + [(m, True) for m in mask_of.values()], colours)
+    rep.split_sizes = {k: sizes[k] for k in sorted(sizes, key=_split_rank)}
+    results = _scan_all([(p, False) for p in image_split] + [(m, True) for m in mask_of.values()], spec.colours)
 
     good = _file_issues(results, patch_size, add, rel)
     _duplicates(results, image_split, spec, add)
     _mixed(good, rep, add)
     _value_ranges(good, add)
-    problems = class_problems(spec, val_fraction)
+    problems = class_problems(spec, val_fraction) + leakage_problems(spec, group_by)
+    if note := split_note(spec, group_by):  # unsplit DICOM whose patients the automatic split could part
+        add("warning", "groups_not_kept", note, [])
     if channels is not None:
         problems += channel_problems({r.path: r.shape[2] for r in good}, channels, base)
     for p in problems:
@@ -226,6 +227,11 @@ def check_dataset(
             n_cls = len(load_class_map(class_map).names)
         _mask_checks(mask_of, results, n_cls, ignore_index, rep, add, rel)
     return rep
+
+
+def _split_rank(name: str) -> tuple[bool, int, str]:
+    """train, val, test, all first, then other split names alphabetically."""
+    return name not in SPLIT_ORDER, SPLIT_ORDER.get(name, 0), name
 
 
 def _image_splits(spec: DatasetSpec, root: Path, add: Any, rel: Any) -> tuple[dict[Path, str], dict[Path, Path]]:

@@ -105,6 +105,11 @@ class DataConfig(StrictModel):
     test_fraction: float = Field(0.1, ge=0, lt=1, description="Test share when the data has no split folders.")
     split_seed: int = Field(0, description="Seed of the automatic stratified split.")
     split_file: Path | None = Field(None, description="Where the automatic split is written/reused (run dir).")
+    group_by: str | None = Field(
+        None,
+        description="Keep groups in one split: a DICOM keyword (PatientID, StudyInstanceUID) or a CSV column; "
+        "also the key of the leakage check (default for DICOM: PatientID).",
+    )
     class_weights: bool = Field(False, description="Weight the loss by inverse class frequency.")
     weighted_sampler: bool = Field(False, description="Oversample rare classes with a weighted sampler.")
     on_bad_file: Literal["skip", "error"] = Field("skip", description="skip (log + replace) or error on bad files.")

@@ -243,6 +243,7 @@ def build_datasets(
         split_file=split_file,
         csv_file=cfg.csv_file,
         class_map=cfg.class_map,
+        group_by=cfg.group_by,
     )
     common = {
         "channels": cfg.channels or 3,

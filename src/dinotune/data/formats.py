@@ -120,12 +120,14 @@ def load_dataset(
     csv_file: Path | str | None = None,
     class_map: Path | str | None = None,
     auto_split: bool = True,
+    group_by: str | None = None,
 ) -> DatasetSpec:
     """Read any supported layout into a DatasetSpec.
 
     Without split folders/columns the samples are split here (stratified by label, seeded). If
     `split_file` is given the split is read from it when it exists, or written to it otherwise.
     `auto_split=False` leaves unsplit data in a single split named "all" (used by `data check`).
+    `group_by` (a DICOM keyword or a CSV column) keeps each group's images in one split.
     """
     root = Path(root)
     layout = detect_layout(root, task) if layout == "auto" else layout
@@ -138,7 +140,7 @@ def load_dataset(
     }
     if layout not in readers:
         raise DataError(f"unknown layout {layout!r}; use one of: auto, {', '.join(readers)}")
-    spec = _read_csv(root, csv_file) if layout == "csv" else readers[layout](root)
+    spec = _read_csv(root, csv_file, group_by) if layout == "csv" else readers[layout](root)
     if task is not None and task != spec.task and not (task == "unlabelled"):
         raise DataError(f"{root} is laid out as '{spec.layout}' ({spec.task} data), but task={task!r} was asked")
     if task == "unlabelled" and spec.task != "unlabelled":
@@ -152,7 +154,8 @@ def load_dataset(
         cmap = load_class_map(cmap_path)
         spec.classes, spec.colours = cmap.names, cmap.colours
     if auto_split and set(spec.splits) == {"all"} and spec.task != "unlabelled":
-        spec = apply_split(spec, val_fraction, test_fraction, seed, Path(split_file) if split_file else None)
+        split_path = Path(split_file) if split_file else None
+        spec = apply_split(spec, val_fraction, test_fraction, seed, split_path, group_by)
     for name, samples in spec.splits.items():
         if not samples:
             log.warning("split %r of %s is empty", name, root)
@@ -213,7 +216,7 @@ def _resolve(root: Path, name: str, split: str | None = None) -> Path:
     return next((c for c in candidates if c.exists()), root / p)
 
 
-def _read_csv(root: Path, csv_file: Path | str | None = None) -> DatasetSpec:
+def _read_csv(root: Path, csv_file: Path | str | None = None, group_by: str | None = None) -> DatasetSpec:
     if root.is_file():
         root, table = root.parent, root
     else:
@@ -229,11 +232,12 @@ def _read_csv(root: Path, csv_file: Path | str | None = None) -> DatasetSpec:
     if path_col is None:
         raise DataError(f"{table}: no image column; name one of: {', '.join(PATH_KEYS)} (found {cols})")
     split_col = next((c for c in cols if c.strip().lower() == "split"), None)
+    group_col = next((c for c in cols if group_by and c.strip() == group_by), None)
     label_col = next((c for c in cols if c.strip().lower() in LABEL_KEYS), None)
     if label_col is not None:
         classes, labels, multilabel = _parse_labels([r[label_col] for r in rows], table)
     else:  # one 0/1 column per label
-        classes = [c for c in cols if c not in (path_col, split_col)]
+        classes = [c for c in cols if c not in (path_col, split_col, group_col)]
         if not classes:
             raise DataError(f"{table}: no label column; add 'label' or one 0/1 column per class")
         labels, multilabel = [], True
@@ -245,7 +249,8 @@ def _read_csv(root: Path, csv_file: Path | str | None = None) -> DatasetSpec:
     splits: dict[str, list[Sample]] = {}
     for r, lab in zip(rows, labels, strict=False):
         split = SPLIT_ALIASES.get(r[split_col].strip().lower(), "all") if split_col else "all"
-        splits.setdefault(split, []).append(Sample(_resolve(root, r[path_col].strip(), split), lab))
+        group = (r[group_col] or "").strip() or None if group_col else None
+        splits.setdefault(split, []).append(Sample(_resolve(root, r[path_col].strip(), split), lab, group))
     return DatasetSpec("classify", "csv", root, classes, splits, multilabel=multilabel)
 
 

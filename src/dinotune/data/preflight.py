@@ -5,8 +5,9 @@ into one line (the count and the first 3 paths), never one line per file. `prefl
 what training/probe/kNN call first (it reads headers only: seconds for thousands of files);
 `dinotune data check` reports the same lines as errors and exits 1.
 
-Checked: a classifier with one class; a class too small for the split; files whose channel count
-cannot become `data.channels`; files whose headers cannot be read or are over the decode budget.
+Checked: a classifier with one class; a class too small for the split; a patient (`data.group_by`,
+for DICOM PatientID by default) with images in two splits; files whose channel count cannot become
+`data.channels`; files whose headers cannot be read or are over the decode budget.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from typing import Any
 from dinotune.data.budget import BudgetError
 from dinotune.data.decode import can_match_channels, image_info
 from dinotune.data.formats import DatasetSpec
+from dinotune.data.groups import leakage_problem
 from dinotune.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -170,6 +172,12 @@ def scan_headers(paths: list[Path], max_pixels: int) -> tuple[dict[Path, int], d
     return ({p: r for p, r in results if isinstance(r, int)}, {p: r for p, r in results if not isinstance(r, int)})
 
 
+def leakage_problems(spec: DatasetSpec, group_by: str | None) -> list[Problem]:
+    """A patient (or other `group_by` group) with images in two splits on disk, as one line."""
+    found = leakage_problem(spec, group_by)
+    return [Problem("group_leakage", found[0], found[1])] if found else []
+
+
 def dataset_problems(spec: DatasetSpec, cfg: Any, channels: int | None = None) -> list[Problem]:
     """Every dataset-level problem of `spec` under the data config `cfg` (a DataConfig).
 
@@ -181,7 +189,8 @@ def dataset_problems(spec: DatasetSpec, cfg: Any, channels: int | None = None) -
     if not paths:
         return [Problem("no_images", f"{spec.root}: the dataset has no images; check data.root and the layout")]
     channels_of, failures = scan_headers(paths, cfg.max_pixels)
-    problems = class_problems(spec, cfg.val_fraction) + channel_problems(channels_of, channels, spec.root)
+    problems = class_problems(spec, cfg.val_fraction) + leakage_problems(spec, getattr(cfg, "group_by", None))
+    problems += channel_problems(channels_of, channels, spec.root)
     bad_files = file_problems(failures, len(paths), spec.root)
     if cfg.on_bad_file == "error" or len(failures) == len(paths):
         problems += bad_files

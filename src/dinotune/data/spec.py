@@ -10,10 +10,12 @@ SPLITS = ("train", "val", "test")
 
 @dataclass
 class Sample:
-    """One item: an image path and its label (class index, list of indices, mask path or None)."""
+    """One item: an image path, its label (class index, list of indices, mask path or None) and, from a
+    CSV column named by `data.group_by`, the group it belongs to (a patient, a study)."""
 
     path: Path
     label: int | list[int] | Path | None = None
+    group: str | None = None
 
 
 @dataclass

@@ -1,5 +1,6 @@
-"""Splitting data that has no split folders: stratified, seeded, and written to a file so a run stays
-reproducible when files are added later."""
+"""Splitting data that has no split folders: stratified, seeded, optionally by group (`data.group_by`:
+a patient's images stay in one split), and written to a file so a run stays reproducible when files
+are added later."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from typing import Any
 
 import numpy as np
 
+from dinotune.data.groups import check_group_key, group_keys
 from dinotune.data.spec import SPLITS, DatasetSpec
 from dinotune.errors import DataError
 
@@ -36,7 +38,24 @@ def stratified_split(keys: Sequence[Any], fractions: dict[str, float], seed: int
     return out
 
 
-def apply_split(spec: DatasetSpec, val: float, test: float, seed: int, split_file: Path | None) -> DatasetSpec:
+def grouped_split(
+    keys: Sequence[Any], groups: Sequence[str | None], fractions: dict[str, float], seed: int
+) -> list[str]:
+    """`stratified_split` over groups: every image of a group gets its group's split, so one patient
+    never straddles train/val/test. A group is stratified by its first image's label key; an image
+    without a group is a group of its own."""
+    first: dict[str, int] = {}
+    names = [g if g is not None else f"\0{i}" for i, g in enumerate(groups)]
+    for i, g in enumerate(names):
+        first.setdefault(g, i)
+    order = sorted(first, key=first.__getitem__)
+    chosen = dict(zip(order, stratified_split([keys[first[g]] for g in order], fractions, seed), strict=True))
+    return [chosen[g] for g in names]
+
+
+def apply_split(
+    spec: DatasetSpec, val: float, test: float, seed: int, split_file: Path | None, group_by: str | None = None
+) -> DatasetSpec:
     samples = sorted(spec.splits["all"], key=lambda s: str(s.path))
     rel = [_rel(s.path, spec.root) for s in samples]
     if split_file is not None and split_file.is_file():
@@ -56,10 +75,16 @@ def apply_split(spec: DatasetSpec, val: float, test: float, seed: int, split_fil
         names = [where[r] for r in rel]
     else:
         keys = [s.label if spec.task == "classify" else 0 for s in samples]
-        names = stratified_split(keys, {"val": val, "test": test}, seed)
+        if group_by:
+            groups = group_keys(samples, group_by)
+            check_group_key(spec, groups, group_by)
+            names = grouped_split(keys, groups, {"val": val, "test": test}, seed)
+        else:
+            names = stratified_split(keys, {"val": val, "test": test}, seed)
         if split_file is not None:
             payload = {
                 "seed": seed,
+                "group_by": group_by,
                 "val_fraction": val,
                 "test_fraction": test,
                 "root": str(spec.root),

@@ -146,6 +146,7 @@ def _probe_into(cfg: ProbeConfig, stage: Path, backbone: Backbone | None) -> dic
         seed=cfg.data.split_seed,
         split_file=cfg.data.split_file or stage / "splits.json",
         csv_file=cfg.data.csv_file,
+        group_by=cfg.data.group_by,
     )
     if spec.task != "classify":
         raise DataError(f"'{cfg.data.root}' holds '{spec.task}' data; probes need class labels.")
