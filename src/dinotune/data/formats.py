@@ -294,7 +294,8 @@ def _read_json(root: Path) -> DatasetSpec:
 
 def mask_key(path: Path, folder: Path) -> str:
     """Matching key of an image or mask: relative path without extension or mask suffix."""
-    rel = path.relative_to(folder).with_suffix("").as_posix()
+    rel = path.relative_to(folder).as_posix()
+    rel = rel[: -len(".nii.gz")] if rel.lower().endswith(".nii.gz") else str(Path(rel).with_suffix(""))
     for suffix in MASK_SUFFIXES:
         if rel.endswith(suffix):
             return rel[: -len(suffix)]

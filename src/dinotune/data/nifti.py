@@ -29,11 +29,25 @@ def is_nifti_path(path: Path) -> bool:
     return name.endswith(".nii") or name.endswith(".nii.gz")
 
 
-def is_nifti(path: Path, head: bytes) -> bool:
-    """A NIfTI-1/2 header (or a gzip stream named .nii.gz)."""
-    if head[:2] == b"\x1f\x8b":
-        return path.name.lower().endswith(".nii.gz")
+def _magic(head: bytes) -> bool:
     return head[344:348] in NIFTI1_MAGIC or head[4:12] == NIFTI2_MAGIC
+
+
+def _gunzipped_head(path: Path) -> bytes:
+    import gzip
+
+    try:
+        with gzip.open(path, "rb") as handle:
+            return handle.read(348)
+    except (OSError, EOFError):
+        return b""
+
+
+def is_nifti(path: Path, head: bytes) -> bool:
+    """A NIfTI-1/2 header, plain or gzipped (by content, so an upload saved without its name is one too)."""
+    if head[:2] == b"\x1f\x8b":
+        return path.name.lower().endswith(".nii.gz") or _magic(_gunzipped_head(path))
+    return _magic(head)
 
 
 def _load(path: Path | str) -> Any:
@@ -42,7 +56,7 @@ def _load(path: Path | str) -> Any:
     except ImportError:
         raise DataError(f"reading NIfTI files needs nibabel: {INSTALL}") from None
     try:
-        img = nibabel.load(str(path))
+        img = nibabel.load(str(path)) if is_nifti_path(Path(path)) else _load_unnamed(nibabel, Path(path))
     except Exception as exc:
         raise DataError(
             f"{path}: cannot read the NIfTI header ({str(exc).splitlines()[0]}); the file is corrupt"
@@ -50,6 +64,21 @@ def _load(path: Path | str) -> Any:
     if len(img.shape) < 2:
         raise DataError(f"{path}: NIfTI image of shape {img.shape} is not 2-D or 3-D")
     return img
+
+
+def _load_unnamed(nibabel: Any, path: Path) -> Any:
+    """A volume whose file name says nothing (an upload's temp file): the header tells NIfTI-1 from -2."""
+    import gzip
+
+    from nibabel.fileholders import FileHolder
+
+    with open(path, "rb") as raw:
+        head = raw.read(348)
+    gz = head[:2] == b"\x1f\x8b"
+    head = _gunzipped_head(path) if gz else head
+    handle = gzip.open(path, "rb") if gz else open(path, "rb")  # noqa: SIM115 - the image proxy keeps it
+    klass = nibabel.Nifti2Image if head[4:12] == NIFTI2_MAGIC else nibabel.Nifti1Image
+    return klass.from_file_map({"header": FileHolder(fileobj=handle), "image": FileHolder(fileobj=handle)})
 
 
 def _plane(shape: tuple[int, ...], axis: int, path: Path | str) -> tuple[int, int, int]:

@@ -15,6 +15,7 @@ from typing import Any
 
 from dinotune.errors import DataError
 from dinotune.evaluation.evaluate import evaluate
+from dinotune.evaluation.overlap import warn_training_overlap
 from dinotune.evaluation.segment import evaluate_segmentation
 from dinotune.model import read_card
 from dinotune.run_folder import recorded_data_root, staged_output
@@ -54,6 +55,8 @@ def run_evaluate(
     data = data if data else _run_data(run)
     out_dir = Path(out) if out is not None else run / "evaluation"
     roots = [data] if isinstance(data, (str, Path)) else list(data)
+    for root in roots:  # one line per dataset holding training images (by content)
+        warn_training_overlap(run, root, split, "segment" if card.task == "segment" else "classify")
     with staged_output(out_dir, overwrite=overwrite, keep=[run, *roots]) as stage:
         if card.task == "segment":
             if len(roots) != 1:
