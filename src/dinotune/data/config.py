@@ -105,6 +105,11 @@ class DataConfig(StrictModel):
     test_fraction: float = Field(0.1, ge=0, lt=1, description="Test share when the data has no split folders.")
     split_seed: int = Field(0, description="Seed of the automatic stratified split.")
     split_file: Path | None = Field(None, description="Where the automatic split is written/reused (run dir).")
+    volumes: Literal["middle", "slices"] = Field(
+        "middle",
+        description="NIfTI volumes: middle (one sample: the middle slice) or slices (one sample per slice along "
+        "scaling.slice_axis; segmentation masks then are label volumes).",
+    )
     group_by: str | None = Field(
         None,
         description="Keep groups in one split: a DICOM keyword (PatientID, StudyInstanceUID) or a CSV column; "

@@ -244,6 +244,8 @@ def build_datasets(
         csv_file=cfg.csv_file,
         class_map=cfg.class_map,
         group_by=cfg.group_by,
+        volumes=cfg.volumes,
+        slice_axis=cfg.scaling.slice_axis,
     )
     common = {
         "channels": cfg.channels or 3,

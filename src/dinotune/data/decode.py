@@ -276,6 +276,12 @@ def read_mask(
     try:
         if fmt == "tiff":
             arr = _tiff_array(path)[0]
+        elif fmt == "nifti":  # a label slice (or a label volume's middle slice)
+            from dinotune.data.nifti import read_nifti
+
+            arr = read_nifti(path)
+            if np.issubdtype(arr.dtype, np.floating) and np.array_equal(arr, np.round(arr)) and arr.min() >= 0:
+                arr = arr.astype(np.uint16)  # label volumes are often stored as integral floats
         else:
             with Image.open(path) as im:
                 if im.mode in ("P", "L", "I", "I;16", "1") or im.mode.startswith("I;16"):

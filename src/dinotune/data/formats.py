@@ -121,6 +121,8 @@ def load_dataset(
     class_map: Path | str | None = None,
     auto_split: bool = True,
     group_by: str | None = None,
+    volumes: str = "middle",
+    slice_axis: int | None = None,
 ) -> DatasetSpec:
     """Read any supported layout into a DatasetSpec.
 
@@ -128,6 +130,7 @@ def load_dataset(
     `split_file` is given the split is read from it when it exists, or written to it otherwise.
     `auto_split=False` leaves unsplit data in a single split named "all" (used by `data check`).
     `group_by` (a DICOM keyword or a CSV column) keeps each group's images in one split.
+    `volumes="slices"` makes every slice of a NIfTI volume (along `slice_axis`) a sample of its own.
     """
     root = Path(root)
     layout = detect_layout(root, task) if layout == "auto" else layout
@@ -153,6 +156,10 @@ def load_dataset(
     if cmap_path is not None and spec.task == "segment":
         cmap = load_class_map(cmap_path)
         spec.classes, spec.colours = cmap.names, cmap.colours
+    if volumes == "slices":
+        from dinotune.data.volumes import expand_volumes
+
+        spec = expand_volumes(spec, slice_axis)
     if auto_split and set(spec.splits) == {"all"} and spec.task != "unlabelled":
         split_path = Path(split_file) if split_file else None
         spec = apply_split(spec, val_fraction, test_fraction, seed, split_path, group_by)

@@ -31,6 +31,8 @@ class DatasetSpec:
     colours: list[tuple[int, int, int]] | None = None
     auto_split: bool = False  # True if the split was computed here rather than read from the layout
     split_file: Path | None = None
+    volumes: str = "middle"  # "slices": NIfTI volumes were cut into one sample per slice along slice_axis
+    slice_axis: int | None = None
 
     @property
     def num_classes(self) -> int:

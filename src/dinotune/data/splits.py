@@ -75,9 +75,10 @@ def apply_split(
         names = [where[r] for r in rel]
     else:
         keys = [s.label if spec.task == "classify" else 0 for s in samples]
-        if group_by:
+        if group_by or any(s.group is not None for s in samples):  # a key, or volumes cut into slices
             groups = group_keys(samples, group_by)
-            check_group_key(spec, groups, group_by)
+            if group_by:
+                check_group_key(spec, groups, group_by)
             names = grouped_split(keys, groups, {"val": val, "test": test}, seed)
         else:
             names = stratified_split(keys, {"val": val, "test": test}, seed)
@@ -85,6 +86,8 @@ def apply_split(
             payload = {
                 "seed": seed,
                 "group_by": group_by,
+                "volumes": spec.volumes,
+                "slice_axis": spec.slice_axis,
                 "val_fraction": val,
                 "test_fraction": test,
                 "root": str(spec.root),

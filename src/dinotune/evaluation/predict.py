@@ -93,6 +93,9 @@ def load_run_dataset(run: Path, root: Path, task: str) -> tuple[DatasetSpec, str
         seed=saved.get("seed", 0),
         val_fraction=saved.get("val_fraction", 0.1),
         test_fraction=saved.get("test_fraction", 0.1),
+        group_by=saved.get("group_by"),
+        volumes=saved.get("volumes", "middle"),
+        slice_axis=saved.get("slice_axis"),
     )
     return spec, f"split as recorded in {split_file}."
 

@@ -147,6 +147,8 @@ def _probe_into(cfg: ProbeConfig, stage: Path, backbone: Backbone | None) -> dic
         split_file=cfg.data.split_file or stage / "splits.json",
         csv_file=cfg.data.csv_file,
         group_by=cfg.data.group_by,
+        volumes=cfg.data.volumes,
+        slice_axis=cfg.data.scaling.slice_axis,
     )
     if spec.task != "classify":
         raise DataError(f"'{cfg.data.root}' holds '{spec.task}' data; probes need class labels.")
