@@ -4,8 +4,8 @@ Each slice along `data.scaling.slice_axis` (default 2) is written once as a 2-D 
 under `$DINOTUNE_HOME/slices/<content digest of the volume>/`, holding the values reading the volume
 gives (stored dtype, or float64 after scl_slope/scl_inter), so it decodes to exactly those values.
 A slice is then an ordinary file: the feature cache (keyed by file content), `data check`, training,
-predict and serve treat it like any image, and nothing else needs to know about volumes. Slices of one volume share its group, so the
-automatic split never parts them (`dinotune.data.splits`).
+predict and serve treat it like any image, and nothing else needs to know about volumes. Slices of
+one volume share its group, so the automatic split never parts them (`dinotune.data.splits`).
 
 A volume's mask must be a label volume of the same shape (sliced the same way); a 2-D mask for a
 volume is an error. Multi-frame DICOM files keep their first frame (`dinotune.data.dicom`).
