@@ -93,3 +93,27 @@ def test_segmentation_run_on_label_volumes(tmp_path: Path) -> None:
             "num_classes": 2, "volumes": "slices"}  # fmt: skip
     result = run_segment(segment_config(root, tmp_path / "run", data=data, trainer={"max_epochs": 1}))
     assert result.metrics["val"]["images"] == 4  # the val volume's 4 slices, each evaluated at full size
+
+
+@pytest.mark.parametrize("name", ["examples_ybr_color.dcm", "rtdose.dcm"])
+def test_multi_frame_dicom_frames_become_samples_with_the_files_values(tmp_path: Path, name: str) -> None:
+    pytest.importorskip("pydicom")
+    import shutil
+
+    from pydicom.data import get_testdata_file
+
+    from dinotune.data.dicom import read_dicom
+
+    source = Path(get_testdata_file(name, download=False))
+    root = tmp_path / "data"
+    for cls in ("a", "b"):
+        (root / cls).mkdir(parents=True)
+        shutil.copy(source, root / cls / name)
+    spec = load_dataset(root, volumes="slices", auto_split=False)
+    frames = [s for s in spec.splits["all"] if s.label == 0]
+    n = {"examples_ybr_color.dcm": 30, "rtdose.dcm": 15}[name]
+    assert len(frames) == n and len({s.group for s in frames}) == 1
+    channels = 3 if "color" in name else 1
+    for k in (0, n - 1):
+        # the copy, not pydicom's file: its once-per-file multi-frame note stays for test_dicom.py
+        assert np.array_equal(read_image(frames[k].path, channels), read_dicom(root / "a" / name, frame=k))

@@ -9,7 +9,8 @@ RescaleIntercept or a Modality LUT: Hounsfield units for CT) -> window (`scaling
 
 MONOCHROME1 is inverted (so bright is always dense), YBR colour is converted to RGB (pydicom does),
 colour is scaled by BitsStored. Multi-frame files give their first frame (a note is logged once per
-file); `frame=` in `dicom_modality` / `read_dicom` reads another one. Only the decoded frame counts
+file), unless `data.volumes: slices` makes every frame a sample (`dinotune.data.volumes`); `frame=` in
+`dicom_modality` / `read_dicom` reads another one. Only the decoded frame counts
 against the decode budget.
 """
 
@@ -84,7 +85,12 @@ def _frame(path: Path | str, frame: int) -> tuple[np.ndarray, Any]:
         raise DataError(f"{path}: frame {frame} requested but the file has {frames} frame(s)")
     if frames > 1 and str(path) not in _noted:
         _noted.add(str(path))
-        log.warning("%s: multi-frame DICOM (%d frames); using frame %d only", path, frames, frame)
+        log.warning(
+            "%s: multi-frame DICOM (%d frames); using frame %d only (data.volumes=slices: one sample per frame)",
+            path,
+            frames,
+            frame,
+        )
     try:
         arr = pixel_array(str(path), index=frame if frames > 1 else None)
     except Exception as exc:
