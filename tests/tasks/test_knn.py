@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from dinotune.errors import ConfigError, DataError
-from dinotune.tasks.knn import knn_classify
+from dinotune.tasks.knn import knn_classify, select_knn
 
 KS = (1, 5, 10, 40, 100)  # 100 > N_train: capped
 
@@ -73,3 +73,51 @@ def test_num_classes_and_errors(data) -> None:
         knn_classify(train, labels, queries[:, :5])
     with pytest.raises(ConfigError):
         knn_classify(train, labels, queries, ks=(0,))
+
+
+def _clustered(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    labels = torch.randint(0, 4, (n,), generator=g)
+    centres = torch.randn(4, 8, generator=torch.Generator().manual_seed(7)) * 1.5
+    return centres[labels] + torch.randn(n, 8, generator=g), labels
+
+
+def test_k_and_temperature_chosen_on_val_and_capped_by_train_size() -> None:
+    (xtr, ytr), (xva, yva) = _clustered(60, 0), _clustered(40, 1)
+
+    def accuracy(probs: torch.Tensor, labels: torch.Tensor) -> float:
+        return float((probs.argmax(1) == labels).float().mean())
+
+    sel = select_knn(xtr, ytr, xva, yva, accuracy, ks=(1, 10, 200), temperatures=(0.02, 0.5))
+    assert {k for k, _ in sel.val_scores} == {1, 10, 60}  # 200 > 60 train samples: tried once, as 60
+    best = max(sel.val_scores.values())
+    assert sel.val_scores[(sel.k, sel.temperature)] == best
+    for (k, t), v in sel.val_scores.items():
+        ref = accuracy(knn_classify(xtr, ytr, xva, ks=(k,), temperature=t).probs[k], yva)
+        assert v == pytest.approx(ref)
+    with pytest.raises(ConfigError, match="temperatures"):
+        select_knn(xtr, ytr, xva, yva, accuracy, temperatures=(0.0,))
+
+
+def test_probe_knn_never_reads_test_labels_for_selection(tmp_path) -> None:
+    """The probe's kNN report: k and T are the same whatever the test labels are; only test scores move."""
+    from types import SimpleNamespace
+
+    from dinotune.tasks.head_bank import FeatureSet
+    from dinotune.verbs.probe import ProbeConfig, _knn_metrics
+
+    (xtr, ytr), (xva, yva), (xte, yte) = _clustered(50, 0), _clustered(30, 1), _clustered(30, 2)
+    spec = SimpleNamespace(multilabel=False, num_classes=4, classes=["a", "b", "c", "d"])
+    cfg = ProbeConfig(data={"root": tmp_path}, knn={"ks": [1, 5, 200], "temperatures": [0.02, 0.3]})
+
+    def report(test_labels: torch.Tensor) -> dict:
+        sets = {"train": FeatureSet({"cls": xtr}, ytr), "val": FeatureSet({"cls": xva}, yva),
+                "test": FeatureSet({"cls": xte}, test_labels)}  # fmt: skip
+        return _knn_metrics(cfg, sets, spec)
+
+    real = report(yte)
+    flipped = report((yte + 1) % 4)  # every test label wrong
+    for key in ("k", "temperature", "val_scores", "val"):
+        assert real[key] == flipped[key]
+    assert real["k"] <= 50 and set(real["test"]) == {"k=1", "k=5", "k=50"}
+    assert real["summary"]["test/accuracy"] > flipped["summary"]["test/accuracy"]

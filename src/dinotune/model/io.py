@@ -47,7 +47,7 @@ def save_model(folder: str | Path, model: Model, card: ModelCard, save_backbone:
             card.head = {**card.head, "file": HEAD_FILE, "layers": list(model.layers)}
         else:
             model.head.save(tmp)
-            card.head = {"type": "linear", "file": HEAD_FILE, "feature_choice": model.head.feature_choice}
+            card.head = {**card.head, "type": "linear", "file": HEAD_FILE, "feature_choice": model.head.feature_choice}
     if save_backbone:
         with atomic_dir(folder / BACKBONE_DIR, overwrite=True) as tmp:
             model.backbone.save_pretrained(tmp)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -90,6 +91,15 @@ class HeadBank:
         self.best_epoch = torch.zeros(h, dtype=torch.long, device=device)
         self.stopped_epoch = torch.zeros(h, dtype=torch.long, device=device)
         self._stale = torch.zeros(h, dtype=torch.long, device=device)
+
+    @classmethod
+    def from_weights(cls, weight: Tensor, bias: Tensor, **loss_options: Any) -> HeadBank:
+        """A bank holding given (D, H, C) weights and (H, C) biases, to score heads trained elsewhere
+        (the L-BFGS path) with exactly the loss and metric the SGD heads are scored with."""
+        d, h, c = weight.shape
+        bank = cls(d, c, [0.0] * h, [0.0] * h, device=weight.device, **loss_options)
+        bank.weight, bank.bias = weight.contiguous(), bias.contiguous()
+        return bank
 
     def logits(self, x: Tensor, weight: Tensor | None = None, bias: Tensor | None = None) -> Tensor:
         """(B, H, C) logits of all heads in one GEMM over the shared input x (B, D)."""

@@ -3,13 +3,14 @@
 Features are L2-normalised, similarity is the cosine, and each of the k nearest training samples votes
 for its class with weight exp(sim / T), T = 0.07. All k values come from one top-k(max k) search, and
 queries are processed in chunks so the (chunk, N_train) similarity block stays within a fixed budget.
-Class scores are normalised to sum to one. With multi-hot train labels (N, C) the same weighted vote
+Class scores are normalised to sum to one. `select_knn` picks k and T on the validation split only. With multi-hot train labels (N, C) the same weighted vote
 gives per-label scores in [0, 1] (weighted fraction of neighbours carrying the label).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -18,10 +19,19 @@ from torch import Tensor
 
 from dinotune.errors import ConfigError, DataError
 
-__all__ = ["DEFAULT_KS", "DEFAULT_TEMPERATURE", "KnnResult", "knn_classify"]
+__all__ = [
+    "DEFAULT_KS",
+    "DEFAULT_TEMPERATURE",
+    "DEFAULT_TEMPERATURES",
+    "KnnResult",
+    "KnnSelection",
+    "knn_classify",
+    "select_knn",
+]
 
 DEFAULT_KS: tuple[int, ...] = (10, 20, 100, 200)
 DEFAULT_TEMPERATURE = 0.07
+DEFAULT_TEMPERATURES: tuple[float, ...] = (0.02, 0.07, 0.2)  # chosen on validation with k
 _SIM_BUDGET = 1 << 24  # elements of one (queries, train) similarity block (64 MB in fp32)
 
 
@@ -127,3 +137,43 @@ def _vote(
         normalised = acc / weights[:, :k_eff].sum(1, keepdim=True)
         out.extend((k, normalised) for k, e in eff.items() if e == k_eff)
     return out
+
+
+@dataclass(frozen=True)
+class KnnSelection:
+    """The (k, temperature) kept on validation, and every pair's validation score."""
+
+    k: int
+    temperature: float
+    val_scores: dict[tuple[int, float], float]
+
+
+def select_knn(
+    train_features: Tensor,
+    train_labels: Tensor,
+    val_features: Tensor,
+    val_labels: Tensor,
+    score: Callable[[Tensor, Tensor], float],
+    *,
+    ks: Sequence[int] = DEFAULT_KS,
+    temperatures: Sequence[float] = DEFAULT_TEMPERATURES,
+    num_classes: int | None = None,
+) -> KnnSelection:
+    """Choose k and the temperature on the validation split alone (it is given no test data to read).
+
+    k is capped by the number of training samples first, so k=200 over 140 images is tried once, as
+    k=140. `score(probs, labels)` is higher-is-better (accuracy, mAP); ties go to the smaller k, then
+    the temperature nearest the official 0.07.
+    """
+    n = int(train_features.shape[0])
+    capped = sorted({min(int(k), n) for k in ks if int(k) >= 1}) or [1]
+    if not temperatures or any(not t > 0 for t in temperatures):
+        raise ConfigError(f"kNN `temperatures` must be positive numbers, got {list(temperatures)}.")
+    table: dict[tuple[int, float], float] = {}
+    for t in temperatures:
+        res = knn_classify(train_features, train_labels, val_features, ks=capped, temperature=float(t),
+                           num_classes=num_classes)  # fmt: skip
+        for k in capped:
+            table[(k, float(t))] = float(score(res.probs[k], val_labels))
+    best = min(table, key=lambda kt: (-table[kt], kt[0], abs(math.log(kt[1] / DEFAULT_TEMPERATURE))))
+    return KnnSelection(best[0], best[1], table)

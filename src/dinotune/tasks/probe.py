@@ -28,8 +28,9 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import torch
@@ -44,10 +45,13 @@ from dinotune.heads.linear import (
 )
 from dinotune.metrics import classification_metrics, multilabel_metrics
 from dinotune.tasks.head_bank import FeatureSet, HeadBank, Standardiser
+from dinotune.tasks.head_selection import DEFAULT_SELECTION, HeadResult, select_head
+from dinotune.tasks.logreg import DEFAULT_CS, fit_logistic_path, refit_logistic
 from dinotune.tasks.probe_checks import check_sweep
 from dinotune.training.schedules import cosine
 
 __all__ = [
+    "DEFAULT_CS",
     "DEFAULT_LRS",
     "DEFAULT_WEIGHT_DECAYS",
     "FeatureSet",
@@ -81,22 +85,6 @@ LR_REFERENCE_BATCH = 256
 # --------------------------------------------------------------------------------------------------
 # Sweep
 # --------------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class HeadResult:
-    """One row of the sweep table: a head's config and its best validation evaluation."""
-
-    feature_choice: str
-    lr: float
-    weight_decay: float
-    best_epoch: int
-    stopped_epoch: int | None
-    val_score: float
-    val_loss: float
-
-    def as_dict(self) -> dict[str, Any]:
-        return dict(self.__dict__)
 
 
 @dataclass
@@ -149,17 +137,23 @@ class SweepSettings:
     seed: int = 0
     device: torch.device | str | None = None
     progress: bool = True
+    methods: Sequence[str] = ("sgd", "lbfgs")
+    cs: Sequence[float] = DEFAULT_CS
+    lbfgs_max_iter: int = 100
+    selection: str = DEFAULT_SELECTION
+    refit: bool = False
 
 
 def sweep_linear_heads(
     train: FeatureSet, val: FeatureSet, test: FeatureSet | None = None, **options: Any
 ) -> SweepResult:
-    """Train the grid lrs x weight_decays x feature_choices of linear heads and return the best one.
+    """Train the SGD grid (lrs x weight_decays) and the L-BFGS path (cs) per feature choice; keep the best.
 
     `options` are `SweepSettings` fields. `feature_choices=None` uses every default choice whose feature
     kinds exist in `train`. Learning rates are scaled by batch_size / 256. `patience` counts evaluations
-    (every `eval_every` epochs); None disables early stopping. With a `test` split, the selected head is
-    scored on it and `test_metrics` holds `classification_metrics` / `multilabel_metrics`.
+    (every `eval_every` epochs); None disables early stopping. `methods` picks "sgd" and/or "lbfgs";
+    `selection` the rule of `head_selection`, read on validation only; `refit` refits an L-BFGS winner on
+    train+val at its C. With a `test` split, the selected head is scored on it afterwards.
     """
     s = SweepSettings(**options)
     dev = resolve_device(s.device)
@@ -173,64 +167,93 @@ def sweep_linear_heads(
     (train_x, train_y), (val_x, val_y) = to_dev(train), to_dev(val)
     std = Standardiser(train, kinds, dev)
     val_inputs = {ch: torch.cat([std.rows(val_x, k) for k in ks], 1) for ch, ks in choice_kinds.items()}
-    grid = [(lr, wd) for lr in s.lrs for wd in s.weight_decays]
-    lr_scale = s.batch_size / LR_REFERENCE_BATCH
-    lrs, wds = [lr * lr_scale for lr, _ in grid], [wd for _, wd in grid]
-    banks = {
-        ch: HeadBank(val_inputs[ch].shape[1], c, lrs, wds, multilabel=s.multilabel, class_weights=cw,
-                     label_smoothing=s.label_smoothing, device=dev)
-        for ch in choices
-    }  # fmt: skip
-    epochs_run = _train(banks, choice_kinds, std, (train_x, train_y), (val_inputs, val_y), s)
-    extras = {"lr_scale": lr_scale, "num_classes": c, "feature_choices": choices}
-    result = _select(banks, grid, choices, std.concat_stats, choice_kinds, s.multilabel, epochs_run, extras)
+    loss_options = {"multilabel": s.multilabel, "class_weights": cw, "label_smoothing": s.label_smoothing}
+    heads: list[tuple[HeadResult, Callable[[], dict[str, Tensor]]]] = []
+    epochs_run, lr_scale = 0, s.batch_size / LR_REFERENCE_BATCH
+    if "sgd" in s.methods:
+        grid = [(lr, wd) for lr in s.lrs for wd in s.weight_decays]
+        lrs, wds = [lr * lr_scale for lr, _ in grid], [wd for _, wd in grid]
+        banks = {ch: HeadBank(val_inputs[ch].shape[1], c, lrs, wds, device=dev, **loss_options) for ch in choices}
+        epochs_run = _train(banks, choice_kinds, std, (train_x, train_y), (val_inputs, val_y), s)
+        heads += _sgd_heads(banks, grid)
+    if "lbfgs" in s.methods:
+        for ch, ks in choice_kinds.items():
+            x = torch.cat([std.rows(train_x, k) for k in ks], 1)
+            heads += _lbfgs_heads(ch, x, train_y, (val_inputs[ch], val_y), c, loss_options, s)
+    table = [row for row, _ in heads]
+    best, state = heads[select_head(table, len(val), s.selection, choices)]
+    mean, sd = std.concat_stats(choice_kinds[best.feature_choice])
+    extras = {"lr_scale": lr_scale, "num_classes": c, "feature_choices": choices, "selection": s.selection,
+              "refit": False}  # fmt: skip
+    weights = state()
+    if s.refit and best.method == "lbfgs":
+        weights, mean, sd = _refit(best, weights, (train, val), choice_kinds[best.feature_choice], c, loss_options, s)
+        extras["refit"] = True
+    result = SweepResult(best=best, state_dict=weights, mean=mean, std=sd, metric="map" if s.multilabel else "accuracy",
+                         multilabel=s.multilabel, table=table, epochs_run=epochs_run, extras=extras)  # fmt: skip
     if test is not None:
         _score_test(result, test, cw, s.label_smoothing, s.class_names)
-    best = result.best
-    log.info("linear sweep: best head %s, lr %g, weight decay %g (val %s %.4f)", best.feature_choice, best.lr,
-             best.weight_decay, result.metric, best.val_score)  # fmt: skip
+    log.info("linear sweep: kept %s (val %s %.4f, loss %.4f)", describe_head(best), result.metric, best.val_score,
+             best.val_loss)  # fmt: skip
     return result
 
 
-def _select(
-    banks: dict[str, HeadBank],
-    grid: list[tuple[float, float]],
-    choices: list[str],
-    concat_stats: Any,
-    choice_kinds: dict[str, tuple[str, ...]],
-    multilabel: bool,
-    epochs_run: int,
-    extras: dict[str, Any],
-) -> SweepResult:
-    """The table of every head and the selected one (best validation score; ties: lower loss, smaller lr)."""
-    table = [
-        HeadResult(
-            feature_choice=ch,
-            lr=lr,
-            weight_decay=wd,
-            best_epoch=int(bank.best_epoch[i]),
-            stopped_epoch=int(bank.stopped_epoch[i]) or None,
-            val_score=float(bank.best_score[i]),
-            val_loss=float(bank.best_loss[i]),
-        )
-        for ch, bank in banks.items()
-        for i, (lr, wd) in enumerate(grid)
+def describe_head(row: HeadResult) -> str:
+    """'lbfgs C=0.1 on cls+patch_mean' / 'sgd lr=0.01 wd=0 on cls': what a person needs to know."""
+    if row.method == "lbfgs":
+        return f"lbfgs C={row.c:g} on {row.feature_choice}"
+    return f"sgd lr={row.lr:g} wd={row.weight_decay:g} on {row.feature_choice}"
+
+
+def _sgd_heads(
+    banks: dict[str, HeadBank], grid: list[tuple[float, float]]
+) -> list[tuple[HeadResult, Callable[[], dict[str, Tensor]]]]:
+    """Every SGD head's row (its best evaluation) and a way to read its kept weights."""
+    out = []
+    for ch, bank in banks.items():
+        for i, (lr, wd) in enumerate(grid):
+            row = HeadResult(ch, lr, wd, int(bank.best_epoch[i]), int(bank.stopped_epoch[i]) or None,
+                             float(bank.best_score[i]), float(bank.best_loss[i]))  # fmt: skip
+            out.append((row, partial(bank.head_state, i)))
+    return out
+
+
+def _lbfgs_heads(
+    choice: str, x: Tensor, y: Tensor, val: tuple[Tensor, Tensor], c: int, loss_options: dict, s: SweepSettings
+) -> list[tuple[HeadResult, Callable[[], dict[str, Tensor]]]]:
+    """The L-BFGS path on one feature choice, scored on validation exactly as the SGD heads are."""
+    path = fit_logistic_path(x, y, c, s.cs, max_iter=s.lbfgs_max_iter, **loss_options)
+    weight, bias = torch.stack([p.weight for p in path], 1), torch.stack([p.bias for p in path])
+    bank = HeadBank.from_weights(weight, bias, **loss_options)
+    score, loss = bank.evaluate(*val)
+    rows = [
+        HeadResult(choice, None, None, p.iterations, None, float(score[i]), float(loss[i]), method="lbfgs", c=p.c)
+        for i, p in enumerate(path)
     ]
-    order = {ch: i for i, ch in enumerate(choices)}
-    best = min(table, key=lambda r: (-r.val_score, r.val_loss, r.lr, r.weight_decay, order[r.feature_choice]))
-    mean, sd = concat_stats(choice_kinds[best.feature_choice])
-    state = banks[best.feature_choice].head_state(grid.index((best.lr, best.weight_decay)))
-    return SweepResult(
-        best=best,
-        state_dict=state,
-        mean=mean,
-        std=sd,
-        metric="map" if multilabel else "accuracy",
-        multilabel=multilabel,
-        table=table,
-        epochs_run=epochs_run,
-        extras=extras,
-    )
+    return [(row, partial(bank.head_state, i, best=False)) for i, row in enumerate(rows)]
+
+
+def _refit(
+    best: HeadResult,
+    weights: dict[str, Tensor],
+    splits: tuple[FeatureSet, FeatureSet],
+    kinds: tuple[str, ...],
+    c: int,
+    loss_options: dict,
+    s: SweepSettings,
+) -> tuple[dict[str, Tensor], Tensor, Tensor]:
+    """The kept L-BFGS head refitted on train+val at its C (standardised with train+val statistics)."""
+    train, val = splits
+    both = FeatureSet({k: torch.cat([train.features[k], val.features[k]]) for k in kinds},
+                      torch.cat([train.labels, val.labels]))  # fmt: skip
+    dev = resolve_device(s.device)
+    std = Standardiser(both, kinds, dev)
+    x = torch.cat([std.rows(both.features, k).to(dev) for k in kinds], 1)
+    y = both.labels.to(dev).float() if s.multilabel else both.labels.to(dev).long()
+    assert best.c is not None
+    point = refit_logistic(x, y, c, best.c, max_iter=s.lbfgs_max_iter, **loss_options)
+    mean, sd = std.concat_stats(kinds)
+    return {"weight": point.weight.T.contiguous().cpu(), "bias": point.bias.cpu()}, mean, sd
 
 
 def _train(

@@ -67,6 +67,10 @@ def check_sweep(
 ) -> tuple[list[str], dict[str, tuple[str, ...]], int, Tensor | None]:
     """Every setting (`s`: a SweepSettings) checked before any work: (choices, their kinds, classes, weights)."""
     _check_grid(s.lrs, s.weight_decays, s.epochs, s.batch_size)
+    if not s.methods or set(s.methods) - {"sgd", "lbfgs"}:
+        raise ConfigError(f"`methods` must name one or both of sgd, lbfgs; got {list(s.methods)}.")
+    if not s.cs or any(not (c > 0 and math.isfinite(c)) for c in s.cs):
+        raise ConfigError(f"`cs` must be a non-empty list of positive regularisation values C, got {list(s.cs)}.")
     if not 0.0 <= s.label_smoothing < 1.0:
         raise ConfigError(f"`label_smoothing` must be in [0, 1), got {s.label_smoothing}.")
     if s.eval_every < 1 or (s.patience is not None and s.patience < 1):

@@ -30,8 +30,8 @@ from dinotune.features.cache import FeatureCache
 from dinotune.metrics import classification_metrics, multilabel_metrics
 from dinotune.model import Classifier, ModelCard, save_model
 from dinotune.run_folder import RunLog, new_run_dir, staged_output, write_json
-from dinotune.tasks.knn import DEFAULT_KS, DEFAULT_TEMPERATURE, knn_classify
-from dinotune.tasks.probe import DEFAULT_LRS, DEFAULT_WEIGHT_DECAYS, FeatureSet, SweepResult, sweep_linear_heads
+from dinotune.tasks.knn import DEFAULT_KS, DEFAULT_TEMPERATURES, knn_classify, select_knn
+from dinotune.tasks.probe import DEFAULT_CS, DEFAULT_LRS, DEFAULT_WEIGHT_DECAYS, FeatureSet, SweepResult, sweep_linear_heads
 from dinotune.verbs.common import Result, backbone_source, preprocessing_for, resolve_channels
 
 log = logging.getLogger(__name__)
@@ -46,12 +46,22 @@ class SweepConfig(StrictModel):
     batch_size: int = Field(256, ge=1)
     patience: int | None = Field(10, ge=1, description="Evaluations without improvement before a head stops.")
     label_smoothing: float = Field(0.0, ge=0, lt=1)
+    methods: list[Literal["sgd", "lbfgs"]] = Field(
+        default_factory=lambda: ["sgd", "lbfgs"], description="SGD head grid and/or the L-BFGS C path."
+    )
+    cs: list[float] = Field(default_factory=lambda: list(DEFAULT_CS), description="L-BFGS C grid (as scikit-learn's).")
+    selection: Literal["score_within_se", "score", "loss"] = Field(
+        "score_within_se", description="Rule choosing the kept head on validation."
+    )
+    refit: bool = Field(False, description="Refit an L-BFGS winner on train+val (then val is no longer held out).")
 
 
 class KnnConfig(StrictModel):
     enabled: bool = True
     ks: list[int] = Field(default_factory=lambda: list(DEFAULT_KS))
-    temperature: float = Field(DEFAULT_TEMPERATURE, gt=0)
+    temperatures: list[float] = Field(
+        default_factory=lambda: list(DEFAULT_TEMPERATURES), description="Vote temperatures; chosen on val with k."
+    )
     feature: str = Field("cls", description="Feature kind used for the neighbour search.")
 
 
@@ -189,7 +199,7 @@ def _save_probe(
     sweep = _sweep(cfg, spec, sets)
     metrics["probe"] = _probe_metrics(sweep, sets, spec, split)
     model = Classifier(backbone, sweep.linear_head())
-    card = ModelCard(metrics["task"], spec.classes, prep, backbone_source(backbone, cfg.seed), head={},
+    card = ModelCard(metrics["task"], spec.classes, prep, backbone_source(backbone, cfg.seed), head=_head_record(sweep),
                      license=backbone.info.license, metrics=metrics["probe"]["summary"])  # fmt: skip
     save_model(stage, model, card)
     _write_sweep_table(stage / "sweep.csv", sweep)
@@ -197,6 +207,13 @@ def _save_probe(
     write_predictions(stage / "predictions.csv", paths[split], sets[split].labels, probs, spec.classes, spec.multilabel)
     head_params = sum(p.numel() for p in model.head.parameters())
     metrics["parameters"] = {"trainable": head_params, "total": sum(p.numel() for p in model.parameters())}
+
+
+def _head_record(sweep: SweepResult) -> dict[str, Any]:
+    """What the card says about how the head was found: method, its setting, selection rule, refit."""
+    best = sweep.best
+    setting = {"C": best.c} if best.method == "lbfgs" else {"lr": best.lr, "weight_decay": best.weight_decay}
+    return {"method": best.method, **setting, "selection": sweep.extras["selection"], "refit": sweep.extras["refit"]}
 
 
 def _sweep(cfg: ProbeConfig, spec: DatasetSpec, sets: dict[str, FeatureSet]) -> SweepResult:
@@ -219,6 +236,10 @@ def _sweep(cfg: ProbeConfig, spec: DatasetSpec, sets: dict[str, FeatureSet]) -> 
         num_classes=spec.num_classes,
         class_weights=class_weights,
         label_smoothing=cfg.sweep.label_smoothing,
+        methods=cfg.sweep.methods,
+        cs=cfg.sweep.cs,
+        selection=cfg.sweep.selection,
+        refit=cfg.sweep.refit,
         class_names=spec.classes,
         seed=cfg.seed,
         device=None if cfg.device == "auto" else cfg.device,
@@ -245,6 +266,8 @@ def _probe_metrics(sweep: SweepResult, sets: dict[str, FeatureSet], spec: Datase
     key = "map" if spec.multilabel else "accuracy"
     return {
         "best_head": sweep.best.as_dict(),
+        "selection": sweep.extras["selection"],
+        "refit": sweep.extras["refit"],
         "heads_trained": len(sweep.table),
         "epochs_run": sweep.epochs_run,
         "summary": {f"{split}/{key}": detail[key], "val/" + sweep.metric: sweep.best.val_score},
@@ -253,25 +276,26 @@ def _probe_metrics(sweep: SweepResult, sets: dict[str, FeatureSet], spec: Datase
 
 
 def _knn_metrics(cfg: ProbeConfig, sets: dict[str, FeatureSet], spec: DatasetSpec) -> dict[str, Any]:
-    """Accuracy (mAP) for every k; k is chosen on validation, never on test, and capped by the train size."""
+    """k and the temperature chosen on validation (`select_knn` is given no test data), k capped by the
+    train size; then the chosen temperature's accuracy (mAP) for every k on each split, for the record."""
     kind, bank = cfg.knn.feature, sets["train"]
-    ks = sorted({min(k, len(bank)) for k in cfg.knn.ks})
     key = "map" if spec.multilabel else "accuracy"
-    out: dict[str, Any] = {"feature": kind, "temperature": cfg.knn.temperature, "selected_on": "val"}
+
+    def score(probs: torch.Tensor, labels: torch.Tensor) -> float:
+        return float(_evaluate(probs, labels, spec)[key])
+
+    val = sets["val"]
+    chosen = select_knn(bank.features[kind], bank.labels, val.features[kind], val.labels, score, ks=cfg.knn.ks,
+                        temperatures=cfg.knn.temperatures, num_classes=spec.num_classes)  # fmt: skip
+    ks = sorted({k for k, _ in chosen.val_scores})
+    out: dict[str, Any] = {"feature": kind, "selected_on": "val", "k": chosen.k, "temperature": chosen.temperature}
+    out["val_scores"] = {f"k={k},T={t:g}": v for (k, t), v in chosen.val_scores.items()}
     for split in ("val", "test"):
         if split in sets:
-            result = knn_classify(
-                bank.features[kind],
-                bank.labels,
-                sets[split].features[kind],
-                ks=ks,
-                temperature=cfg.knn.temperature,
-                num_classes=spec.num_classes,
-            )
-            out[split] = {f"k={k}": _evaluate(result.probs[k], sets[split].labels, spec)[key] for k in ks}
-    best_k = max(ks, key=lambda k: (out["val"][f"k={k}"], -k))  # ties: the smaller k
-    out["k"] = best_k
-    out["summary"] = {f"{split}/{key}": out[split][f"k={best_k}"] for split in ("val", "test") if split in out}
+            result = knn_classify(bank.features[kind], bank.labels, sets[split].features[kind], ks=ks,
+                                  temperature=chosen.temperature, num_classes=spec.num_classes)  # fmt: skip
+            out[split] = {f"k={k}": score(result.probs[k], sets[split].labels) for k in ks}
+    out["summary"] = {f"{split}/{key}": out[split][f"k={chosen.k}"] for split in ("val", "test") if split in out}
     return out
 
 
@@ -282,7 +306,7 @@ def summary_line(metrics: dict[str, Any]) -> str:
     if "knn" in metrics:
         knn = metrics["knn"]
         scores = ", ".join(f"{k} {v:.4f}" for k, v in knn["summary"].items())
-        parts.append(f"kNN (k={knn['k']}, chosen on val) {scores}")
+        parts.append(f"kNN (k={knn['k']}, T={knn['temperature']:g}, chosen on val) {scores}")
     return "; ".join(parts)
 
 
