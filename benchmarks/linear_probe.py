@@ -6,6 +6,7 @@ Both read the SAME cached features of each split; for every split seed:
 - scikit-learn: StandardScaler (train statistics) + LogisticRegression(max_iter=1000), the feature
   choice and C (1e-3 ... 10) chosen jointly by validation accuracy (first best in grid order).
 Test labels are read only to score the two kept models. The mean of the seeds is the headline.
+Both sides run with one thread (torch and BLAS): on a shared 2-core machine extra threads only thrash.
 Run: python benchmarks/linear_probe.py --dataset elpv|fashion-mnist [--seeds 0 1 2] [--seed-way]
 """
 
@@ -21,6 +22,7 @@ import numpy as np
 import torch
 from _common import write_result
 from _probe_data import small_image_folder
+from threadpoolctl import threadpool_limits
 from torch.utils.data import DataLoader
 
 from dinotune import load_backbone
@@ -110,7 +112,9 @@ def one_seed(args, seed: int, backbone, work: Path) -> dict:
     }
     row["dinotune_minus_sklearn_points"] = 100 * (row["dinotune_test_accuracy"] - row["sklearn"]["test_accuracy"])
     if args.seed_way and seed == args.seeds[0]:
-        row["seed_way_seconds"], row["seed_way_test_accuracy"] = seed_way(backbone, spec, _preprocessing(cfg, backbone), 50)
+        row["seed_way_seconds"], row["seed_way_test_accuracy"] = seed_way(
+            backbone, spec, _preprocessing(cfg, backbone), 50
+        )
     print(row, flush=True)
     return row
 
@@ -127,6 +131,8 @@ def main() -> None:
     args = parser.parse_args()
     args.image_size = args.image_size or (112 if args.dataset == "elpv" else 64)
     warnings.filterwarnings("ignore", message="RANDOM WEIGHTS")
+    torch.set_num_threads(1)
+    threadpool_limits(1)
     work = Path(tempfile.mkdtemp(prefix="dinotune-bench-"))
     backbone = load_backbone(args.backbone, device="cpu")
     rows = [one_seed(args, seed, backbone, work) for seed in args.seeds]

@@ -94,7 +94,9 @@ def test_both_methods_compared_and_test_labels_never_used_for_selection() -> Non
     res = sweep_linear_heads(train, val, test, **kw)
     assert {r.method for r in res.table} == {"sgd", "lbfgs"}
     assert len([r for r in res.table if r.method == "lbfgs"]) == 3
-    shuffled = FeatureSet(test.features, test.labels[torch.randperm(len(test), generator=torch.Generator().manual_seed(1))])
+    shuffled = FeatureSet(
+        test.features, test.labels[torch.randperm(len(test), generator=torch.Generator().manual_seed(1))]
+    )
     other = sweep_linear_heads(train, val, shuffled, **kw)
     assert other.best == res.best and other.table == res.table
     torch.testing.assert_close(other.state_dict["weight"], res.state_dict["weight"], atol=0, rtol=0)

@@ -52,7 +52,10 @@ def test_run_folder_has_everything(run) -> None:
         "log.txt",
     } <= files
     metrics = json.loads((result.run_dir / "metrics.json").read_text())
-    assert metrics["probe"]["heads_trained"] == 3 * 2 * 2  # lrs x wds x feature choices (vit_test16: no last4)
+    # (lrs x wds SGD heads + 11 L-BFGS Cs) x feature choices (vit_test16: no last4)
+    assert metrics["probe"]["heads_trained"] == (3 * 2 + 11) * 2
+    card = json.loads((result.run_dir / "model.json").read_text())
+    assert card["head"]["method"] == metrics["probe"]["best_head"]["method"] and card["head"]["type"] == "linear"
     assert metrics["probe"]["test"]["accuracy"] > 0.5  # random features of real digits are far above 10% chance
     assert set(metrics["knn"]["test"]) == {"k=10", "k=20", "k=100", "k=200"}
     assert yaml.safe_load((result.run_dir / "config.yaml").read_text())["sweep"]["epochs"] == 15

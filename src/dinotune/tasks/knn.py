@@ -3,8 +3,9 @@
 Features are L2-normalised, similarity is the cosine, and each of the k nearest training samples votes
 for its class with weight exp(sim / T), T = 0.07. All k values come from one top-k(max k) search, and
 queries are processed in chunks so the (chunk, N_train) similarity block stays within a fixed budget.
-Class scores are normalised to sum to one. `select_knn` picks k and T on the validation split only. With multi-hot train labels (N, C) the same weighted vote
-gives per-label scores in [0, 1] (weighted fraction of neighbours carrying the label).
+Class scores are normalised to sum to one. With multi-hot train labels (N, C) the same weighted vote
+gives per-label scores in [0, 1] (weighted fraction of neighbours carrying the label). `select_knn`
+chooses k and T on the validation split, and is given nothing of the test split.
 """
 
 from __future__ import annotations

@@ -69,10 +69,13 @@ def fit_logistic_path(
 
     `tol` bounds the largest gradient entry of the (1/N-scaled) objective, as scikit-learn's lbfgs `tol`;
     `max_iter` caps L-BFGS iterations per C (a weakly regularised fit that hits it is early-stopped, not
-    wrong: the path's stronger points are still exact).
+    wrong: the path's stronger points are still exact). `converged` says whether `tol` was reached; in
+    float32 a tol below ~1e-5 may stop on the loss no longer changing instead. `init` warm-starts.
     """
     if not cs or any(not (c > 0) for c in cs):
-        raise ConfigError(f"`cs` must be a non-empty list of positive inverse regularisation strengths, got {list(cs)}.")
+        raise ConfigError(
+            f"`cs` must be a non-empty list of positive inverse regularisation strengths, got {list(cs)}."
+        )
     if max_iter < 1 or not tol > 0:
         raise ConfigError(f"L-BFGS needs max_iter >= 1 and tol > 0, got {max_iter} and {tol}.")
     n, d = x.shape
@@ -91,7 +94,7 @@ def fit_logistic_path(
             tolerance_change=1e-10, line_search_fn="strong_wolfe",
         )  # fmt: skip
 
-        def closure() -> Tensor:
+        def closure(opt: torch.optim.LBFGS = opt, penalty: float = penalty) -> Tensor:
             opt.zero_grad()
             loss = _data_loss(torch.addmm(bias, x, weight), tgt, multilabel, cw, label_smoothing)
             loss = loss + penalty * weight.pow(2).sum()

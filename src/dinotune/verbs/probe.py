@@ -31,7 +31,14 @@ from dinotune.metrics import classification_metrics, multilabel_metrics
 from dinotune.model import Classifier, ModelCard, save_model
 from dinotune.run_folder import RunLog, new_run_dir, staged_output, write_json
 from dinotune.tasks.knn import DEFAULT_KS, DEFAULT_TEMPERATURES, knn_classify, select_knn
-from dinotune.tasks.probe import DEFAULT_CS, DEFAULT_LRS, DEFAULT_WEIGHT_DECAYS, FeatureSet, SweepResult, sweep_linear_heads
+from dinotune.tasks.probe import (
+    DEFAULT_CS,
+    DEFAULT_LRS,
+    DEFAULT_WEIGHT_DECAYS,
+    FeatureSet,
+    SweepResult,
+    sweep_linear_heads,
+)
 from dinotune.verbs.common import Result, backbone_source, preprocessing_for, resolve_channels
 
 log = logging.getLogger(__name__)
