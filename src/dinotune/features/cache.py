@@ -34,7 +34,8 @@ from dinotune.backbones import Backbone
 from dinotune.data.decode import read_image
 from dinotune.data.preprocessing import Preprocessing
 from dinotune.errors import DataError
-from dinotune.features.extract import extract_features, feature_kinds
+from dinotune.features.engine import FeatureExtractor
+from dinotune.features.extract import feature_kinds
 from dinotune.features.hashes import ContentHashes
 from dinotune.features.shards import ShardError, load_shard, read_hashes, write_shard
 
@@ -105,9 +106,17 @@ class FeatureCache:
     """Features of image files for one backbone and preprocessing, extracted once and kept on disk."""
 
     def __init__(
-        self, root: Path, backbone: Backbone, preprocessing: Preprocessing, shard_images: int = SHARD_IMAGES
+        self,
+        root: Path,
+        backbone: Backbone,
+        preprocessing: Preprocessing,
+        shard_images: int = SHARD_IMAGES,
+        engine: str | None = None,
     ) -> None:
+        """`engine`: how features are computed (default: `DINOTUNE_ENGINE`, else auto; see `features.engine`)."""
         self.backbone, self.preprocessing, self.shard_images = backbone, preprocessing, shard_images
+        self.engine, self.graph_dir = engine, Path(root) / "engines"
+        self.last_engine: dict[str, Any] | None = None  # the engine choice of the last extraction
         self.kinds = feature_kinds(backbone)
         description = {
             "version": CACHE_VERSION,
@@ -185,6 +194,9 @@ class FeatureCache:
             pin_memory=torch.cuda.is_available(),
         )
         writer = _ShardWriter(self.dir, self.shard_images)
+        extractor = FeatureExtractor(
+            self.backbone, self.kinds, engine=self.engine, graph_dir=self.graph_dir, expected_images=len(paths)
+        )
         bad: dict[Path, str] = {}
         try:
             with tqdm(
@@ -196,10 +208,11 @@ class FeatureCache:
                         bad[paths[batch["index"][i]]] = batch["error"][i]
                     if ok.any():
                         digests = [hashes[i] for i in batch["index"][ok].tolist()]
-                        writer.add(digests, extract_features(self.backbone, batch["image"][ok]))
+                        writer.add(digests, extractor(batch["image"][ok]))
                     bar.update(len(ok))
         finally:
             writer.flush()  # an interrupted run (Ctrl-C, a crash) keeps every finished batch
+            self.last_engine = extractor.describe()
         for path, error in bad.items():
             log.warning("skipping unreadable image %s: %s", path, error)
         return bad, writer.written

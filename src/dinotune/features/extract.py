@@ -37,10 +37,15 @@ def compute_features(backbone: Backbone, images: Tensor, kinds: Sequence[str] | 
 
 
 @torch.inference_mode()
-def extract_features(backbone: Backbone, images: Tensor) -> dict[str, Tensor]:
-    """Every kind in one forward pass, as fp32 on the CPU (bf16 autocast on CUDA)."""
+def extract_features(
+    backbone: Backbone, images: Tensor, kinds: Sequence[str] | None = None, channels_last: bool = False
+) -> dict[str, Tensor]:
+    """Every kind in one forward pass, as fp32 on the CPU (bf16 autocast on CUDA): the eager reference
+    every other engine is checked against (see `dinotune.features.engine`)."""
     device = next(backbone.parameters()).device
     images = images.to(device, non_blocking=True)
+    if channels_last:
+        images = images.contiguous(memory_format=torch.channels_last)
     with autocast(device):
-        out = compute_features(backbone, images)
+        out = compute_features(backbone, images, kinds)
     return {k: v.float().cpu() for k, v in out.items()}

@@ -41,9 +41,12 @@ class Segmenter(nn.Module):
         pad_h, pad_w = (-h) % multiple, (-w) % multiple
         if pad_h or pad_w:
             images = F.pad(images, (0, pad_w, 0, pad_h))
-        logits = self.head([f.float() for f in self.features(images)])
-        logits = F.interpolate(logits, size=images.shape[-2:], mode="bilinear", align_corners=False)
-        return logits[..., :h, :w]
+        return self.forward_maps(self.features(images), images.shape[-2:])[..., :h, :w]
+
+    def forward_maps(self, maps: list[Tensor], size: tuple[int, ...]) -> Tensor:
+        """Logits at `size` from the layers' patch maps: also what training on cached dense features runs."""
+        logits = self.head([m.float() for m in maps])
+        return F.interpolate(logits, size=tuple(size), mode="bilinear", align_corners=False)
 
 
 def feature_dims(backbone: Backbone, layers: list[int]) -> list[int]:

@@ -52,12 +52,15 @@ class SegmentationModule(TaskModule):
             )
 
     def _shared_step(self, batch: dict[str, Any], stage: str, batch_idx: int) -> Tensor:
-        images, masks = batch["image"], batch["mask"].long()
+        masks = batch["mask"].long()
         generator = self.step_generator(batch_idx) if stage == "train" else None
         if isinstance(self.model, MaskSegmenter):
-            logits, loss = self._set_step(images, masks, generator)
+            logits, loss = self._set_step(batch["image"], masks, generator)
         else:
-            logits = self.model(images)
+            if "maps" in batch:  # cached dense features of a frozen backbone (features.dense)
+                logits = self.model.forward_maps(batch["maps"], masks.shape[-2:])
+            else:
+                logits = self.model(batch["image"])
             loss = self.loss_fn(logits, masks)
         cm = getattr(self, f"{stage}_cm")
         cm += confusion_matrix(logits.detach().argmax(1), masks, self.num_classes, self.ignore_index).to(cm.device)
@@ -69,7 +72,7 @@ class SegmentationModule(TaskModule):
             on_epoch=not on_step,
             prog_bar=True,
             sync_dist=not on_step,
-            batch_size=images.shape[0],
+            batch_size=masks.shape[0],
         )
         return loss
 

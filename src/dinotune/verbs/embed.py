@@ -84,6 +84,7 @@ def run_embed(
             "count": len(files),
             "dim": int(tensors["cls"].shape[1]),
             "bad_files": {str(k): v for k, v in result.bad_files.items()},
+            "engine": cache.last_engine,
         },
     )
 

@@ -1,0 +1,92 @@
+"""The extraction engine choice: ONNX Runtime kept only when it agrees with eager PyTorch, the exported graph
+reused across runs, and every failure (a mismatch, a build error) falling back to eager."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import pytest
+import torch
+
+from dinotune import load_backbone
+from dinotune.errors import ConfigError
+from dinotune.features import engines as engines_module
+from dinotune.features.engine import PARITY, FeatureExtractor, requested_engine
+from dinotune.features.extract import extract_features
+
+pytest.importorskip("onnxruntime")
+
+
+@pytest.fixture(scope="module")
+def backbone():
+    return load_backbone("random:vit_test16", device="cpu").eval()
+
+
+@pytest.fixture(scope="module")
+def graph_dir(tmp_path_factory, backbone) -> Path:
+    """One export for the module (a few seconds), reused by every test as a later run would reuse it."""
+    folder = tmp_path_factory.mktemp("engines")
+    FeatureExtractor(backbone, engine="onnxruntime", graph_dir=folder)(torch.randn(2, 3, 32, 32))
+    return folder
+
+
+def test_onnxruntime_agrees_with_eager_and_reuses_its_graph(backbone, graph_dir: Path, monkeypatch) -> None:
+    monkeypatch.setattr(engines_module, "export_graph", lambda *a, **k: pytest.fail("the graph should be reused"))
+    extractor = FeatureExtractor(backbone, engine="onnxruntime", graph_dir=graph_dir)
+    x = torch.randn(5, 3, 32, 32)
+    first = extractor(x)
+    assert extractor.choice is not None and extractor.choice.name == "onnxruntime"
+    assert extractor.choice.max_abs_diff is not None and extractor.choice.max_abs_diff <= PARITY
+    later = torch.randn(3, 3, 32, 32)
+    for batch, got in ((x, first), (later, extractor(later))):
+        expected = extract_features(backbone, batch)
+        assert set(got) == set(expected)
+        for kind in expected:
+            assert got[kind].shape == expected[kind].shape
+            assert float((got[kind] - expected[kind]).abs().max()) <= PARITY
+
+
+def test_auto_uses_an_existing_graph_but_does_not_export_for_a_small_job(backbone, graph_dir, tmp_path) -> None:
+    cached = FeatureExtractor(backbone, graph_dir=graph_dir, expected_images=10)
+    cached(torch.randn(4, 3, 32, 32))
+    assert cached.choice.seconds.keys() == {"eager", "onnxruntime"}  # measured side by side
+    small = FeatureExtractor(backbone, graph_dir=tmp_path, expected_images=10)
+    small(torch.randn(4, 3, 32, 32))
+    assert small.choice.name == "eager" and "fewer than" in small.choice.reason
+    assert not list(tmp_path.iterdir())
+
+
+def test_a_disagreeing_engine_falls_back_to_eager(backbone, graph_dir, monkeypatch, caplog) -> None:
+    real = engines_module.OnnxEngine.__call__
+    monkeypatch.setattr(
+        engines_module.OnnxEngine, "__call__", lambda self, x: {k: v + 1e-2 for k, v in real(self, x).items()}
+    )
+    extractor = FeatureExtractor(backbone, engine="onnxruntime", graph_dir=graph_dir)
+    x = torch.randn(4, 3, 32, 32)
+    with caplog.at_level(logging.WARNING):
+        got = extractor(x)
+    assert extractor.choice.name == "eager" and "differs from eager" in caplog.text
+    expected = extract_features(backbone, x)
+    assert all(torch.equal(got[k], expected[k]) for k in expected)
+    assert torch.equal(extractor(x)["cls"], expected["cls"])  # and stays eager
+
+
+def test_an_engine_that_cannot_be_built_falls_back_to_eager(backbone, tmp_path, monkeypatch, caplog) -> None:
+    def broken(*args, **kwargs):
+        raise RuntimeError("exporter exploded")
+
+    monkeypatch.setattr(engines_module, "export_graph", broken)
+    extractor = FeatureExtractor(backbone, engine="onnxruntime", graph_dir=tmp_path)
+    with caplog.at_level(logging.WARNING):
+        got = extractor(torch.randn(2, 3, 32, 32))
+    assert extractor.choice.name == "eager" and "exporter exploded" in caplog.text
+    assert got["cls"].shape == (2, backbone.embed_dim)
+
+
+def test_the_engine_setting_is_checked(monkeypatch) -> None:
+    monkeypatch.setenv("DINOTUNE_ENGINE", "tensorrt")
+    with pytest.raises(ConfigError, match="DINOTUNE_ENGINE"):
+        requested_engine()
+    monkeypatch.setenv("DINOTUNE_ENGINE", "eager")
+    assert requested_engine() == "eager" and requested_engine("onnxruntime") == "onnxruntime"
