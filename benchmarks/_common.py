@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import platform
 import tempfile
 import time
@@ -11,7 +12,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-RESULTS = Path(__file__).resolve().parent / "results"
+# DINOTUNE_BENCH_RESULTS: another folder (the dry run of gpu_check.sh writes there, not into results/)
+RESULTS = Path(os.environ.get("DINOTUNE_BENCH_RESULTS") or Path(__file__).resolve().parent / "results")
 
 
 def sample_images(n: int, size: int = 300) -> Path:
