@@ -108,7 +108,7 @@ class FeatureExtractor:
                 return None, "onnxruntime runs on the CPU only; eager on CUDA"
             if not onnxruntime_available():
                 return None, "onnxruntime is not installed (pip install 'dinotune[export]')"
-            if self.requested == "auto" and not self._graph_exists(images) and not self._job_is_large():
+            if self.requested == "auto" and not self._job_is_large() and not self._graph_exists(images):
                 return None, f"fewer than {EXPORT_MIN_IMAGES} images: exporting would cost more than it saves"
             return "onnxruntime", f"{self.requested}: ONNX Runtime on the CPU"
         return None, "eager with bf16 autocast on CUDA"
