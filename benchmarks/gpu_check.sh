@@ -40,7 +40,6 @@ step() {  # step NAME SECONDS COMMAND...: run with a timeout, record rc and seco
 : > "$LOG"
 if [[ "$DRY" == "1" ]]; then
   echo "gpu_check dry run: CPU-safe parts only, results in $RESULTS" | tee -a "$LOG"
-  step imports 120 "$PY" -c "import torch, dinotune, onnxruntime; print('torch', torch.__version__, 'cuda', torch.cuda.is_available())"
   step collect-cuda-tests 120 "$PY" -m pytest -q -m cuda --collect-only -p no:cacheprovider tests/test_cuda.py
   step embed-tiny-cpu 180 "$PY" benchmarks/embed.py --arch vit_test16 --images 8 --image-size 32 \
     --batch-size 4 --naive-images 2 --rounds 1 --synthetic

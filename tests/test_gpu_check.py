@@ -1,5 +1,5 @@
-"""benchmarks/gpu_check.sh works before anyone has a GPU to run it on: its dry run (imports, collection of
-the `cuda` tests, a tiny extraction benchmark on the CPU) passes and writes its summary outside results/."""
+"""benchmarks/gpu_check.sh works before anyone has a GPU to run it on: its dry run (collection of the
+`cuda` tests, a tiny extraction benchmark on the CPU) passes and writes its summary outside results/."""
 
 from __future__ import annotations
 
