@@ -6,10 +6,7 @@ exception is a bug and keeps its traceback. `--verbose` shows tracebacks for use
 
 from __future__ import annotations
 
-import errno
 import logging
-import os
-import signal
 import sys
 from pathlib import Path
 from typing import Any
@@ -17,13 +14,24 @@ from typing import Any
 import typer
 
 from dinotune.cli_data import data_app
-from dinotune.cli_output import export_summary, interrupted_message, quiet
+from dinotune.cli_help import (
+    CLI,
+    QUICKSTART_BACKBONE,
+    BackboneOpt,
+    ConfigOpt,
+    ImageSizeOpt,
+    OutOpt,
+    OverridesArg,
+    OverwriteOpt,
+)
+from dinotune.cli_output import export_summary, quiet
+from dinotune.cli_run import hoist_global_flags, run_app
+from dinotune.cli_vocabulary import config_values
 from dinotune.config import apply_overrides, load_config, read_yaml
-from dinotune.errors import ConfigError, DinotuneError
+from dinotune.errors import ConfigError
 from dinotune.run_folder import new_run_dir
 
-app = typer.Typer(
-    rich_markup_mode=None,  # plain help: no <bool>/{arg} placeholders, readable in logs too
+app = CLI(  # plain help: no <bool>/{arg} placeholders, readable in logs too
     name="dinotune",
     help="Turn DINOv3 vision foundation models into the best model for your own images.",
     no_args_is_help=True,
@@ -32,37 +40,44 @@ app = typer.Typer(
 )
 _state = {"verbose": False}
 
-OverridesArg = typer.Argument(
-    None, metavar="KEY=VALUE...", help="Config overrides as key=value, e.g. data.image_size=112."
-)
-OverwriteOpt = typer.Option(False, "--overwrite", help="Replace the output folder if it exists.")
-
 
 @app.callback()
-def _main(verbose: bool = typer.Option(False, "--verbose", "-v", help="Show tracebacks and debug logs.")) -> None:
+def _main(
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Show tracebacks, debug logs and library warnings."),
+    silent: bool = typer.Option(False, "--quiet", "-q", help="Print only warnings, errors and the results."),
+) -> None:
     _state["verbose"] = verbose
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(message)s")
+    level = logging.DEBUG if verbose else logging.WARNING if silent else logging.INFO
+    logging.basicConfig(level=level, format="%(message)s")
     if not verbose:
         quiet()
 
 
 @app.command()
 def archs() -> None:
-    """List the DINOv3 architectures and their Hugging Face ids."""
-    from dinotune.backbones.specs import ARCHS
+    """List the DINOv3 architectures: size, shape and the Hugging Face ids of their weights.
 
-    for spec in ARCHS.values():
-        ids = ", ".join(spec.hub_ids.values()) or "(test size, random weights only)"
-        typer.echo(f"{spec.name:16s} {spec.family:9s} {ids}")
+    \b
+    Example:
+      $ dinotune archs
+    """
+    from dinotune.cli_output import archs_table
+
+    typer.echo(archs_table())
 
 
 @app.command()
 def convert(
     src: Path = typer.Argument(..., metavar="SRC", help="Official .pth or Hugging Face folder."),
     dst: Path = typer.Argument(..., metavar="DST", help="Hugging Face folder (from a .pth) or .pth (from a folder)."),
-    overwrite: bool = typer.Option(False, help="Replace DST if it exists."),
+    overwrite: bool = OverwriteOpt,
 ) -> None:
-    """Convert an official DINOv3 checkpoint to a Hugging Face folder, or back (lossless)."""
+    """Convert an official DINOv3 checkpoint to a Hugging Face folder, or back (lossless).
+
+    \b
+    Example (the backbone a pretrain run continued):
+      $ dinotune convert runs/ssl/backbone.pth backbone_hf
+    """
     from dinotune.verbs.convert import convert_checkpoint
 
     out = convert_checkpoint(src, dst, overwrite=overwrite)
@@ -71,27 +86,29 @@ def convert(
 
 @app.command()
 def embed(
-    data_dir: Path = typer.Argument(..., metavar="DATA_DIR", help="Folder of images (searched recursively)."),
-    out: Path = typer.Option(..., "--out", "-o", help="Output .safetensors file."),
-    backbone: str = typer.Option(None, "--backbone", "-b", help="Backbone source (default: $DINOTUNE_BACKBONE)."),
-    image_size: int = typer.Option(None, help="Input side in pixels (rounded to the patch size)."),
+    data: Path = typer.Argument(..., metavar="DATA", help="Folder of images (searched recursively)."),
+    out: Path = typer.Option(None, "--out", "-o", help="Output .safetensors file (or `out:` in --config)."),
+    backbone: str = BackboneOpt,
+    image_size: int = typer.Option(None, help="Input side in pixels, a multiple of the patch size."),
     batch_size: int = typer.Option(None, help="Images per batch."),
     num_workers: int = typer.Option(None, help="DataLoader worker processes."),
-    config: Path = typer.Option(None, "--config", "-c", help="YAML config file."),
+    config: Path = ConfigOpt,
     overrides: list[str] = OverridesArg,
     overwrite: bool = OverwriteOpt,
 ) -> None:
-    """Write CLS and mean-patch embeddings of every image in a folder to a safetensors file."""
+    """Write CLS and mean-patch embeddings of every image in a folder to a safetensors file.
+
+    \b
+    Examples:
+      $ dinotune embed images --out embeddings.safetensors
+      $ dinotune embed images -c configs/embed.yaml --out embeddings.safetensors image_size=32 --overwrite
+    """
     from dinotune.verbs.embed import EmbedConfig, run_embed
 
-    base = {
-        "data_dir": data_dir,
-        "out": out,
-        "backbone": {"source": backbone},
-        "image_size": image_size,
-        "batch_size": batch_size,
-        "num_workers": num_workers,
-    }
+    base = config_values(
+        "embed", data=data, out=out, backbone=backbone, image_size=image_size, batch_size=batch_size,
+        num_workers=num_workers,
+    )  # fmt: skip
     cfg = load_config(EmbedConfig, config, overrides, base=base)
     result = run_embed(cfg, overwrite=overwrite)
     typer.echo(f"wrote {result.run_dir} ({result.metrics['count']} images, dim {result.metrics['dim']})")
@@ -100,17 +117,23 @@ def embed(
 @app.command()
 def probe(
     data: Path = typer.Argument(..., metavar="DATA", help="Labelled dataset (ImageFolder, CSV or JSON annotations)."),
-    backbone: str = typer.Option(None, "--backbone", "-b", help="Backbone source (default: $DINOTUNE_BACKBONE)."),
-    out: Path = typer.Option(None, "--out", "-o", help="Run folder (default: runs/probe-<time>)."),
-    image_size: int = typer.Option(None, help="Input side in pixels."),
-    config: Path = typer.Option(None, "--config", "-c", help="YAML config file."),
+    backbone: str = BackboneOpt,
+    out: Path = OutOpt,
+    image_size: int = ImageSizeOpt,
+    config: Path = ConfigOpt,
     overrides: list[str] = OverridesArg,
     overwrite: bool = OverwriteOpt,
 ) -> None:
-    """Linear-probe sweep + kNN on frozen features; saves the best head as a model."""
+    """Linear-probe sweep + kNN on frozen features; saves the best head as a model.
+
+    \b
+    Examples:
+      $ dinotune probe images -o runs/probe
+      $ dinotune probe images -o runs/probe10 --image-size 32 sweep.epochs=10
+    """
     from dinotune.verbs.probe import ProbeConfig, run_probe
 
-    base = {"data": {"root": data, "image_size": image_size}, "backbone": {"source": backbone}, "out": out}
+    base = config_values("probe", data=data, image_size=image_size, backbone=backbone, out=out)
     result = run_probe(load_config(ProbeConfig, config, overrides, base=base), overwrite=overwrite)
     typer.echo(f"run folder: {result.run_dir}")
 
@@ -118,22 +141,23 @@ def probe(
 @app.command()
 def knn(
     data: Path = typer.Argument(..., metavar="DATA", help="Labelled dataset."),
-    backbone: str = typer.Option(None, "--backbone", "-b", help="Backbone source."),
-    out: Path = typer.Option(None, "--out", "-o", help="Run folder (default: runs/knn-<time>)."),
-    image_size: int = typer.Option(None, help="Input side in pixels."),
-    config: Path = typer.Option(None, "--config", "-c", help="YAML config file."),
+    backbone: str = BackboneOpt,
+    out: Path = OutOpt,
+    image_size: int = ImageSizeOpt,
+    config: Path = ConfigOpt,
     overrides: list[str] = OverridesArg,
     overwrite: bool = OverwriteOpt,
 ) -> None:
-    """Weighted kNN on frozen features (k and the temperature chosen on validation)."""
+    """Weighted kNN on frozen features (k and the temperature chosen on validation).
+
+    \b
+    Example:
+      $ dinotune knn images -o runs/knn
+    """
     from dinotune.verbs.probe import ProbeConfig, run_probe
 
-    base = {
-        "data": {"root": data, "image_size": image_size},
-        "backbone": {"source": backbone},
-        "out": out or new_run_dir("knn"),
-        "sweep": {"enabled": False},
-    }
+    base = config_values("knn", data=data, image_size=image_size, backbone=backbone, out=out or new_run_dir("knn"))
+    base["sweep"] = {"enabled": False}
     result = run_probe(load_config(ProbeConfig, config, overrides, base=base), overwrite=overwrite)
     typer.echo(f"run folder: {result.run_dir}")
 
@@ -158,7 +182,13 @@ def predict(
     embeddings: bool = typer.Option(False, help="With --tile: also write each tile's embedding to the CSV."),
 ) -> None:
     """Classify images with a run, model or export folder (a segmenter writes masks and overlays:
-    index PNGs, or GeoTIFFs with the input's CRS and transform for a georeferenced TIFF)."""
+    index PNGs, or GeoTIFFs with the input's CRS and transform for a georeferenced TIFF).
+
+    \b
+    Examples:
+      $ dinotune predict runs/probe images/test/class_0
+      $ dinotune predict runs/probe/export images/test --out predictions.csv
+    """
     from dinotune.verbs.predict import run_predict
 
     result, predictions = run_predict(
@@ -178,18 +208,17 @@ def predict(
 
 @app.command()
 def quickstart(
-    backbone: str = typer.Option(
-        None,
-        "--backbone",
-        "-b",
-        help="Backbone source; default: $DINOTUNE_BACKBONE, "
-        "a DINOv3 in the local Hugging Face cache, else a small random-weight ViT.",
-    ),
+    backbone: str = typer.Option(None, "--backbone", "-b", help=QUICKSTART_BACKBONE),
     per_class: int = typer.Option(300, help="Images per class taken from the bundled dataset."),
     image_size: int = typer.Option(112, help="Input side in pixels."),
-    out: Path = typer.Option(None, "--out", "-o", help="Run folder (default: runs/quickstart-<time>)."),
+    out: Path = typer.Option(None, "--out", "-o", help="Run folder (default: runs/quickstart-TIME)."),
 ) -> None:
-    """The whole loop on a bundled real dataset: data check, features, probe, kNN, metrics, predictions."""
+    """The whole loop on a bundled real dataset: data check, features, probe, kNN, metrics, predictions.
+
+    \b
+    Example:
+      $ dinotune quickstart --per-class 20 --image-size 32 -o runs/quickstart
+    """
     from dinotune.verbs.quickstart import quickstart as run_quickstart
 
     run_quickstart(backbone, per_class=per_class, image_size=image_size, out=out)
@@ -201,7 +230,14 @@ def pretrain(
     overrides: list[str] = OverridesArg,
     resume: bool = typer.Option(False, "--resume", help="Continue the run in `out` exactly where it stopped."),
 ) -> None:
-    """Self-supervised continued pretraining (DINO + iBOT + KoLeo, optional Gram anchoring) on unlabelled images."""
+    """Self-supervised continued pretraining (DINO + iBOT + KoLeo, optional Gram anchoring) on unlabelled images.
+
+    \b
+    Example (settings small enough for a CPU):
+      $ dinotune pretrain configs/ssl_continuation.yaml data.root=images out=runs/ssl \\
+          data.batch_size=16 crops.global_size=32 crops.local_size=16 crops.n_local=2 \\
+          heads.out_dim=256 heads.hidden_dim=64 trainer.max_steps=2
+    """
     from dinotune.verbs.pretrain import PretrainConfig, run_pretrain
 
     run_dir = run_pretrain(load_config(PretrainConfig, config, overrides), resume=resume).run_dir
@@ -211,19 +247,25 @@ def pretrain(
 @app.command()
 def evaluate(
     run: Path = typer.Argument(..., metavar="RUN", help="Run, model or export folder (with model.json)."),
-    data: list[Path] = typer.Option(
-        None, "--data", "-d", help="Dataset (default: the run's own); repeat for a domain-shift table."
+    data: list[Path] = typer.Argument(
+        None, metavar="DATA...", help="Datasets (default: the run's own); several give a domain-shift table."
     ),
     split: str = typer.Option(
         None, help="Split to evaluate when the data has splits (default: the run's own report split, else test)."
     ),
     out: Path = typer.Option(None, "--out", "-o", help="Output folder (default: RUN/evaluation)."),
     overwrite: bool = OverwriteOpt,
-    robustness: bool = typer.Option(False, help="Accuracy under corruptions (5 severities) and FGSM/PGD."),
+    robustness: bool = typer.Option(False, "--robustness", help="Accuracy under corruptions (5 severities), FGSM/PGD."),
     ood_data: Path = typer.Option(None, help="Folder of out-of-distribution images: OOD AUROC, FPR@95TPR."),
     epsilon: float = typer.Option(0.035, help="Adversarial radius in normalised-pixel units."),
 ) -> None:
-    """Metrics and a self-contained report.html for classifiers and segmenters alike."""
+    """Metrics and a self-contained report.html for classifiers and segmenters alike.
+
+    \b
+    Examples:
+      $ dinotune evaluate runs/probe
+      $ dinotune evaluate runs/probe images --split val --out reports/val
+    """
     from dinotune.model import read_card
     from dinotune.verbs.evaluate import run_evaluate
 
@@ -243,7 +285,12 @@ def compare(
     ),
     out: Path = typer.Option(None, "--out", "-o", help="Also write comparison.json and comparison.html here."),
 ) -> None:
-    """One table of the main metric, training time, parameters and model size of several runs."""
+    """One table of the main metric, training time, parameters and model size of several runs.
+
+    \b
+    Example:
+      $ dinotune compare runs/probe runs/knn runs/ft --out comparison
+    """
     from dinotune.evaluation.compare import format_table
     from dinotune.verbs.compare import run_compare
 
@@ -255,27 +302,28 @@ def export(
     run: Path = typer.Argument(..., metavar="RUN", help="Run or model folder (with model.json)."),
     out: Path = typer.Option(None, "--out", "-o", help="Export folder (default: RUN/export)."),
     overwrite: bool = OverwriteOpt,
-    fmt: str = typer.Option("onnx", "--format", help="Export format (onnx)."),
-    quantize: str = typer.Option(None, help="int8: also write an ONNX Runtime int8 model and compare it."),
-    static: bool = typer.Option(False, help="Static int8 quantisation with calibration images (default dynamic)."),
+    fmt: str = typer.Option("onnx", "--format", metavar="onnx", help="Export format."),
+    quantize: str = typer.Option(None, metavar="int8", help="Also write an ONNX Runtime int8 model and compare it."),
+    static: bool = typer.Option(False, "--static", help="Static int8 quantisation with calibration images."),
     opset: int = typer.Option(None, help="ONNX opset (default: the exporter's)."),
-    backbone_only: bool = typer.Option(False, help="Export the backbone's embeddings, without the head."),
-    calibration: Path = typer.Option(None, help="Folder of images for verification and int8 calibration."),
+    backbone_only: bool = typer.Option(False, "--backbone-only", help="Export the backbone's embeddings alone."),
+    calibration_images: Path = typer.Option(
+        None, "--calibration-images", "--calibration", help="Folder of images for verification and int8 calibration."
+    ),
 ) -> None:
-    """Export to ONNX, verified against PyTorch (max abs difference), optionally int8-quantised."""
+    """Export to ONNX, verified against PyTorch (max abs difference), optionally int8-quantised.
+
+    \b
+    Examples:
+      $ dinotune export runs/probe
+      $ dinotune export runs/ft --quantize int8 --calibration-images images/val
+    """
     from dinotune.verbs.export import run_export
 
     result = run_export(
-        run,
-        out,
-        fmt=fmt,
-        quantize=quantize,
-        static=static,
-        opset=opset,
-        backbone_only=backbone_only,
-        calibration_images=calibration,
-        overwrite=overwrite,
-    )
+        run, out, fmt=fmt, quantize=quantize, static=static, opset=opset, backbone_only=backbone_only,
+        calibration_images=calibration_images, overwrite=overwrite,
+    )  # fmt: skip
     typer.echo(export_summary(result.run_dir, result.metrics))
 
 
@@ -339,7 +387,16 @@ def train(
     overrides: list[str] = OverridesArg,
     resume: bool = typer.Option(False, "--resume", help="Continue the run in `out` exactly where it stopped."),
 ) -> None:
-    """Run the job a YAML config describes, e.g. `dinotune train configs/finetune.yaml data.root=DIR`."""
+    """Run the job a YAML config describes (probe, finetune, segment or pretrain); --resume continues it.
+
+    \b
+    Examples:
+      $ dinotune train configs/finetune.yaml data.root=images out=runs/ft data.image_size=32 trainer.max_epochs=2
+      $ dinotune train configs/finetune.yaml data.root=images out=runs/ft trainer.max_epochs=3 --resume
+    """
+    if config.is_dir():
+        example = f"`dinotune train configs/finetune.yaml data.root={config}`"
+        raise ConfigError(f"'{config}' is a folder; train takes a YAML config, e.g. {example}.")
     task = apply_overrides(read_yaml(config), [o for o in overrides or [] if o.startswith("task=")]).get("task")
     if task not in TRAIN_TASKS:
         raise ConfigError(f"'{config}': key 'task' must be one of {', '.join(TRAIN_TASKS)} (got {task!r}).")
@@ -359,36 +416,7 @@ app.add_typer(data_app, name="data", help="Check datasets and compute their stat
 
 def main() -> None:
     """Console entry point: user errors are one line and exit code 2; Ctrl-C says what was kept, exit 130."""
-    interrupted = [False]
-
-    def on_sigint(signum: int, frame: Any) -> None:
-        interrupted[0] = True
-        signal.default_int_handler(signum, frame)
-
-    signal.signal(signal.SIGINT, on_sigint)
-    try:
-        app()  # standalone: typer handles usage errors (exit 2) and --help itself
-    except (KeyboardInterrupt, SystemExit) as exc:
-        if not (isinstance(exc, KeyboardInterrupt) or interrupted[0]):
-            raise  # a normal exit (typer's, or a verb's)
-        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut the message short
-        typer.secho(interrupted_message(sys.argv[1:]), fg="yellow", err=True)
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(130)  # outputs are already whole on disk; exit with 130 however Python would unwind
-    except DinotuneError as err:
-        if _state["verbose"]:
-            raise
-        typer.secho(f"error: {err}", fg="red", err=True)
-        sys.exit(2)
-    except OSError as err:
-        if err.errno not in (errno.ENOSPC, errno.EDQUOT) or _state["verbose"]:
-            raise
-        where = f" while writing {err.filename}" if err.filename else ""
-        typer.secho(f"error: the disk is full{where}; free space (or point out=/DINOTUNE_HOME elsewhere) and "
-                    "run the command again: finished files were written whole, nothing half-written was kept.",
-                    fg="red", err=True)  # fmt: skip
-        sys.exit(2)
+    run_app(app, hoist_global_flags(sys.argv[1:]), verbose=lambda: _state["verbose"])
 
 
 if __name__ == "__main__":

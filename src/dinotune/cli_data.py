@@ -7,10 +7,10 @@ from pathlib import Path
 
 import typer
 
+from dinotune.cli_help import CLI
 from dinotune.errors import DataError
 
-data_app = typer.Typer(
-    rich_markup_mode=None,
+data_app = CLI(
     help="Inspect datasets: find broken files and leakage, compute scaling statistics.",
     no_args_is_help=True,
 )
@@ -37,6 +37,11 @@ def check(
     one patient in two splits, channel counts that do not fit data.channels).
 
     Exits 0 when there are only warnings, 1 when there are errors. Never modifies the data.
+
+    \b
+    Examples:
+      $ dinotune data check images
+      $ dinotune data check images --config configs/finetune.yaml --min-per-class 5
     """
     from dinotune.data.check import check_dataset
 
@@ -82,7 +87,12 @@ def stats(
     max_images: int = typer.Option(256, help="Images sampled (seeded)."),
     seed: int = typer.Option(0, help="Sampling seed."),
 ) -> None:
-    """Print per-band scaling (p1/p99) and mean/std as YAML to paste into the config's `data:` section."""
+    """Print per-band scaling (p1/p99) and mean/std as YAML to paste into the config's `data:` section.
+
+    \b
+    Example:
+      $ dinotune data stats images --out stats.yaml
+    """
     from dinotune.data.check import compute_stats, stats_yaml
 
     if scaling not in ("auto", "fixed", "percentile"):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 import warnings
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,11 @@ def quiet() -> None:
     """One place for what the CLI hides by default: third-party warnings, INFO logs and progress bars."""
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # "Loading weights", "Writing model shards"
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    if "huggingface_hub" in sys.modules:  # imported already: it read the variable above too early
+        sys.modules["huggingface_hub"].utils.disable_progress_bars()
+    if "transformers" in sys.modules:
+        sys.modules["transformers"].utils.logging.set_verbosity_error()
+        sys.modules["transformers"].utils.logging.disable_progress_bar()  # "Loading weights", "Writing shards"
     for handler in logging.getLogger().handlers:
         handler.addFilter(_OursOrWarnings())
     warnings.filterwarnings("ignore")  # third-party deprecation and advice warnings
@@ -57,12 +63,21 @@ def export_summary(folder: Path, report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def interrupted_message(argv: list[str]) -> str:
-    """What Ctrl-C kept, and the exact command that continues."""
-    command = argv[0] if argv else ""
-    if command in ("train", "pretrain"):
-        again = " ".join(["dinotune", *argv] + ([] if "--resume" in argv else ["--resume"]))
-        return f"interrupted: the checkpoints written so far are kept; continue exactly with:\n  {again}"
-    if command in ("probe", "knn", "embed", "quickstart"):
-        return "interrupted: the features extracted so far are cached; the same command continues from them."
-    return "interrupted: nothing half-written was kept (outputs are written whole or not at all)."
+def archs_table() -> str:
+    """Every architecture with its size (counted on the meta device: no memory, no download) and weights."""
+    import torch
+
+    from dinotune.backbones.convert import build_hf_model
+    from dinotune.backbones.load import spec_to_arch
+    from dinotune.backbones.specs import ARCHS
+
+    rows = [("ARCH", "FAMILY", "PARAMS", "WIDTH", "DEPTH", "PATCH", "WEIGHTS (Hugging Face ids)")]
+    for spec in ARCHS.values():
+        with torch.device("meta"):
+            params = sum(p.numel() for p in build_hf_model(spec_to_arch(spec)).parameters())
+        depth = spec.depth or sum(spec.depths)
+        size = f"{params / 1e6:,.1f}M" if params >= 1e6 else f"{params / 1e3:,.0f}k"
+        ids = ", ".join(spec.hub_ids.values()) or "none: random weights, for tests"
+        rows.append((spec.name, spec.family, size, str(spec.embed_dim), str(depth), str(spec.patch_size), ids))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=False)) + "  " + r[-1] for r in rows)

@@ -20,6 +20,7 @@ from __future__ import annotations
 import datetime
 import logging
 import os
+import sys
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, Literal
@@ -219,7 +220,7 @@ def build_trainer(
         callbacks=callbacks,
         plugins=[AtomicCheckpointIO()],
         deterministic=cfg.deterministic,
-        enable_progress_bar=cfg.progress_bar,
+        enable_progress_bar=cfg.progress_bar and sys.stderr.isatty(),  # a bar redrawn into a log is noise
         enable_model_summary=cfg.model_summary,
         default_root_dir=run_dir,
         num_sanity_val_steps=0,
