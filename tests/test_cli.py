@@ -120,3 +120,82 @@ def test_ctrl_c_says_what_was_kept_exits_130_and_the_printed_command_resumes(tmp
                              env=env, capture_output=True, text=True, timeout=300)  # fmt: skip
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert (tmp_path / "ft" / "metrics.json").is_file()
+
+
+def _all_commands():
+    import typer
+
+    from dinotune.cli import app
+
+    def walk(group, prefix):
+        for name, command in group.commands.items():
+            if hasattr(command, "commands"):
+                yield from walk(command, f"{prefix}{name} ")
+            yield f"{prefix}{name}", command
+
+    root = typer.main.get_command(app)
+    return [("", root), *walk(root, "")]
+
+
+def test_help_of_every_command_is_plain_words() -> None:
+    import click
+
+    for name, command in _all_commands():
+        text = command.get_help(click.Context(command, info_name="dinotune"))
+        assert not set("<>{}") & set(text), f"dinotune {name} --help:\n{text}"
+        assert text.startswith("Usage: dinotune"), text
+    usage = dict(_all_commands())["predict"].get_usage(click.Context(dict(_all_commands())["predict"]))
+    assert usage.endswith("[OPTIONS] RUN IMAGES...")
+
+
+def test_global_flags_are_accepted_anywhere(tmp_path: Path) -> None:
+    from dinotune.cli_run import hoist_global_flags
+
+    assert hoist_global_flags(["probe", "d", "-v", "x=1"]) == ["-v", "probe", "d", "x=1"]
+    assert hoist_global_flags(["probe", "--quiet", "--", "-v"]) == ["--quiet", "probe", "--", "-v"]
+    result = run("convert", str(tmp_path / "missing.pth"), str(tmp_path / "out"), "--verbose")
+    assert result.returncode != 0 and "Traceback" in result.stderr
+
+
+def test_the_vocabulary_table_is_complete_and_current() -> None:
+    import typer
+
+    from dinotune.cli import app
+    from dinotune.cli_vocabulary import BEGIN, vocabulary_table, write_table
+
+    table = vocabulary_table(typer.main.get_command(app))  # a parameter without a name raises KeyError
+    page = (Path(__file__).resolve().parents[1] / "docs" / "cli.md").read_text()
+    assert BEGIN in page and write_table(page) == page, "run: python -m dinotune.cli_vocabulary docs/cli.md"
+    for _, command in _all_commands():
+        for param in command.params:
+            if param.name != "help":
+                spelled = param.metavar or param.name.upper() if param.param_type_name == "argument" else None
+                assert spelled is None or f"`{spelled}`" in table or param.name in ("verbose", "silent")
+    assert "| `probe` | `-b, --backbone` | `backbone.source` |" in table
+    assert "| `export` | `--calibration-images` | `calibration_images` |" in table
+
+
+def test_cli_options_build_the_config_keys_the_table_names() -> None:
+    from dinotune.cli_vocabulary import config_values
+
+    assert config_values("probe", data="d", image_size=32, backbone="b") == {
+        "data": {"root": "d", "image_size": 32},
+        "backbone": {"source": "b"},
+    }
+    assert config_values("embed", data="d", image_size=32) == {"data_dir": "d", "image_size": 32}
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["train", "{data}"], "is a folder; train takes a YAML config, e.g. `dinotune train configs/finetune.yaml"),
+        (["compare", "{data}"], "is not a run folder"),
+        (["train", "{data}/missing.yaml"], "does not exist"),
+    ],
+)
+def test_user_errors_are_one_line_in_the_users_words(tmp_path: Path, args: list[str], expected: str) -> None:
+    (tmp_path / "images" / "a").mkdir(parents=True)
+    result = run(*[a.format(data=tmp_path / "images") for a in args])
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert result.returncode == 2 and len(lines) == 1 and expected in lines[0], result.stderr
+    assert "fmt=" not in lines[0] and "None" not in lines[0]

@@ -14,18 +14,19 @@ NAMES: dict[str, str] = {
     "backbone": "backbone.source",
     "batch_size": "batch_size",
     "calibration_images": "calibration_images",
-    "config": "a YAML file of these keys",
+    "config": "(the YAML file holding these keys)",
     "data": "data.root",
     "epsilon": "epsilon",
     "fmt": "fmt",
     "host": "host",
     "image_size": "data.image_size",
     "images": "images",
+    "model": "model",
     "num_workers": "num_workers",
     "ood_data": "ood_data",
     "opset": "opset",
     "out": "out",
-    "overrides": "any config key, dotted: data.image_size=32",
+    "overrides": "(any key of the YAML, dotted: sweep.epochs=10)",
     "overwrite": "overwrite",
     "per_class": "per_class",
     "port": "port",
@@ -49,6 +50,8 @@ PER_COMMAND: dict[tuple[str, str], str] = {
     ("embed", "data"): "data_dir",
     ("embed", "image_size"): "image_size",
     ("evaluate", "data"): "data",
+    ("quickstart", "backbone"): "backbone",
+    ("quickstart", "image_size"): "image_size",
     ("data check", "path"): "path",
     ("data stats", "path"): "path",
 }
@@ -61,7 +64,7 @@ NAMES["as_json"] = "(JSON output)"
 
 def name_of(command: str, param: str) -> str:
     """What `param` of `command` is called in the YAML and the Python API."""
-    return PER_COMMAND.get((command, param), NAMES[param])
+    return PER_COMMAND[(command, param)] if (command, param) in PER_COMMAND else NAMES[param]
 
 
 def config_values(command: str, **values: Any) -> dict[str, Any]:
@@ -79,7 +82,8 @@ def config_values(command: str, **values: Any) -> dict[str, Any]:
 def _spelling(param: Any) -> str:
     if param.param_type_name == "argument":
         return param.metavar or param.name.upper()
-    return ", ".join(sorted(param.opts, key=len))
+    short = [o for o in param.opts if not o.startswith("--")]
+    return ", ".join(short + [o for o in param.opts if o.startswith("--")][:1])  # later long names are aliases
 
 
 def vocabulary_rows(group: Any, prefix: str = "") -> list[tuple[str, str, str]]:
@@ -103,3 +107,24 @@ def vocabulary_table(group: Any) -> str:
     lines = ["| command | on the command line | in YAML and Python |", "|---|---|---|"]
     lines += [f"| `{c}` | `{s}` | {n if n.startswith('(') or ' ' in n else f'`{n}`'} |" for c, s, n in rows]
     return "\n".join(lines) + "\n"
+
+
+BEGIN, END = "<!-- vocabulary: python -m dinotune.cli_vocabulary docs/cli.md -->", "<!-- end of vocabulary -->"
+
+
+def write_table(page: str) -> str:
+    """`page` with the text between BEGIN and END replaced by the current table."""
+    import typer
+
+    from dinotune.cli import app
+
+    head, rest = page.split(BEGIN, 1)
+    return f"{head}{BEGIN}\n{vocabulary_table(typer.main.get_command(app))}{END}{rest.split(END, 1)[1]}"
+
+
+if __name__ == "__main__":
+    import sys
+    from pathlib import Path
+
+    doc = Path(sys.argv[1])
+    doc.write_text(write_table(doc.read_text(encoding="utf-8")), encoding="utf-8")

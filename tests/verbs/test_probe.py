@@ -173,7 +173,7 @@ def test_quickstart_reduced(tmp_path: Path) -> None:
 
 def test_evaluate_and_compare_commands(run, digits: Path, tmp_path: Path) -> None:
     result, _ = run
-    out = _cli("evaluate", str(result.run_dir), "--data", str(digits), "-o", "ev", cwd=tmp_path)
+    out = _cli("evaluate", str(result.run_dir), str(digits), "-o", "ev", cwd=tmp_path)
     assert out.returncode == 0, out.stderr
     report = (tmp_path / "ev" / "report.html").read_text()
     assert "<img" in report and "base64," in report

@@ -160,7 +160,7 @@ def evaluate(
         raise DataError(f"{run}: this evaluation is for classifiers (this model's task is '{card.task}').")
     roots = [Path(data)] if isinstance(data, (str, Path)) else [Path(d) for d in data]
     if not roots:
-        raise DataError("evaluate needs at least one dataset folder (--data).")
+        raise DataError("evaluate needs a dataset folder: dinotune evaluate RUN DATA.")
     results = [
         _dataset_result(run, model, card, root, split, n == 0 and temperature_scaling, batch_size, progress)
         for n, root in enumerate(roots)

@@ -1,8 +1,8 @@
-"""`dinotune evaluate MODEL [--data DATA]`: metrics and report.html for any model, on any labelled data.
+"""`dinotune evaluate RUN [DATA...]`: metrics and report.html for any model, on any labelled data.
 
 Dispatches on the model card's task: classifiers get the full classification report (curves,
 calibration, mistakes, robustness, OOD), segmenters mIoU, per-class IoU, the confusion matrix and
-overlays. Without `--data` the run's own data (its splits.json or config.yaml) is used, and without `--split`
+overlays. Without DATA the run's own data (its splits.json or config.yaml) is used, and without `--split`
 the split the run reported on.
 """
 
@@ -26,7 +26,7 @@ def _run_data(run: Path) -> Path:
     """The dataset a run was trained on (an error naming the flag when it records none)."""
     root = recorded_data_root(run)
     if root is None:
-        raise DataError(f"'{run}' does not record its dataset (no splits.json or config.yaml); pass --data DATASET.")
+        raise DataError(f"'{run}' does not record its dataset (no splits.json, no config.yaml): evaluate RUN DATA.")
     return root
 
 
@@ -60,7 +60,7 @@ def run_evaluate(
     with staged_output(out_dir, overwrite=overwrite, keep=[run, *roots]) as stage:
         if card.task == "segment":
             if len(roots) != 1:
-                raise DataError("segmentation evaluation takes one dataset (--data once).")
+                raise DataError("segmentation evaluation takes one dataset (DATA once).")
             metrics = evaluate_segmentation(run, roots[0], split=split, out=stage)
         else:
             metrics = evaluate(run, data=data, split=split, out=stage, **options).metrics
