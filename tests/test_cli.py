@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -93,33 +94,79 @@ def test_a_full_disk_is_one_line_not_a_traceback(tmp_path: Path, monkeypatch, ca
     assert "disk is full while writing" in err and "head.safetensors" in err
 
 
-def test_ctrl_c_says_what_was_kept_exits_130_and_the_printed_command_resumes(tmp_path: Path) -> None:
+def _interrupt_when(ready, args: list[str], cwd: Path) -> tuple[str, list[str]]:
+    """Start `dinotune ARGS`, press Ctrl-C once `ready()` is true; (stderr, the command it printed to continue)."""
     import shlex
     import signal
     import time
 
+    proc = subprocess.Popen([sys.executable, "-m", "dinotune", *args], cwd=cwd, env=CHILD_ENV, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # fmt: skip
+    deadline = time.monotonic() + 240
+    while not ready() and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err[-2000:]
+    assert "Traceback" not in err
+    return err, shlex.split(err.strip().splitlines()[-1])
+
+
+def _continue(command: list[str], cwd: Path, *extra: str) -> subprocess.CompletedProcess:
+    assert command[0] == "dinotune"
+    done = subprocess.run([sys.executable, "-m", "dinotune", *command[1:], *extra], cwd=cwd, env=CHILD_ENV,
+                          capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    return done
+
+
+CHILD_ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+
+
+def test_ctrl_c_in_train_keeps_the_checkpoints_exits_130_and_the_printed_command_resumes(tmp_path: Path) -> None:
     from dinotune.data.bundled import digits_imagefolder
 
     digits_imagefolder(tmp_path / "d", size=32)
     config = Path(__file__).resolve().parents[1] / "configs" / "finetune.yaml"
     args = ["train", str(config), "data.root=d", "out=ft", "backbone.source=random:vit_test16", "data.image_size=32",
             "trainer.max_epochs=30", "data.num_workers=0", "trainer.progress_bar=false"]  # fmt: skip
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "dinotune", *args], cwd=tmp_path, env=env, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # fmt: skip
-    deadline = time.monotonic() + 240
-    while not (tmp_path / "ft" / "checkpoints" / "last.ckpt").is_file() and time.monotonic() < deadline:
-        time.sleep(0.2)
-    proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=120)
-    assert proc.returncode == 130, err[-2000:]
-    assert "interrupted: the checkpoints written so far are kept" in err and "Traceback" not in err
-    command = shlex.split(err.strip().splitlines()[-1])
-    assert command[0] == "dinotune" and command[-1] == "--resume"
-    resumed = subprocess.run([sys.executable, "-m", "dinotune", *command[1:], "trainer.max_epochs=3"], cwd=tmp_path,
-                             env=env, capture_output=True, text=True, timeout=300)  # fmt: skip
-    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    err, command = _interrupt_when((tmp_path / "ft" / "checkpoints" / "last.ckpt").is_file, args, tmp_path)
+    assert "interrupted: the checkpoints written so far are kept" in err
+    assert command[-1] == "--resume"
+    _continue(command, tmp_path, "trainer.max_epochs=3")
     assert (tmp_path / "ft" / "metrics.json").is_file()
+
+
+def test_ctrl_c_in_pretrain_keeps_the_checkpoints_exits_130_and_the_printed_command_resumes(tmp_path: Path) -> None:
+    from dinotune.data.bundled import digits_imagefolder
+
+    digits_imagefolder(tmp_path / "d", size=32)
+    config = Path(__file__).resolve().parents[1] / "configs" / "ssl_continuation.yaml"
+    args = ["pretrain", str(config), "data.root=d", "out=ssl", "backbone.source=random:vit_test16",
+            "data.batch_size=16", "data.num_workers=0", "crops.global_size=32", "crops.local_size=16",
+            "crops.n_local=2", "heads.out_dim=256", "heads.hidden_dim=64", "trainer.max_steps=500",
+            "trainer.checkpoint_every_n_steps=2"]  # fmt: skip
+    err, command = _interrupt_when((tmp_path / "ssl" / "checkpoints" / "last.ckpt").is_file, args, tmp_path)
+    assert "interrupted: the checkpoints written so far are kept" in err
+    assert command[-1] == "--resume"
+    done = _continue(command, tmp_path, "trainer.max_steps=6")
+    assert (tmp_path / "ssl" / "backbone.pth").is_file(), done.stderr
+
+
+def test_ctrl_c_in_probe_keeps_the_features_exits_130_and_the_printed_command_continues(tmp_path: Path) -> None:
+    from dinotune.data.bundled import digits_imagefolder
+
+    digits_imagefolder(tmp_path / "d", size=32)
+    cache = tmp_path / "cache"
+    args = ["probe", "d", "-b", "random:vit_test16", "--image-size", "64", "-o", "p", f"cache_dir={cache}",
+            "sweep.epochs=5"]  # fmt: skip
+    err, command = _interrupt_when(lambda: any(cache.rglob("shard-*.safetensors")), args, tmp_path)
+    assert "interrupted: the features extracted so far are cached" in err
+    assert command[1:] == args
+    done = _continue(command, tmp_path)
+    reused = sum(int(n) for n in re.findall(r"(\d+) cached\)", done.stderr))
+    assert reused > 0, done.stderr  # it continued from the features kept, not from scratch
+    assert (tmp_path / "p" / "model.json").is_file()
 
 
 def _all_commands():
