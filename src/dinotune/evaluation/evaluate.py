@@ -63,32 +63,55 @@ def _calibrate(result: DatasetResult, val: Predictions | None, fit: bool) -> Non
         "nll": cal.negative_log_likelihood(pred.logits, pred.labels),
     }
     if fit and val is not None:
-        t = cal.fit_temperature(val.logits, val.labels)
+        choice = cal.choose_temperature(val.logits, val.labels)
+        t = choice.temperature
         result.reliability_scaled = cal.reliability(cal.softmax(pred.logits, t), pred.labels)
         info.update(
             temperature=t,
             ece_scaled=result.reliability_scaled.ece,
             nll_scaled=cal.negative_log_likelihood(pred.logits, pred.labels, t),
+            temperature_applied=choice.applied,
+            val_ece=choice.val_ece,
+            val_ece_scaled=choice.val_ece_scaled,
+            temperature_reason=choice.reason,
         )
     result.calibration = info
 
 
-def read_training_curves(run: Path) -> tuple[dict[str, tuple[np.ndarray, np.ndarray]], str] | None:
-    """Curves from the run's Lightning CSV log (`logs/**/metrics.csv`), or None when there is none.
+def _log_version(path: Path) -> int:
+    name = path.parent.name
+    return int(name.split("_", 1)[1]) if name.startswith("version_") and name[8:].isdigit() else -1
+
+
+def _read_history(files: list[Path]) -> tuple[list[dict[str, str]], list[float]]:
+    """The rows of every log of the run, in order: a resumed run (a new `version_N`) replaces the rows from
+    the step it resumed at onwards (the steps after its checkpoint were run again). Also the resume steps."""
+    history: list[dict[str, str]] = []
+    resumed_at: list[float] = []
+    for path in sorted(files, key=lambda f: (_log_version(f), str(f))):
+        with open(path, newline="") as handle:
+            rows = list(csv.DictReader(handle))
+        steps = [float(r["step"]) for r in rows if r.get("step") not in ("", None)]
+        if history and steps:
+            history = [r for r in history if r.get("step") in ("", None) or float(r["step"]) < min(steps)]
+            resumed_at.append(min(steps))
+        history += rows
+    return history, resumed_at
+
+
+def read_training_curves(run: Path) -> tuple[dict[str, tuple[np.ndarray, np.ndarray]], str, list[float]] | None:
+    """Curves from the run's Lightning CSV logs (`logs/version_*/metrics.csv`, one per start or resume, read as
+    one history), the x key, and the steps where the run was resumed; None when there is no log.
 
     Lightning writes one sparse row per logging call; each column becomes a curve over the rows where
     it has a value, against `step` (or `epoch` if the log has no steps).
     """
-    files = sorted(Path(run).glob("logs/**/metrics.csv"))
-    if not files:
-        return None
-    with open(files[-1], newline="") as handle:
-        rows = list(csv.DictReader(handle))
+    rows, resumed_at = _read_history(list(Path(run).glob("logs/**/metrics.csv")))
     if not rows:
         return None
     x_key = "step" if "step" in rows[0] else "epoch"
     curves = {}
-    for column in rows[0]:
+    for column in dict.fromkeys(k for r in rows for k in r):
         if column in ("step", "epoch"):
             continue
         try:
@@ -102,7 +125,7 @@ def read_training_curves(run: Path) -> tuple[dict[str, tuple[np.ndarray, np.ndar
         if points:
             xs, ys = zip(*points, strict=True)
             curves[column] = (np.asarray(xs), np.asarray(ys))
-    return (curves, x_key) if curves else None
+    return (curves, x_key, resumed_at if x_key == "step" else []) if curves else None
 
 
 def _few_per_class(samples: Sequence[Sample], count: int) -> list[Sample]:
@@ -289,7 +312,7 @@ def _pictures(ev: EvaluationResult, model: Any, card: ModelCard, samples: list[S
     main = ev.datasets[0]
     curves = read_training_curves(ev.run)
     if curves is not None:
-        ev.curves, ev.curve_x = curves
+        ev.curves, ev.curve_x, ev.resumed_at = curves
     if len(main.predictions) >= 3:
         ev.projections = feature_projections(main.predictions.features)
     by_path = {str(s.path): s for s in samples}

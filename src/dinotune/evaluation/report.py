@@ -12,7 +12,7 @@ import numpy as np
 
 from dinotune.evaluation.results import EvaluationResult
 from dinotune.report import plots
-from dinotune.report.html import Report, cards, figure, note, paragraph, table
+from dinotune.report.html import Report, cards, figure, note, paragraph, table, trust_banners
 
 __all__ = ["SECTIONS", "build_report"]
 
@@ -62,6 +62,8 @@ def _summary(ev: EvaluationResult, report: Report) -> None:
     tiles = {SUMMARY_HEADERS.get(k, "Top-5 accuracy"): m.get(k) for k in keys if k in m}
     if main.calibration:
         tiles["ECE (15 bins)"] = main.calibration["ece"]
+        if main.calibration.get("temperature_applied"):
+            tiles["ECE, temperature scaled"] = main.calibration["ece_scaled"]
     text = [cards(tiles), paragraph(f"{len(main.predictions)} images of split '{main.split}' of {main.root}.")]
     if main.note:
         text.append(note(main.note))
@@ -117,21 +119,6 @@ def _curves_sections(ev: EvaluationResult, report: Report) -> None:
         report.add("calibration", "Calibration", note("Calibration is reported for single-label models only."))
         return
     c = main.calibration or {}
-    rows = [{"what": "before", "ece": c.get("ece"), "nll": c.get("nll")}]
-    if main.reliability_scaled is not None:
-        rows.append(
-            {
-                "what": f"temperature scaled (T = {c['temperature']:.3f}, fitted on val)",
-                "ece": c.get("ece_scaled"),
-                "nll": c.get("nll_scaled"),
-            }
-        )
-        explain = note(
-            "Temperature scaling divides the logits by T, fitted on the validation split; it changes "
-            "confidences, never predictions."
-        )
-    else:
-        explain = note("No temperature scaling: it needs a validation split distinct from the evaluated split.")
     report.add(
         "calibration",
         "Calibration",
@@ -140,9 +127,35 @@ def _curves_sections(ev: EvaluationResult, report: Report) -> None:
             "reliability diagram",
             640,
         ),
-        table(rows, {"what": "", "ece": "ECE (15 bins)", "nll": "NLL"}),
-        explain,
+        *_calibration_table(c),
     )
+
+
+def _calibration_table(c: dict[str, Any]) -> list[str]:
+    """Before and after temperature scaling, on the validation split (where the choice is made) and on the
+    evaluated split, with the row applied marked and the reason written out."""
+    own = {"what": "model's own probabilities", "val_ece": c.get("val_ece"), "ece": c.get("ece"), "nll": c.get("nll")}
+    rows = [own]
+    if "temperature" not in c:
+        return [
+            table(rows, {"what": "", "ece": "ECE (15 bins)", "nll": "NLL"}),
+            note("No temperature scaling: it needs a validation split distinct from the evaluated split."),
+        ]
+    applied = c.get("temperature_applied", True)
+    scaled = f"temperature scaled (T = {c['temperature']:.3f}, fitted on val)"
+    rows.append({"what": scaled, "val_ece": c.get("val_ece_scaled"), "ece": c.get("ece_scaled")})
+    rows[1]["nll"] = c.get("nll_scaled")
+    rows[1 if applied else 0]["what"] += "  [applied]"
+    columns = {"what": "", "val_ece": "ECE on val", "ece": "ECE (15 bins)", "nll": "NLL"}
+    return [
+        table(rows, columns),
+        note(c.get("temperature_reason", "")),
+        note(
+            "Temperature scaling divides the logits by T, fitted on the validation split; it changes "
+            "confidences, never predictions. Whether to apply it is decided on the validation split too, "
+            "so the evaluated split never steers the choice."
+        ),
+    ]
 
 
 def _picture_sections(ev: EvaluationResult, report: Report) -> None:
@@ -153,7 +166,10 @@ def _picture_sections(ev: EvaluationResult, report: Report) -> None:
         body = note("No mistakes to show." if not ev.card.multilabel else "Not shown for multi-label models.")
     report.add("mistakes", "Most confident mistakes", body)
     if ev.curves:
-        body = figure(_png(plots.training_curves_figure(ev.curves, ev.curve_x)), "training curves")
+        body = figure(_png(plots.training_curves_figure(ev.curves, ev.curve_x, ev.resumed_at)), "training curves")
+        if ev.resumed_at:
+            steps = ", ".join(f"{s:g}" for s in ev.resumed_at)
+            body += note(f"The whole history across {len(ev.resumed_at)} resume(s); dotted lines: resumed at {steps}.")
     else:
         body = note(
             "No training curves: this run has no training log (logs/**/metrics.csv); linear probes "
@@ -295,6 +311,8 @@ def build_report(ev: EvaluationResult) -> Report:
         f"head ({card.head.get('feature_choice', '')}), {len(card.classes)} classes"
         f"{', multi-label' if card.multilabel else ''}. Run folder: {ev.run}",
     )
+    main = ev.datasets[0]
+    trust_banners(report, card.backbone, len(main.predictions), main.metrics.get("accuracy"))
     _summary(ev, report)
     _curves_sections(ev, report)
     _picture_sections(ev, report)

@@ -39,6 +39,7 @@ class EvaluationResult:
     metrics: dict[str, Any]
     curves: dict[str, tuple[np.ndarray, np.ndarray]] | None = None
     curve_x: str = "step"
+    resumed_at: list[float] = field(default_factory=list)  # steps where a resumed run continued the log
     projections: dict[str, np.ndarray] = field(default_factory=dict)
     mistakes: list[tuple[np.ndarray, str, str, float]] = field(default_factory=list)
     patches: tuple[list[np.ndarray], list[np.ndarray], list[str]] | None = None

@@ -168,5 +168,5 @@ def evaluate_segmentation(
         "summary": {f"{used}/miou": result["miou"], f"{used}/pixel_accuracy": result["pixel_accuracy"]},
     }
     write_json(out / "metrics.json", metrics)
-    write_segmentation_report(out, metrics)
+    write_segmentation_report(out, metrics, backbone=card.backbone)
     return metrics

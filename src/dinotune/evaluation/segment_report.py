@@ -7,7 +7,7 @@ import html
 from pathlib import Path
 from typing import Any
 
-from dinotune.report.html import Report, cards, figure, note, table
+from dinotune.report.html import TINY, Report, cards, figure, note, table, trust_banners
 from dinotune.report.plots import figure_png, iou_figure
 
 _MODES = {"linear": "frozen", "finetune": "fine-tuned", "partial": "partly frozen", "lora": "LoRA"}
@@ -23,8 +23,11 @@ def _tile(path: Path, width: int = 192) -> str:
     )
 
 
-def write_segmentation_report(run_dir: Path, metrics: dict[str, Any], max_overlays: int = 6) -> Path:
-    """`report.html` in the run folder, self-contained (images embedded)."""
+def write_segmentation_report(
+    run_dir: Path, metrics: dict[str, Any], max_overlays: int = 6, backbone: dict[str, Any] | None = None
+) -> Path:
+    """`report.html` in the run folder, self-contained (images embedded); `backbone` (the card's) for the
+    random-weights banner."""
     classes: list[str] = metrics["classes"]
     split = metrics["report_split"]
     result = metrics.get(split, {})
@@ -34,6 +37,7 @@ def write_segmentation_report(run_dir: Path, metrics: dict[str, Any], max_overla
         subtitle=f"{_MODES.get(mode, mode) or 'trained'} backbone + {metrics.get('head', 'a')} head, "
         f"{len(classes)} classes, split '{split}'",
     )
+    trust_banners(report, backbone or {}, int(result.get("images", TINY)))
     report.add(
         "summary",
         "Summary",

@@ -13,7 +13,7 @@ from typing import Any
 
 from dinotune.atomic import write_text
 
-__all__ = ["Report", "figure", "fmt", "note", "paragraph", "table"]
+__all__ = ["Report", "figure", "fmt", "note", "paragraph", "table", "trust_banners"]
 
 CSS = """
 body{font-family:-apple-system,"Segoe UI",Roboto,Helvetica,Arial,sans-serif;margin:0;color:#1d1d1f;background:#f6f7f9}
@@ -27,6 +27,8 @@ tr:nth-child(even) td{background:#fafbfc}img{max-width:100%;height:auto;display:
 .note{color:#5f6670;font-size:14px}.cards{display:flex;flex-wrap:wrap;gap:12px;margin:4px 0 12px}
 .card{background:#eef3fb;border-radius:8px;padding:10px 16px;min-width:120px}
 .card b{display:block;font-size:22px}.card span{font-size:13px;color:#5f6670}
+.banner{background:#fff4e5;border-left:6px solid #e07b00;border-radius:8px;padding:12px 18px;margin:14px 0;
+font-size:15px}.banner b{color:#9a4d00}
 """
 
 
@@ -96,6 +98,11 @@ class Report:
     title: str
     subtitle: str = ""
     sections: list[Section] = field(default_factory=list)
+    banners: list[tuple[str, str]] = field(default_factory=list)  # (headline, explanation), shown above all
+
+    def warn(self, headline: str, text: str) -> None:
+        """A banner at the top: what makes the figures below less than they seem."""
+        self.banners.append((headline, text))
 
     def add(self, section_id: str, title: str, *parts: str) -> None:
         self.sections.append(Section(section_id, title, "\n".join(parts)))
@@ -105,14 +112,40 @@ class Report:
         body = "\n".join(
             f'<section id="{s.id}"><h2>{html.escape(s.title)}</h2>\n{s.body}\n</section>' for s in self.sections
         )
+        banners = "".join(
+            f'<div class="banner"><b>{html.escape(h)}</b> {html.escape(t)}</div>' for h, t in self.banners
+        )
         return (
             f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
             f'<meta name="viewport" content="width=device-width, initial-scale=1">'
             f"<title>{html.escape(self.title)}</title><style>{CSS}</style></head>\n<body><main>"
             f'<h1>{html.escape(self.title)}</h1><p class="sub">{html.escape(self.subtitle)}</p>'
-            f"<nav>{toc}</nav>\n{body}\n</main></body></html>\n"
+            f'<div id="banners">{banners}</div><nav>{toc}</nav>\n{body}\n</main></body></html>\n'
         )
 
     def write(self, path: str | Path) -> Path:
         write_text(path, self.render())
         return Path(path)
+
+
+TINY = 100  # evaluated images below which a banner says how wide the uncertainty is
+
+
+def trust_banners(report: Report, backbone: dict[str, Any], images: int, accuracy: float | None = None) -> None:
+    """The two banners a report owes its reader: random backbone weights, and too few images to trust."""
+    source = str(backbone.get("source") or "")
+    if source.startswith("random:"):
+        report.warn(
+            "RANDOM WEIGHTS.",
+            f"The backbone ({source}) had no pretrained weights: these figures only show that the pipeline "
+            "runs, not what DINOv3 can do on these images. Pass a Hugging Face id, a folder or an official .pth.",
+        )
+    if images < TINY:
+        width = ""
+        if accuracy is not None:  # normal approximation, floored so that 0 or 1 still shows some width
+            half = 1.96 * math.sqrt(max(accuracy * (1 - accuracy), 1 / images) / images)
+            width = f" an accuracy of {accuracy:.2f} is uncertain by about ±{half:.2f} (95%);"
+        report.warn(
+            "TINY DATASET.",
+            f"Only {images} images were evaluated:{width} differences between runs this small are mostly noise.",
+        )

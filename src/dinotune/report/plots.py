@@ -8,6 +8,7 @@ curve legends (> 12 classes) rather than by drawing an unreadable plot.
 from __future__ import annotations
 
 import io
+import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -199,18 +200,38 @@ def mistakes_figure(
     return fig
 
 
-def training_curves_figure(curves: Mapping[str, tuple[np.ndarray, np.ndarray]], x_label: str = "epoch") -> Figure:
-    """Training curves {name: (x, y)}: losses on the left, every other metric on the right."""
+def _curve_panels(curves: Mapping[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    """Curves that share units share an axis (all losses; all learning rates); every other metric has its own."""
     losses = {k: v for k, v in curves.items() if "loss" in k.lower()}
-    others = {k: v for k, v in curves.items() if k not in losses}
-    panels = [(p, t) for p, t in ((losses, "Loss"), (others, "Metrics")) if p]
-    fig, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 4), squeeze=False)
-    for ax, (panel, title) in zip(axes[0], panels, strict=True):
+    rates = {k: v for k, v in curves.items() if "lr" in re.split(r"[/_.-]", k.lower())}
+    panels = [("Loss", losses)] if losses else []
+    panels += [(name, {name: v}) for name, v in curves.items() if name not in losses and name not in rates]
+    return panels + ([("Learning rate", rates)] if rates else [])
+
+
+def training_curves_figure(
+    curves: Mapping[str, tuple[np.ndarray, np.ndarray]], x_label: str = "epoch", resumed_at: Sequence[float] = ()
+) -> Figure:
+    """Training curves {name: (x, y)}, each quantity on its own axis (learning rates never share the accuracy
+    axis); dotted lines mark where the run was resumed."""
+    panels = _curve_panels(curves)
+    cols = min(3, len(panels))
+    rows = -(-len(panels) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(5.2 * cols, 3.6 * rows), squeeze=False)
+    for ax, (title, panel) in zip(axes.flat, panels, strict=False):
         for name, (x, y) in panel.items():
             ax.plot(x, y, marker="o" if len(x) < 30 else None, ms=3, label=name)
-        ax.set(title=f"Training curves: {title.lower()}", xlabel=x_label, ylabel=title)
+        for step in resumed_at:
+            ax.axvline(step, color="0.5", ls=":", lw=1.2)
+        ax.set_title(title, fontsize=12)
+        ax.set_xlabel(x_label, fontsize=10)
+        if title == "Learning rate" and all(np.all(np.asarray(y) > 0) for _, y in panel.values()):
+            ax.set_yscale("log")
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
+        if len(panel) > 1:
+            ax.legend(fontsize=9)
+    for ax in list(axes.flat)[len(panels) :]:
+        ax.set_visible(False)
     fig.tight_layout()
     return fig
 
@@ -285,17 +306,24 @@ def ood_figure(scores: Mapping[str, tuple[np.ndarray, np.ndarray]]) -> Figure:
 
 
 def compare_figure(runs: Sequence[str], metrics: Mapping[str, Sequence[float | None]]) -> Figure:
-    """Grouped bars: one group per metric, one bar per run (missing values are left out)."""
-    fig, ax = plt.subplots(figsize=(max(6.0, 1.6 * len(metrics) * max(1, len(runs)) / 2), 4.2))
+    """Grouped bars: one group per metric, one bar per run in a colour of its own, its value on top."""
+    colours = plt.get_cmap("tab20" if len(runs) > 10 else "tab10")
+    fig, ax = plt.subplots(figsize=(max(7.0, 1.2 * len(metrics) * max(2, len(runs)) / 2 + 2), 4.8))
     width = 0.8 / max(1, len(runs))
     for i, run in enumerate(runs):
         values = [metrics[m][i] for m in metrics]
         xs = [j + i * width for j, v in enumerate(values) if v is not None]
-        ax.bar(xs, [v for v in values if v is not None], width=width, label=_short(run, 30))
-    ax.set_xticks([j + width * (len(runs) - 1) / 2 for j in range(len(metrics))], list(metrics))
-    ax.set(title="Runs compared", ylabel="value", ylim=(0, 1.05))
+        shown = [v for v in values if v is not None]
+        bars = ax.bar(xs, shown, width=width, label=_short(run, 30), color=colours(i % colours.N))
+        if len(runs) * len(metrics) <= 24:
+            ax.bar_label(bars, labels=[f"{v:.3f}" for v in shown], fontsize=9, padding=2)
+    ax.set_xticks([j + width * (len(runs) - 1) / 2 for j in range(len(metrics))], list(metrics), fontsize=12)
+    ax.tick_params(axis="y", labelsize=11)
+    ax.set_title("Runs compared", fontsize=14)
+    ax.set_ylabel("value", fontsize=12)
+    ax.set_ylim(0, 1.12)
     ax.grid(axis="y", alpha=0.3)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=11, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
     fig.tight_layout()
     return fig
 

@@ -132,7 +132,7 @@ def run_segment(cfg: SegmentConfig, resume: bool = False, callbacks: tuple[L.Cal
             metrics = _evaluate_splits(cfg, run_dir, spec, classes, colours, prep)
             metrics |= training_metrics(trainer, best, counts, time.perf_counter() - start, resume)
             write_json(run_dir / "metrics.json", metrics)
-            write_segmentation_report(run_dir, metrics)
+            write_segmentation_report(run_dir, metrics, backbone=card().backbone)
             run.info(" ".join(f"{k} {v:.4f}" for k, v in metrics["summary"].items()))
     return Result(run_dir, metrics)
 
