@@ -167,6 +167,7 @@ def predict(
     run: Path = typer.Argument(..., metavar="RUN", help="Run, model or export folder (with model.json)."),
     images: list[Path] = typer.Argument(..., metavar="IMAGES...", help="Image files or folders."),
     top_k: int = typer.Option(3, help="Labels to show per image."),
+    threshold: float = typer.Option(None, help="Multi-label decision threshold (default: chosen on val, in the card)."),
     out: Path = typer.Option(
         None,
         "--out",
@@ -192,7 +193,14 @@ def predict(
     from dinotune.verbs.predict import run_predict
 
     result, predictions = run_predict(
-        run, images, out=out, top_k=top_k, tile=tile, tile_stride=tile_stride, embeddings=embeddings
+        run,
+        images,
+        out=out,
+        top_k=top_k,
+        threshold=threshold,
+        tile=tile,
+        tile_stride=tile_stride,
+        embeddings=embeddings,
     )
     for p in predictions:
         others = ", ".join(f"{label} {prob:.3f}" for label, prob in p.top[1:])

@@ -39,6 +39,7 @@ NAMES: dict[str, str] = {
     "static": "static",
     "backbone_only": "backbone_only",
     "top_k": "top_k",
+    "threshold": "threshold",
     "src": "src",
     "dst": "dst",
     "silent": "(logging level WARNING)",

@@ -17,6 +17,7 @@ import torch
 from pydantic import Field, model_validator
 from torch.utils.data import DataLoader, Dataset
 
+from dinotune.atomic import write_text
 from dinotune.backbones.lora import LoraConfig
 from dinotune.config import BackboneConfig, StrictModel
 from dinotune.data.config import DataConfig
@@ -28,8 +29,8 @@ from dinotune.errors import ConfigError, DataError
 from dinotune.evaluation.predict import write_predictions
 from dinotune.heads.linear import new_linear_head, parse_feature_choice
 from dinotune.losses.distill import DistillConfig
-from dinotune.metrics import classification_metrics, multilabel_metrics
-from dinotune.model import Classifier, ModelCard, load_model, read_card
+from dinotune.metrics import best_threshold, classification_metrics, multilabel_metrics
+from dinotune.model import CARD_FILE, Classifier, ModelCard, load_model, read_card
 from dinotune.run_folder import write_json
 from dinotune.tasks.classify import ClassificationModule, RegularizationConfig
 from dinotune.training.modes import Mode, prepare_model
@@ -197,6 +198,8 @@ def _evaluate_splits(cfg: FinetuneConfig, run_dir: Path, spec: Any, sets: dict[s
         summary[f"{split}/{key}"] = metrics[split][key]
         if split == report_split:
             write_predictions(run_dir / "predictions.csv", paths, labels, probs, spec.classes, spec.multilabel)
+        if split == "val" and spec.multilabel:  # the decision threshold predict uses, chosen on validation
+            metrics["threshold"] = store_threshold(run_dir, best_threshold(probs, labels))
     metrics["summary"] = summary
     return metrics
 
@@ -212,3 +215,11 @@ def predict_split(model: Classifier, dataset: Dataset, batch_size: int) -> tuple
         labels.append(batch["label"])
         paths += [Path(p) for p in batch["path"]]
     return torch.cat(probs), torch.cat(labels), paths
+
+
+def store_threshold(run_dir: Path, threshold: float) -> float:
+    """Record the multi-label decision threshold in the run's model card (predict and serve read it there)."""
+    card = read_card(run_dir)
+    card.inference["threshold"] = threshold
+    write_text(run_dir / CARD_FILE, card.to_json())
+    return threshold

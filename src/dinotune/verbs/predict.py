@@ -35,10 +35,19 @@ class Prediction:
 
 
 def predict(
-    model_dir: str | Path, images: list[str | Path], *, top_k: int = 3, batch_size: int = 32, device: str | None = None
+    model_dir: str | Path,
+    images: list[str | Path],
+    *,
+    top_k: int = 3,
+    batch_size: int = 32,
+    device: str | None = None,
+    threshold: float | None = None,
 ) -> list[Prediction]:
-    """Top-k labels of each readable image, in the order given."""
+    """Top-k labels of each readable image, in the order given. A multi-label model's `label` is every label
+    with a probability above `threshold` (default: the one chosen on validation, in the card; else 0.5)."""
     model, card = load_model(model_dir, device=device)
+    if threshold is None:
+        threshold = float(card.inference.get("threshold", 0.5))
     if card.task == "segment":
         raise DataError(f"'{model_dir}' is a segmentation model; use predict_masks (CLI: dinotune predict -o DIR).")
     device_ = model_device(model)
@@ -60,7 +69,10 @@ def predict(
         for (path, _), row in zip(chunk, probs, strict=True):
             values, indices = row.topk(min(top_k, row.numel()))
             top = [(card.classes[i], float(v)) for v, i in zip(values.tolist(), indices.tolist(), strict=True)]
-            results.append(Prediction(path, top[0][0], top[0][1], top))
+            label = top[0][0]
+            if card.multilabel:
+                label = ";".join(card.classes[i] for i in torch.nonzero(row > threshold).flatten().tolist()) or "-"
+            results.append(Prediction(path, label, top[0][1], top))
     return results
 
 
@@ -92,7 +104,7 @@ def predict_tiles(
 
 def run_predict(
     model_dir: str | Path, images: list[str | Path], *, out: Path | None = None, top_k: int = 3,
-    tile: int | None = None, tile_stride: int | None = None, embeddings: bool = False,
+    threshold: float | None = None, tile: int | None = None, tile_stride: int | None = None, embeddings: bool = False,
 ) -> tuple[Result, list[Prediction]]:  # fmt: skip
     """The verb: classifications (plus `out` CSV), or masks and overlays written under `out` (default ./masks).
 
@@ -108,7 +120,7 @@ def run_predict(
         return Result(folder, {"masks": len(masks)}), []
     if tile is not None:
         return predict_tiles(model_dir, images, Path(out or "tiles"), tile, tile_stride, embeddings), []
-    predictions = predict(model_dir, images, top_k=top_k)
+    predictions = predict(model_dir, images, top_k=top_k, threshold=threshold)
     if out is not None:
         write_predictions_csv(out, predictions)
     return Result(Path(out) if out else Path(model_dir), {"images": len(predictions)}), predictions

@@ -27,7 +27,7 @@ from dinotune.device import default_workers
 from dinotune.errors import DataError
 from dinotune.evaluation.predict import write_predictions
 from dinotune.features.cache import FeatureCache
-from dinotune.metrics import classification_metrics, multilabel_metrics
+from dinotune.metrics import best_threshold, classification_metrics, multilabel_metrics
 from dinotune.model import Classifier, ModelCard, save_model
 from dinotune.run_folder import RunLog, new_run_dir, staged_output, write_json
 from dinotune.tasks.knn import DEFAULT_KS, DEFAULT_TEMPERATURES, knn_classify, select_knn
@@ -208,6 +208,9 @@ def _save_probe(
     model = Classifier(backbone, sweep.linear_head())
     card = ModelCard(metrics["task"], spec.classes, prep, backbone_source(backbone, cfg.seed), head=_head_record(sweep),
                      license=backbone.info.license, metrics=metrics["probe"]["summary"])  # fmt: skip
+    if spec.multilabel and "val" in sets:  # the decision threshold predict uses, chosen on validation
+        val_probs = model.head.predict_proba(_inputs(sets["val"], sweep))
+        card.inference["threshold"] = metrics["probe"]["threshold"] = best_threshold(val_probs, sets["val"].labels)
     save_model(stage, model, card)
     _write_sweep_table(stage / "sweep.csv", sweep)
     probs = model.head.predict_proba(_inputs(sets[split], sweep))
