@@ -212,7 +212,8 @@ def test_the_vocabulary_table_is_complete_and_current() -> None:
 
     table = vocabulary_table(typer.main.get_command(app))  # a parameter without a name raises KeyError
     page = (Path(__file__).resolve().parents[1] / "docs" / "cli.md").read_text()
-    assert BEGIN in page and write_table(page) == page, "run: python -m dinotune.cli_vocabulary docs/cli.md"
+    assert BEGIN in page, "docs/cli.md lost its vocabulary markers"
+    assert write_table(page, typer.main.get_command(app)) == page, "run: python scripts/write_cli_vocabulary.py"
     for _, command in _all_commands():
         for param in command.params:
             if param.name != "help":

@@ -1,8 +1,8 @@
 """One vocabulary: what each command-line parameter is called in the YAML configs and the Python API.
 
-The commands build their configs from `NAMES` (`config_values`), so the table in docs/cli.md, which
-`vocabulary_table` writes from the same dicts, is the mapping the code uses. tests/test_cli.py checks that
-every parameter of every command has an entry and that docs/cli.md holds the current table.
+The commands build their configs from `NAMES` (`config_values`), so the table in docs/cli.md, written from
+the same dicts by `vocabulary_table` (scripts/write_cli_vocabulary.py), is the mapping the code uses.
+tests/test_cli.py checks that every parameter of every command has an entry and that docs/cli.md is current.
 """
 
 from __future__ import annotations
@@ -110,22 +110,10 @@ def vocabulary_table(group: Any) -> str:
     return "\n".join(lines) + "\n"
 
 
-BEGIN, END = "<!-- vocabulary: python -m dinotune.cli_vocabulary docs/cli.md -->", "<!-- end of vocabulary -->"
+BEGIN, END = "<!-- vocabulary: python scripts/write_cli_vocabulary.py -->", "<!-- end of vocabulary -->"
 
 
-def write_table(page: str) -> str:
-    """`page` with the text between BEGIN and END replaced by the current table."""
-    import typer
-
-    from dinotune.cli import app
-
+def write_table(page: str, group: Any) -> str:
+    """`page` with the text between BEGIN and END replaced by the current table of `group` (the CLI)."""
     head, rest = page.split(BEGIN, 1)
-    return f"{head}{BEGIN}\n{vocabulary_table(typer.main.get_command(app))}{END}{rest.split(END, 1)[1]}"
-
-
-if __name__ == "__main__":
-    import sys
-    from pathlib import Path
-
-    doc = Path(sys.argv[1])
-    doc.write_text(write_table(doc.read_text(encoding="utf-8")), encoding="utf-8")
+    return f"{head}{BEGIN}\n{vocabulary_table(group)}{END}{rest.split(END, 1)[1]}"
