@@ -192,8 +192,6 @@ def test_help_example_runs_quietly(ran: dict, command: str, example: str) -> Non
     result = ran[example]
     assert result.returncode == 0, f"{example}\n{result.stdout[-1500:]}\n{result.stderr[-3000:]}"
     lines = [line for line in result.stderr.splitlines() if line.strip()]
-    if command == "serve":  # uvicorn's own startup lines are the server's output
-        lines = [line for line in lines if not line.startswith("INFO:     ")]
     for pattern, what in ((PYTHON_WARNING, "a Python warning"), (REPR, "a repr dump"), (THIRD_PARTY, "a library log")):
         bad = [line for line in lines if pattern.search(line)]
         assert not bad, f"{example}: stderr has {what}: {bad[:3]}"

@@ -361,8 +361,9 @@ def serve(
     from dinotune.serve import ServeConfig
     from dinotune.serve import serve as run_serve
 
-    base = {"workers": workers} if workers else None
-    run_serve(model, host=host, port=port, config=load_config(ServeConfig, config, overrides, base=base))
+    settings = load_config(ServeConfig, config, overrides, base={"workers": workers} if workers else None)
+    typer.echo(f"serving {model} on http://{host}:{port} (Ctrl-C stops; --verbose shows every request)", err=True)
+    run_serve(model, host=host, port=port, config=settings, log_level="info" if _state["verbose"] else "warning")
 
 
 TRAIN_TASKS = ("probe", "finetune", "segment", "pretrain")  # the YAML's `task` key
