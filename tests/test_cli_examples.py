@@ -203,3 +203,9 @@ def test_a_ten_epoch_sweep_prints_at_most_15_lines(ran: dict) -> None:
     result = ran[example]
     printed = [line for line in (result.stdout + result.stderr).splitlines() if line.strip()]
     assert result.returncode == 0 and 2 <= len(printed) <= 15, printed
+
+
+def test_training_off_a_terminal_prints_plain_progress_lines_not_a_bar(ran: dict) -> None:
+    (example,) = [e for c, e in EXAMPLES if c == "train" and "--resume" not in e]
+    lines = ran[example].stderr.splitlines()
+    assert any(line.startswith("epoch 2/2 (step ") and "val/accuracy" in line for line in lines), lines

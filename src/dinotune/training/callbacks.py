@@ -1,7 +1,9 @@
-"""The one best-model callback: the model folder follows the best validation score during training."""
+"""The one best-model callback (the model folder follows the best validation score during training), and plain
+progress lines where no progress bar can be drawn."""
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Callable
 from pathlib import Path
@@ -11,6 +13,8 @@ import lightning as L
 
 from dinotune.atomic import atomic_dir
 from dinotune.model import ModelCard, plain_copy, save_model
+
+log = logging.getLogger(__name__)
 
 
 class BestModelExport(L.Callback):
@@ -41,3 +45,17 @@ class BestModelExport(L.Callback):
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.best, self.best_epoch = state["best"], state["best_epoch"]
         self.best_step = state.get("best_step", -1)
+
+
+class PlainProgress(L.Callback):
+    """For output that is not a terminal (a log file, CI): one line every tenth of the epochs with the figures
+    logged so far, instead of a progress bar redrawn line by line."""
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        total = trainer.max_epochs if trainer.max_epochs and trainer.max_epochs > 0 else None
+        epoch = trainer.current_epoch + 1
+        if not trainer.is_global_zero or (epoch % max(1, round((total or 100) / 10)) and epoch != total):
+            return
+        figures = ", ".join(f"{name} {float(value):.4g}" for name, value in sorted(trainer.callback_metrics.items())
+                            if getattr(value, "numel", lambda: 1)() == 1 and "lr" not in name)  # fmt: skip
+        log.info("epoch %d/%s (step %d): %s", epoch, total or "?", trainer.global_step, figures)

@@ -36,6 +36,7 @@ from torch import nn
 from dinotune.atomic import atomic_path, remove_stale_temps
 from dinotune.config import StrictModel
 from dinotune.errors import ConfigError
+from dinotune.training.callbacks import PlainProgress
 from dinotune.training.checkpoints import choose_checkpoint, load_checkpoint_file
 
 LoggerName = Literal["csv", "tensorboard", "mlflow", "wandb"]
@@ -205,6 +206,8 @@ def build_trainer(
     )
     last = LastCheckpoint(ckpt_dir / LAST, cfg.checkpoint_every_n_steps)
     callbacks: list[Callback] = [*extra_callbacks, periodic, last]
+    if cfg.progress_bar and not sys.stderr.isatty():
+        callbacks.append(PlainProgress())  # a few plain lines instead of a bar
     return L.Trainer(
         max_epochs=cfg.max_epochs if cfg.max_epochs is not None else -1,
         max_steps=cfg.max_steps,
