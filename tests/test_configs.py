@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from dinotune.cli import train_job
+from dinotune.verbs.train import train_job
 from dinotune.config import load_config, read_yaml
 from dinotune.model import read_card
 from dinotune.verbs.common import Result

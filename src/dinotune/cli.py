@@ -9,7 +9,6 @@ from __future__ import annotations
 import logging
 import sys
 from pathlib import Path
-from typing import Any
 
 import typer
 
@@ -27,8 +26,7 @@ from dinotune.cli_help import (
 from dinotune.cli_output import export_summary, quiet
 from dinotune.cli_run import hoist_global_flags, run_app
 from dinotune.cli_vocabulary import config_values
-from dinotune.config import apply_overrides, load_config, read_yaml
-from dinotune.errors import ConfigError
+from dinotune.config import load_config
 from dinotune.run_folder import new_run_dir
 
 app = CLI(  # plain help: no <bool>/{arg} placeholders, readable in logs too
@@ -366,32 +364,10 @@ def serve(
     run_serve(model, host=host, port=port, config=settings, log_level="info" if _state["verbose"] else "warning")
 
 
-TRAIN_TASKS = ("probe", "finetune", "segment", "pretrain")  # the YAML's `task` key
-
-
-def train_job(task: str) -> tuple[Any, Any]:
-    """(config model, verb) of a training task; imported here so `--help` does not load Lightning."""
-    if task == "probe":
-        from dinotune.verbs.probe import ProbeConfig, run_probe
-
-        return ProbeConfig, run_probe
-    if task == "finetune":
-        from dinotune.verbs.finetune import FinetuneConfig, run_finetune
-
-        return FinetuneConfig, run_finetune
-    if task == "segment":
-        from dinotune.verbs.segment import SegmentConfig, run_segment
-
-        return SegmentConfig, run_segment
-    from dinotune.verbs.pretrain import PretrainConfig, run_pretrain
-
-    return PretrainConfig, run_pretrain
-
-
 @app.command()
 def train(
     config: Path = typer.Argument(
-        ..., metavar="CONFIG", help=f"YAML config whose `task` key names the job ({', '.join(TRAIN_TASKS)})."
+        ..., metavar="CONFIG", help="YAML config whose `task` key names the job (probe, finetune, segment, pretrain)."
     ),
     overrides: list[str] = OverridesArg,
     resume: bool = typer.Option(False, "--resume", help="Continue the run in `out` exactly where it stopped."),
@@ -403,20 +379,9 @@ def train(
       $ dinotune train configs/finetune.yaml data.root=images out=runs/ft data.image_size=32 trainer.max_epochs=2
       $ dinotune train configs/finetune.yaml data.root=images out=runs/ft trainer.max_epochs=3 --resume
     """
-    if config.is_dir():
-        example = f"`dinotune train configs/finetune.yaml data.root={config}`"
-        raise ConfigError(f"'{config}' is a folder; train takes a YAML config, e.g. {example}.")
-    task = apply_overrides(read_yaml(config), [o for o in overrides or [] if o.startswith("task=")]).get("task")
-    if task not in TRAIN_TASKS:
-        raise ConfigError(f"'{config}': key 'task' must be one of {', '.join(TRAIN_TASKS)} (got {task!r}).")
-    model, runner = train_job(task)
-    cfg = load_config(model, config, overrides)
-    if task == "probe":
-        if resume:
-            raise ConfigError("--resume is for training jobs; a probe re-run reuses its cached features anyway.")
-        result = runner(cfg)
-    else:
-        result = runner(cfg, resume=resume)  # type: ignore[operator]
+    from dinotune.verbs.train import run_train
+
+    result = run_train(config, overrides, resume=resume)
     typer.echo(f"run folder: {result.run_dir}")
 
 
