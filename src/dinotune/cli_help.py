@@ -91,7 +91,7 @@ BackboneOpt = typer.Option(
     None,
     "--backbone",
     "-b",
-    help="Backbone: Hugging Face id, folder, .pth or random:ARCH (default: $DINOTUNE_BACKBONE).",
+    help="Hugging Face id, folder, .pth or random:ARCH (backbone.source; default: $DINOTUNE_BACKBONE).",
 )
 OutOpt = typer.Option(None, "--out", "-o", help="Run folder (default: runs/COMMAND-TIME).")
 ConfigOpt = typer.Option(None, "--config", "-c", help="YAML config file (its keys, overridden by KEY=VALUE).")
