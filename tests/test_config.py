@@ -68,8 +68,8 @@ def test_resolved_config_round_trips(tmp_path: Path) -> None:
 
 def test_example_configs_are_valid() -> None:
     """Every shipped YAML validates against the config model of the command it is for."""
-    from dinotune.verbs.train import TRAIN_TASKS, train_job
     from dinotune.config import read_yaml
+    from dinotune.verbs.train import TRAIN_TASKS, train_job
 
     configs = Path(__file__).resolve().parents[1] / "configs"
     found = sorted(configs.rglob("*.yaml"))

@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from dinotune.verbs.train import train_job
 from dinotune.config import load_config, read_yaml
 from dinotune.model import read_card
 from dinotune.verbs.common import Result
+from dinotune.verbs.train import train_job
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 TINY = ["backbone.source=random:vit_test16", "data.image_size=32", "data.num_workers=0"]
