@@ -25,7 +25,7 @@ def _value_word(param: Any, ctx: Any) -> str:
     if param.metavar:
         return param.metavar
     label = param.display_type(ctx).strip("<>")
-    label = re.sub(r"^list\[(.*)\]$", r"\1", label)
+    label = re.sub(r"^list\[(.*)\]$", r"\1", label).replace(" range", "")
     return _TYPE_WORDS.get(label.lower(), label if "|" in label else label.upper())
 
 
@@ -39,7 +39,14 @@ def _option_row(param: Any, ctx: Any) -> tuple[str, str] | None:
         names += " / " + ", ".join(param.secondary_opts)
     if not (param.is_flag or param.count):
         names += " " + _value_word(param, ctx)
-    return names, record[1]
+    return names, _plain_range(record[1])
+
+
+def _plain_range(help_text: str) -> str:
+    """typer's `[x>=1]`, `[0<=x<=1]` in words: `[at least 1]`, `[0 to 1]`."""
+    help_text = re.sub(r"(\S+)<=x<=(\S+?)([;\]])", r"\1 to \2\3", help_text)
+    help_text = re.sub(r"x>=(\S+?)([;\]])", r"at least \1\2", help_text)
+    return re.sub(r"x<=(\S+?)([;\]])", r"at most \1\2", help_text)
 
 
 class PlainCommand(TyperCommand):

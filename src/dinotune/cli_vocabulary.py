@@ -39,6 +39,7 @@ NAMES: dict[str, str] = {
     "static": "static",
     "backbone_only": "backbone_only",
     "top_k": "top_k",
+    "workers": "workers",
     "threshold": "threshold",
     "src": "src",
     "dst": "dst",
