@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import signal
+import tempfile
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -12,6 +15,9 @@ import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing may download at test time
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+# Caches (features, dense maps, ONNX graphs, volume slices) go to a fresh folder, never the user's ~/.cache.
+os.environ["DINOTUNE_HOME"] = tempfile.mkdtemp(prefix="dinotune-tests-")
+atexit.register(shutil.rmtree, os.environ["DINOTUNE_HOME"], ignore_errors=True)
 
 pytest_plugins = ["tests.training_fixtures"]  # finetune_config, segment_config, digits, finetuned, seg_root, ...
 
