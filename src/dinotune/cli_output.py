@@ -26,11 +26,11 @@ def quiet() -> None:
     """One place for what the CLI hides by default: third-party warnings, INFO logs and progress bars."""
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # "Loading weights", "Writing model shards"
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-    if "huggingface_hub" in sys.modules:  # imported already: it read the variable above too early
-        sys.modules["huggingface_hub"].utils.disable_progress_bars()
-    if "transformers" in sys.modules:
-        sys.modules["transformers"].utils.logging.set_verbosity_error()
-        sys.modules["transformers"].utils.logging.disable_progress_bar()  # "Loading weights", "Writing shards"
+    if hub := sys.modules.get("huggingface_hub"):  # imported already: it read the variable above too early
+        hub.utils.disable_progress_bars()
+    if transformers := sys.modules.get("transformers"):  # None where it is blocked (slim serving)
+        transformers.utils.logging.set_verbosity_error()
+        transformers.utils.logging.disable_progress_bar()  # "Loading weights", "Writing shards"
     for handler in logging.getLogger().handlers:
         handler.addFilter(_OursOrWarnings())
     warnings.filterwarnings("ignore")  # third-party deprecation and advice warnings
