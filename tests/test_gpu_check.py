@@ -27,7 +27,6 @@ def test_gpu_check_dry_run(tmp_path: Path) -> None:
     report = json.loads(path.read_text())
     assert report["dry_run"] is True and report["failed"] is False
     assert [s["step"] for s in report["steps"]] == [
-        "imports",
         "collect-cuda-tests",
         "embed-tiny-cpu",
         "compile-gpu-benchmark",

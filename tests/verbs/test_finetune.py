@@ -90,22 +90,19 @@ def test_distillation_moves_the_student_toward_the_teacher(finetuned: Result, di
     assert after[1] < 0.5 * before[1], (before, after)
 
 
-def test_fine_tuning_beats_the_linear_probe(finetuned: Result, digits: Path, tmp_path: Path) -> None:
-    from dinotune.verbs.probe import probe
+def test_training_the_backbone_beats_the_same_recipe_with_it_frozen(
+    finetuned: Result, digits: Path, tmp_path: Path
+) -> None:
+    """The ablation that shows fine-tuning trains the backbone: same data, recipe and epochs, backbone frozen.
 
-    probed = probe(
-        {"root": digits, "image_size": 16, "num_workers": 0},
-        backbone="random:vit_test16",
-        out=tmp_path / "probe",
-        cache_dir=tmp_path / "cache",
-        progress=False,
-        knn={"enabled": False},
-    )
-    probe_test = probed.metrics["probe"]["test"]["accuracy"]
-    tuned_test = finetuned.metrics["test"]["accuracy"]
-    print(f"digits 16px, random:vit_test16: probe test {probe_test:.4f}, fine-tune test {tuned_test:.4f}")
-    assert probed.metrics["counts"] == finetuned.metrics["counts"]  # the same splits
-    assert tuned_test > probe_test
+    (The default probe - L-BFGS logistic regression beside the SGD grid - now beats a 5-epoch fine-tune of this
+    random-weight ViT on digits, as a well-tuned linear model should; it is compared in benchmarks/.)"""
+    frozen = run_finetune(finetune_config(digits, tmp_path / "linear", mode="linear"))
+    frozen_test, tuned_test = frozen.metrics["test"]["accuracy"], finetuned.metrics["test"]["accuracy"]
+    print(f"digits 16px, random:vit_test16: frozen {frozen_test:.4f}, fine-tuned {tuned_test:.4f}")
+    assert frozen.metrics["counts"] == finetuned.metrics["counts"]  # the same splits
+    assert frozen.metrics["parameters"]["trainable"] < finetuned.metrics["parameters"]["trainable"]
+    assert tuned_test > frozen_test + 0.05
 
 
 def test_resuming_a_finished_run_keeps_its_best_model(finetuned: Result, digits: Path, tmp_path: Path) -> None:
