@@ -29,11 +29,37 @@ def _umask() -> int:
     return current
 
 
+def published_mode(is_dir: bool) -> int:
+    """The mode of what dinotune publishes: the umask's, plus read (and, for folders, search) for everyone.
+
+    A server often runs as another user (a container's uid 10001) and must read what a training run wrote,
+    whatever the writer's umask (027, 077) or the library's own mode (safetensors and mkstemp write 0600).
+    Keep runs private by restricting a folder above them (`chmod 700 runs`), not the files inside.
+    """
+    if is_dir:
+        return (0o777 & ~_umask()) | 0o755
+    return (0o666 & ~_umask()) | 0o644
+
+
+def make_dirs(path: str | os.PathLike) -> Path:
+    """`mkdir -p` whose new folders get `published_mode` (existing folders are left as they are)."""
+    folder = Path(path)
+    new, above = [], folder
+    while not above.exists():
+        new.append(above)
+        above = above.parent
+    folder.mkdir(parents=True, exist_ok=True)
+    for created in new:
+        with contextlib.suppress(OSError):  # made meanwhile by another user's process: theirs to set
+            os.chmod(created, published_mode(is_dir=True))
+    return folder
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside `path`; it replaces `path` only if the block succeeds."""
     target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
+    make_dirs(target.parent)
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.{_HOST}.{os.getpid()}.", suffix=".tmp", dir=target.parent)
     os.close(fd)
     tmp_path = Path(tmp)
@@ -41,7 +67,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         yield tmp_path
         with open(tmp_path, "rb+") as handle:
             os.fsync(handle.fileno())
-        os.chmod(tmp_path, 0o666 & ~_umask())  # mkstemp makes 0600; give the file normal permissions
+        os.chmod(tmp_path, published_mode(is_dir=False))  # mkstemp makes 0600
         os.replace(tmp_path, target)
     finally:
         tmp_path.unlink(missing_ok=True)
@@ -51,11 +77,11 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
 def atomic_dir(path: str | os.PathLike, overwrite: bool = False) -> Iterator[Path]:
     """Yield a temporary folder beside `path`, renamed to `path` only if the block succeeds."""
     target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
+    make_dirs(target.parent)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.{_HOST}.{os.getpid()}.", suffix=".tmp", dir=target.parent))
     try:
         yield tmp
-        _normal_permissions(tmp)
+        _publish_permissions(tmp)
         if target.exists() and overwrite:
             shutil.rmtree(target)
         os.replace(tmp, target)
@@ -64,14 +90,13 @@ def atomic_dir(path: str | os.PathLike, overwrite: bool = False) -> Iterator[Pat
             shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _normal_permissions(folder: Path) -> None:
-    """mkdtemp makes 0700 and some writers (safetensors, mkstemp) 0600: give everything the umask's
-    permissions, so a server running as another user can read what a training run wrote."""
-    mask = _umask()
-    os.chmod(folder, 0o777 & ~mask)
+def _publish_permissions(folder: Path) -> None:
+    """mkdtemp makes 0700 and some writers (safetensors' `save_file`, `save_pretrained`) 0600: give the folder
+    and everything in it `published_mode`, so a server running as another user can read them."""
+    os.chmod(folder, published_mode(is_dir=True))
     for path in folder.rglob("*"):
         if not path.is_symlink():
-            os.chmod(path, (0o777 if path.is_dir() else 0o666) & ~mask)
+            os.chmod(path, published_mode(is_dir=path.is_dir()))
 
 
 def write_text(path: str | os.PathLike, text: str) -> None:

@@ -23,7 +23,7 @@ from typing import Any
 
 import yaml
 
-from dinotune.atomic import atomic_dir, remove_stale_temps, write_text
+from dinotune.atomic import atomic_dir, make_dirs, remove_stale_temps, write_text
 from dinotune.errors import ConfigError
 
 log = logging.getLogger("dinotune")
@@ -48,7 +48,7 @@ def is_nonempty(folder: Path) -> bool:
 def writer_lock(folder: Path) -> Iterator[None]:
     """Hold `.<name>.lock` beside `folder` for the block; a second writer fails at once. The lock file is
     removed when the block ends (a writer that opened it just before checks it still holds the live file)."""
-    folder.parent.mkdir(parents=True, exist_ok=True)
+    make_dirs(folder.parent)
     lock_path = folder.parent / f".{folder.name}.lock"
     while True:
         handle = open(lock_path, "a+")  # noqa: SIM115  # held for the whole block
@@ -121,7 +121,7 @@ def training_output(folder: str | Path, *, resume: bool, has_checkpoint: bool) -
             hint = "pass --resume to continue it" if has_checkpoint else "it is not a resumable run"
             raise ConfigError(f"'{folder}' already exists and is not empty ({hint}); or choose another out.")
         new = not folder.exists()
-        folder.mkdir(parents=True, exist_ok=True)
+        make_dirs(folder)  # readable by a server running as another user, whatever the umask
         try:
             yield folder
         except BaseException:

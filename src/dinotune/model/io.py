@@ -18,7 +18,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from dinotune.atomic import atomic_dir, atomic_path, write_text
+from dinotune.atomic import atomic_dir, atomic_path, make_dirs, write_text
 from dinotune.backbones import Backbone, load_backbone
 from dinotune.device import resolve_device
 from dinotune.errors import CheckpointError
@@ -40,7 +40,7 @@ Model = Classifier | Segmenter
 def save_model(folder: str | Path, model: Model, card: ModelCard, save_backbone: bool = False) -> Path:
     """Write model.json + head (+ backbone/ when its weights are not those of its source)."""
     folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
+    make_dirs(folder)
     with atomic_path(folder / HEAD_FILE) as tmp:
         if isinstance(model, Segmenter):
             save_file({k: v.detach().cpu().contiguous() for k, v in model.head.state_dict().items()}, str(tmp))
