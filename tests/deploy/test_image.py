@@ -124,6 +124,7 @@ def _wait_ready(url: str, container: str, timeout_s: float = 180) -> None:
 
 def _served_equals_cli(image: str, model: Path, probe: list[Path], tmp_path: Path) -> int:
     expected = _cli_predictions(model, probe, tmp_path / "predictions.csv")
+    assert len({label for label, _ in expected.values()}) > 1  # a model that tells images apart
     with hardened(image, model) as (url, container):
         _wait_ready(url, container)
         agree = 0
