@@ -3,7 +3,8 @@
 #
 #   deploy/build.sh            all three steps below, each skipped when its result is already there
 #   deploy/build.sh base       a Debian base image (python3) made with mmdebstrap and `docker import`
-#   deploy/build.sh wheels     every wheel the images install, pinned by deploy/constraints.txt (online step)
+#   deploy/build.sh wheels     dinotune's wheel (rebuilt every time) and every wheel the images install, pinned by
+#                              deploy/constraints.txt (online step; wheels already there are kept)
 #   deploy/build.sh images     the two images from BASE_IMAGE and the wheelhouse (the build context), offline
 #
 # Environment (all optional):
@@ -52,8 +53,12 @@ wheels() {
   rm -f "$WHEELHOUSE"/dinotune-*.whl
   "$PYTHON" -m pip wheel --no-deps --wheel-dir "$WHEELHOUSE" .
   # torch's CPU build: from TORCH_INDEX (PyPI's torch is the CUDA build, with GBs of dependencies)
-  "$PYTHON" -m pip download --no-deps --only-binary=:all: "${PLATFORM[@]}" --dest "$WHEELHOUSE" \
-    ${TORCH_INDEX:+--extra-index-url "$TORCH_INDEX"} "$(grep '^torch==' deploy/constraints.txt)"
+  local torch
+  torch=$(grep '^torch==' deploy/constraints.txt)
+  if ! compgen -G "$WHEELHOUSE/torch-${torch#torch==}-*.whl" >/dev/null; then
+    "$PYTHON" -m pip download --no-deps --only-binary=:all: "${PLATFORM[@]}" --dest "$WHEELHOUSE" \
+      ${TORCH_INDEX:+--extra-index-url "$TORCH_INDEX"} "$torch"
+  fi
   local package
   package=$(ls "$WHEELHOUSE"/dinotune-*.whl)  # by path: a package of the same name elsewhere is never used
   "$PYTHON" -m pip download --only-binary=:all: "${PLATFORM[@]}" --dest "$WHEELHOUSE" \
