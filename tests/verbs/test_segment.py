@@ -99,6 +99,10 @@ def test_config_errors(seg_root: Path, tmp_path: Path) -> None:
         Image.open(seg_root / "masks" / "train" / "seg_0000.png").save(bare / "masks" / sub / "a.png")
     with pytest.raises(ConfigError, match="num_classes"):  # no classes.yaml and no data.num_classes
         run_segment(segment_config(bare, tmp_path / "run"))
+    small = {"root": str(seg_root), "image_size": 32, "num_workers": 0}
+    with pytest.raises(ConfigError, match=r"data\.image_size=32 is too small for head\.type=m2f.*use data"):
+        run_segment(segment_config(seg_root, tmp_path / "m2f", data=small, head={"type": "m2f"}))
+    assert not (tmp_path / "m2f").exists()  # refused before a run folder is made
 
 
 def test_resume_continues_the_run(seg_root: Path, tmp_path: Path) -> None:

@@ -106,12 +106,11 @@ def export_model(
     paths = _image_paths(calibration_images, source, max_images)
     images = [card.preprocessing.load(p, model.input_multiple) for p in paths]
     if static and quantize and not images:
-        raise ConfigError("static int8 quantisation needs calibration images (--calibration FOLDER).")
+        raise ConfigError("static int8 quantisation needs calibration images (--calibration-images FOLDER).")
     with staged_output(out, overwrite=overwrite, keep=[source]) as tmp:
         report, cases, batch = _export_into(
             tmp, module, card, images, paths, model.input_multiple, opset, dynamic_spatial, timing_repeats
         )
-        served = FP32_FILE
         if quantize:
             report["int8"] = quantize_graph(
                 tmp / FP32_FILE,
@@ -123,9 +122,10 @@ def export_model(
                 timing_repeats,
                 backbone_only,
             )
-            served = INT8_FILE if report["int8"]["kept"] else FP32_FILE
+        served = INT8_FILE if report.get("int8", {}).get("kept") else FP32_FILE
         report["served"] = served
         export_card = _export_card(card, module, served, model.input_multiple, report, backbone_only)
+        export_card.name = card.name or source.resolve().name  # served under its run's name wherever it is mounted
         seal_export(tmp, export_card)
     _log_report(out, report)
     return {"folder": str(out), **report}

@@ -165,6 +165,9 @@ def _dense_cache(cfg: SegmentConfig, sets: dict[str, Any], model: Any, prep: Any
 
 
 def _check(cfg: SegmentConfig) -> None:
+    if cfg.head.type == "m2f" and cfg.data.image_size < 64:
+        raise ConfigError(f"data.image_size={cfg.data.image_size} is too small for head.type=m2f (its stride-32 "
+                          "maps must be at least 2x2); use data.image_size=64 or more.")  # fmt: skip
     if cfg.data.resize == "keep":
         raise ConfigError("data.resize=keep gives crops of different sizes; segmentation batches need crop or pad.")
     if cfg.data.class_weights or cfg.data.weighted_sampler:
