@@ -11,10 +11,9 @@ figures under `metrics.export`, and `reference_stats.json` (embedding statistics
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, Literal
@@ -30,6 +29,7 @@ from dinotune.errors import ConfigError, DataError
 from dinotune.export.quantize import group_by_shape, quantize_graph, run_session, timing, timing_batch
 from dinotune.export.seal import seal_export
 from dinotune.export.spec import input_spec
+from dinotune.features.engines import quiet_exporter
 from dinotune.features.extract import compute_features
 from dinotune.heads.linear import build_input, parse_feature_choice
 from dinotune.model import Classifier, ModelCard, Segmenter, load_model, onnx_session, read_card
@@ -166,22 +166,6 @@ def _export_into(
     return report, cases, batch
 
 
-@contextlib.contextmanager
-def _quiet_exporter() -> Iterator[None]:
-    """The exporter logs one warning per missing torchvision op (nothing here uses torchvision) and its
-    graph optimiser hundreds of INFO lines; only errors are worth showing."""
-    names = ("torch.onnx", "torch.onnx._internal.exporter._registration", "onnxscript", "onnx_ir")
-    loggers = [logging.getLogger(n) for n in names]
-    levels = [lg.level for lg in loggers]
-    for lg in loggers:
-        lg.setLevel(logging.ERROR)
-    try:
-        yield
-    finally:
-        for lg, level in zip(loggers, levels, strict=True):
-            lg.setLevel(level)
-
-
 def _export_onnx(
     module: nn.Module, path: Path, channels: int, size: int, multiple: int, opset: int | None, dynamic_spatial: bool
 ) -> list[str]:
@@ -203,7 +187,7 @@ def _export_onnx(
     attempts.append(({0: batch}, ["batch"]))
     for index, (shapes, names) in enumerate(attempts):
         try:
-            with _quiet_exporter(), torch.no_grad():
+            with quiet_exporter(), torch.no_grad():
                 program = torch.onnx.export(
                     module,
                     example,

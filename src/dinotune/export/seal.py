@@ -9,7 +9,8 @@ from pathlib import Path
 from typing import Any
 
 from dinotune.atomic import atomic_path, write_text
-from dinotune.model.card import CARD_FILE, ModelCard, sha256_of
+from dinotune.features.hashes import file_hash
+from dinotune.model.card import CARD_FILE, ModelCard
 from dinotune.version import __version__
 
 METADATA_KEYS = ("dinotune.preprocessing", "dinotune.input_spec", "dinotune.task", "dinotune.classes")
@@ -45,7 +46,7 @@ def embed_metadata(path: Path, metadata: dict[str, str]) -> None:
 def file_checksums(folder: Path) -> dict[str, dict[str, Any]]:
     """{name: {sha256, bytes}} of every file in the export folder but the card itself."""
     return {
-        p.name: {"sha256": sha256_of(p), "bytes": p.stat().st_size}
+        p.name: {"sha256": file_hash(p), "bytes": p.stat().st_size}
         for p in sorted(folder.iterdir())
         if p.is_file() and p.name != CARD_FILE
     }

@@ -105,9 +105,11 @@ def graph_path(folder: Path, backbone: Backbone, kinds: tuple[str, ...], shape: 
 
 
 @contextlib.contextmanager
-def _quiet_exporter() -> Iterator[None]:
-    """The dynamo exporter and its graph optimiser log hundreds of INFO lines; only errors matter here."""
-    loggers = [logging.getLogger(n) for n in ("torch.onnx", "onnxscript", "onnx_ir", "torch.export")]
+def quiet_exporter() -> Iterator[None]:
+    """The dynamo exporter logs one warning per missing torchvision op (nothing here uses torchvision) and its
+    graph optimiser hundreds of INFO lines; only errors are worth showing (used by export too)."""
+    names = ("torch.onnx", "torch.onnx._internal.exporter._registration", "onnxscript", "onnx_ir", "torch.export")
+    loggers = [logging.getLogger(n) for n in names]
     levels = [lg.level for lg in loggers]
     for lg in loggers:
         lg.setLevel(logging.ERROR)
@@ -127,7 +129,7 @@ def export_graph(backbone: Backbone, kinds: tuple[str, ...], shape: tuple[int, .
     module = _FeatureGraph(backbone, kinds).eval()
     example = (torch.zeros(2, *shape),)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with _quiet_exporter(), warnings.catch_warnings(), torch.no_grad():
+    with quiet_exporter(), warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")
         program = torch.onnx.export(
             module,

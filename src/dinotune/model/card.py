@@ -8,7 +8,6 @@ decoder, onnx), `file`, and the task's own fields (classification: `feature_choi
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -16,6 +15,7 @@ from typing import Any, Literal
 
 from dinotune.data.preprocessing import Preprocessing
 from dinotune.errors import CheckpointError
+from dinotune.features.hashes import file_hash
 
 FORMAT = "dinotune-model/1"
 CARD_FILE = "model.json"
@@ -86,19 +86,11 @@ def inside(folder: Path, relative: str, what: str) -> Path:
     return path
 
 
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def verify_file(folder: Path, card: ModelCard, path: Path) -> None:
     """Refuse a model file whose sha256 differs from the card's (changed, truncated or swapped after
     export); files the card does not list (cards written before checksums) pass unchecked."""
     expected = card.files.get(path.name, {}).get("sha256")
-    if expected and sha256_of(path) != expected:
+    if expected and file_hash(path) != expected:
         raise CheckpointError(
             f"{path}: sha256 differs from {folder / CARD_FILE} (files.{path.name}); the file was changed or "
             "truncated after export: copy the export folder again or re-export it."

@@ -12,7 +12,6 @@ training transform, so the server runs exactly what predict and evaluate run; to
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 from dataclasses import dataclass
@@ -23,6 +22,7 @@ import numpy as np
 
 from dinotune.data.numpy_transforms import EvalTransform, FullSizeTransform
 from dinotune.errors import CheckpointError
+from dinotune.features.hashes import file_hash
 from dinotune.model import slide
 from dinotune.model.card import ModelCard, inside, read_card
 from dinotune.model.onnx import load_onnx_model
@@ -54,14 +54,8 @@ def model_name(card: ModelCard, folder: Path) -> str:
 
 def file_checksum(card: ModelCard, path: Path) -> str:
     """sha256 of the served weight file: the card's record (`files`, written by export) or computed here."""
-    recorded = (getattr(card, "files", None) or {}).get(path.name, {}).get("sha256")
-    if isinstance(recorded, str) and recorded:
-        return recorded
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+    recorded = card.files.get(path.name, {}).get("sha256")
+    return recorded if isinstance(recorded, str) and recorded else file_hash(path)
 
 
 class Engine:
