@@ -155,12 +155,13 @@ def classify(folder: Path, paths: list[Path]) -> tuple[list[str], np.ndarray]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("export", type=Path, help="export folder (model.json + model.onnx)")
-    parser.add_argument("images", type=Path, nargs="+")
+    parser.add_argument("images", type=Path, nargs="+", help="image files or folders of them")
     parser.add_argument("--top-k", type=int, default=3)
     parser.add_argument("--json", action="store_true", help="one JSON line per image, every class")
     args = parser.parse_args()
-    classes, probabilities = classify(args.export, args.images)
-    for path, row in zip(args.images, probabilities, strict=True):
+    paths = [f for p in args.images for f in (sorted(q for q in p.rglob("*") if q.is_file()) if p.is_dir() else [p])]
+    classes, probabilities = classify(args.export, paths)
+    for path, row in zip(paths, probabilities, strict=True):
         order = np.argsort(-row, kind="stable")[: args.top_k]
         if args.json:
             scores = dict(zip(classes, row.tolist(), strict=True))
