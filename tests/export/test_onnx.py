@@ -13,7 +13,7 @@ from PIL import Image
 
 from dinotune.errors import ConfigError
 from dinotune.export.onnx import export_model
-from dinotune.export.quantize import int8_verdict
+from dinotune.export.quantize import centred_cosines, int8_verdict
 from dinotune.model import load_model, read_card
 from tests.serve.helpers import CLASSES, make_model_folder
 
@@ -132,6 +132,20 @@ def test_int8_is_served_only_when_faster_and_agreeing() -> None:
         kept, reasons = int8_verdict(case)
         assert not kept and len(reasons) == 1 and reason in reasons[0]
     assert int8_verdict({**good, "top1_agreement": 0.9})[1] == ["top-1 agreement 0.9000 < 0.99"]
+
+
+def test_embedding_cosine_is_centred_so_a_common_direction_cannot_hide_scrambled_features() -> None:
+    rng = np.random.default_rng(0)
+    common = 50.0 * rng.normal(size=(1, 32))  # what every embedding shares (large on random weights)
+    fp32 = common + rng.normal(size=(8, 32))
+    scrambled = common + rng.normal(size=(8, 32))  # the per-image part replaced: features gone
+    close = fp32 + 0.01 * rng.normal(size=(8, 32))
+    centred, raw = centred_cosines(fp32, scrambled)
+    assert raw.mean() > 0.99 and centred.mean() < 0.3  # uncentred, the gate would have passed it
+    centred, raw = centred_cosines(fp32, close)
+    assert centred.min() > 0.99 and raw.min() > 0.99
+    one, one_raw = centred_cosines(fp32[:1], scrambled[:1])  # one image: nothing to centre on
+    np.testing.assert_array_equal(one, one_raw)
 
 
 def test_off_grid_sizes_follow_pytorch(exported) -> None:
