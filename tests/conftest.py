@@ -19,7 +19,10 @@ os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 os.environ["DINOTUNE_HOME"] = tempfile.mkdtemp(prefix="dinotune-tests-")
 atexit.register(shutil.rmtree, os.environ["DINOTUNE_HOME"], ignore_errors=True)
 
-pytest_plugins = ["tests.training_fixtures"]  # finetune_config, segment_config, digits, finetuned, seg_root, ...
+pytest_plugins = [
+    "tests.training_fixtures",  # finetune_config, segment_config, digits, finetuned, seg_root, ...
+    "tests.detection_fixtures",  # shapes_coco (+ make_shapes_dataset, perfect_predictions, ...)
+]
 
 REPO = Path(__file__).resolve().parents[1]
 FIXTURES = REPO.parent / "shared" / "fixtures" / "dinov3_reference"

@@ -6,6 +6,7 @@ Supported layouts (see docs/data.md for example trees):
   json         - annotations/{train,val,test}_annotations.json, each a list of {file_name, label}
   segmentation - images/ + masks/ with matching stems (optionally with split subfolders)
   unlabelled   - any folder tree of images
+  coco, yolo   - detection boxes (COCO-JSON, YOLO-txt), read by `dinotune.data.boxes` (docs/detection.md)
 Data without split folders is split here (stratified, seeded) and the split can be written to a file
 so a run is reproducible even if files are later added.
 """
@@ -18,6 +19,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from dinotune.data.box_layouts import detection_layout
 from dinotune.data.decode import is_listed_image, load_class_map
 from dinotune.data.spec import DatasetSpec, Sample
 from dinotune.data.splits import apply_split
@@ -89,6 +91,10 @@ def detect_layout(path: Path | str, task: str | None = None) -> str:
         raise DataError(f"{root} is a file; pass a dataset folder or a CSV file")
     if task == "unlabelled":
         return "unlabelled"
+    if task in (None, "detect") and (boxes := detection_layout(root)) is not None:
+        return boxes
+    if task == "detect":
+        raise DataError(f"{root}: no annotations/train.json (COCO) or images/ + labels/ (YOLO); see docs/detection.md")
     if (root / "annotations").is_dir() and any((root / "annotations").glob("*_annotations.json")):
         return "json"
     splits = _split_dirs(root)
@@ -140,6 +146,7 @@ def load_dataset(
         "json": _read_json,
         "segmentation": _read_segmentation,
         "unlabelled": _read_unlabelled,
+        **dict.fromkeys(("coco", "yolo"), _read_boxes),
     }
     if layout not in readers:
         raise DataError(f"unknown layout {layout!r}; use one of: auto, {', '.join(readers)}")
@@ -358,3 +365,13 @@ def _read_unlabelled(root: Path) -> DatasetSpec:
     if not images:
         raise DataError(f"no images found under {root}")
     return DatasetSpec("unlabelled", "unlabelled", root, [], {"all": [Sample(p) for p in images]})
+
+
+def _read_boxes(root: Path) -> DatasetSpec:
+    """A detection dataset's images (task "detect"), for what needs only the files (`data stats`); boxes are
+    read by `dinotune.data.boxes.load_detection`."""
+    from dinotune.data.boxes import read_detection
+
+    boxes = read_detection(root)
+    splits = {name: [Sample(s.path) for s in samples] for name, samples in boxes.splits.items()}
+    return DatasetSpec("detect", boxes.layout, root, boxes.classes, splits)

@@ -1,0 +1,73 @@
+"""Where a detection dataset keeps its files: COCO-JSON or YOLO-txt, found from the folder alone.
+
+COCO:  annotations/{train,val,test}.json (or instances_train2017.json, ...) + images/[<split>/]<file_name>
+YOLO:  images/[<split>/]*.jpg|png + labels/[<split>/]*.txt (class cx cy w h, normalised) + data.yaml or
+       classes.txt naming the classes
+Kept free of the other data modules so `formats.detect_layout` can ask it without an import cycle.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from dinotune.data.decode import is_listed_image
+
+SPLIT_NAMES = {
+    "train": "train",
+    "training": "train",
+    "val": "val",
+    "valid": "val",
+    "validation": "val",
+    "test": "test",
+    "testing": "test",
+}
+_COCO_NAME = re.compile(r"^(?:instances_)?(?P<split>[a-z]+?)(?:\d{4})?$", re.IGNORECASE)
+
+
+def coco_files(root: Path) -> dict[str, Path]:
+    """The COCO annotation file of each split: annotations/train.json, instances_val2017.json, ..."""
+    folder = root / "annotations"
+    if not folder.is_dir():
+        return {}
+    found: dict[str, Path] = {}
+    for path in sorted(folder.glob("*.json")):
+        match = _COCO_NAME.match(path.stem)
+        split = SPLIT_NAMES.get(match["split"].lower()) if match else None
+        if split is not None and split not in found:
+            found[split] = path
+    return found
+
+
+def list_split_images(folder: Path) -> list[Path]:
+    """Images under `folder`, recursively and sorted, hidden files and folders skipped."""
+    return sorted(
+        p
+        for p in folder.rglob("*")
+        if p.is_file() and is_listed_image(p) and not any(part.startswith(".") for part in p.relative_to(folder).parts)
+    )
+
+
+def split_folders(folder: Path) -> dict[str, Path]:
+    """{split: subfolder} for train/val/test (and their aliases) inside `folder`; {"all": folder} if none."""
+    if not folder.is_dir():
+        return {}
+    subs = {
+        SPLIT_NAMES[d.name.lower()]: d for d in sorted(folder.iterdir()) if d.is_dir() and d.name.lower() in SPLIT_NAMES
+    }
+    return subs or {"all": folder}
+
+
+def is_yolo(root: Path) -> bool:
+    """images/ beside labels/ holding .txt files (the Ultralytics layout)."""
+    labels = root / "labels"
+    return (root / "images").is_dir() and labels.is_dir() and any(labels.rglob("*.txt"))
+
+
+def detection_layout(root: Path) -> str | None:
+    """ "coco" or "yolo" when `root` is laid out as a detection dataset, else None."""
+    if not root.is_dir():
+        return None
+    if coco_files(root):
+        return "coco"
+    return "yolo" if is_yolo(root) else None
