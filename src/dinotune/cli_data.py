@@ -19,7 +19,7 @@ data_app = CLI(
 @data_app.command("check")
 def check(
     path: Path = typer.Argument(..., metavar="PATH", help="Dataset folder or CSV file."),
-    task: str | None = typer.Option(None, help="classify, segment or unlabelled (default: from the layout)."),
+    task: str | None = typer.Option(None, help="classify, segment, detect or unlabelled (default: from the layout)."),
     as_json: bool = typer.Option(False, "--json", help="Print the full report as JSON."),
     num_classes: int | None = typer.Option(None, help="Segmentation: valid mask values are 0..N-1 (+255)."),
     class_map: Path | None = typer.Option(None, help="YAML/JSON class map (names, colours)."),
@@ -45,8 +45,8 @@ def check(
     """
     from dinotune.data.check import check_dataset
 
-    if task is not None and task not in ("classify", "segment", "unlabelled"):
-        raise DataError(f"--task must be classify, segment or unlabelled, got {task!r}")
+    if task is not None and task not in ("classify", "segment", "detect", "unlabelled"):
+        raise DataError(f"--task must be classify, segment, detect or unlabelled, got {task!r}")
     val_fraction = 0.1
     if config is not None:
         from dinotune.data.config import load_data_config

@@ -181,7 +181,7 @@ def test_yolo_problems_name_file_and_line(tmp_path):
         "label_without_image",
     }
     assert "labels/train/a.txt:2" in problems["malformed"].message
-    assert "labels/train/b.txt: object 1: class 5" in problems["unknown_category"].message
+    assert "labels/train/b.txt:1: class 5" in problems["unknown_category"].message
     assert (
         "images/train/e.png" in problems["no_label_file"].message and "background" in problems["no_label_file"].message
     )

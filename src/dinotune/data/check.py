@@ -226,6 +226,10 @@ def check_dataset(
         if class_map and not spec.classes:
             n_cls = len(load_class_map(class_map).names)
         _mask_checks(mask_of, results, n_cls, ignore_index, rep, add, rel)
+    if spec.task == "detect":
+        from dinotune.data.box_check import box_report
+
+        box_report(root, rep, add)
     return rep
 
 

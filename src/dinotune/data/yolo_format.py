@@ -53,14 +53,14 @@ def read_yolo(root: Path) -> tuple[list[str], list[int], dict[str, list[BoxSampl
     names = yolo_names(root)
     problems: list[BoxProblem] = []
     images_root, labels_root = root / "images", root / "labels"
-    parsed: dict[str, list[tuple[Path, Path, list[tuple[int, list[float]]]]]] = {}
+    parsed: dict[str, list[tuple[Path, Path, list[tuple[int, list[float], int]]]]] = {}
     top = -1
     for split, folder in split_folders(images_root).items():
         entries = []
         for image in list_split_images(folder):
             label = labels_root / image.relative_to(images_root).with_suffix(".txt")
             objects = _read_label(label, image, root, problems)
-            top = max([top, *(c for c, _ in objects)])
+            top = max([top, *(c for c, _, _ in objects)])
             entries.append((image, label, objects))
         parsed[split] = entries
     _orphan_labels(root, {lab for entries in parsed.values() for _, lab, _ in entries}, problems)
@@ -86,8 +86,8 @@ def _rel(path: Path, root: Path) -> str:
     return path.relative_to(root).as_posix() if path.is_relative_to(root) else str(path)
 
 
-def _read_label(label: Path, image: Path, root: Path, problems: list[BoxProblem]) -> list[tuple[int, list[float]]]:
-    """(class, normalised cx cy w h) per object; malformed lines recorded by line number and skipped."""
+def _read_label(label: Path, image: Path, root: Path, problems: list[BoxProblem]) -> list[tuple[int, list[float], int]]:
+    """(class, normalised cx cy w h, line number) per object; malformed lines recorded and skipped."""
     if not label.is_file():
         problems.append(
             BoxProblem(
@@ -104,7 +104,7 @@ def _read_label(label: Path, image: Path, root: Path, problems: list[BoxProblem]
         if isinstance(parsed, str):
             problems.append(BoxProblem("error", "malformed", f"{_rel(label, root)}:{n}: {parsed}", label))
         elif parsed is not None:
-            objects.append(parsed)
+            objects.append((*parsed, n))
     return objects
 
 
@@ -152,7 +152,7 @@ def _orphan_labels(root: Path, used: set[Path], problems: list[BoxProblem]) -> N
 def _to_sample(
     image: Path,
     label: Path,
-    objects: list[tuple[int, list[float]]],
+    objects: list[tuple[int, list[float], int]],
     image_id: int,
     names: list[str],
     root: Path,
@@ -166,8 +166,8 @@ def _to_sample(
         return None
     width, height = info.width, info.height
     boxes, labels = [], []
-    for n, (cls, (cx, cy, w, h)) in enumerate(objects, start=1):
-        where = f"{_rel(label, root)}: object {n}"
+    for cls, (cx, cy, w, h), line in objects:
+        where = f"{_rel(label, root)}:{line}"
         if cls >= len(names):
             problems.append(_unknown_class(where, cls, names, label))
             continue
@@ -182,7 +182,10 @@ def _to_sample(
             shown = [round(v, 1) for v in box]
             problems.append(
                 BoxProblem(
-                    "warning", "box_out_of_bounds", f"{where}: box sticks out of the image; clipped to {shown}", label
+                    "warning",
+                    "box_out_of_bounds",
+                    f"{where}: box sticks out of the {width}x{height} image; clipped to {shown}",
+                    label,
                 )
             )
         boxes.append(box)
