@@ -219,17 +219,13 @@ def check_dataset(
         problems += channel_problems({r.path: r.shape[2] for r in good}, channels, base)
     for p in problems:
         add("error", p.code, p.message, p.files)
-    if spec.task == "classify":
+    if spec.task in ("classify", "detect"):
         _class_stats(spec, rep, add, min_per_class, max_imbalance)
     if spec.task == "segment":
         n_cls = len(spec.classes) if spec.classes else num_classes
         if class_map and not spec.classes:
             n_cls = len(load_class_map(class_map).names)
         _mask_checks(mask_of, results, n_cls, ignore_index, rep, add, rel)
-    if spec.task == "detect":
-        from dinotune.data.box_check import box_report
-
-        box_report(root, rep, add)
     return rep
 
 
@@ -335,6 +331,10 @@ def _value_ranges(good: list[_FileResult], add: Any) -> None:
 
 
 def _class_stats(spec: DatasetSpec, rep: CheckReport, add: Any, min_per_class: int, max_imbalance: float) -> None:
+    if spec.task == "detect":  # boxes per class, and every annotation problem: dinotune.data.box_check
+        from dinotune.data.box_check import box_report
+
+        return box_report(spec.root, rep, add)
     counts: dict[str, dict[str, int]] = {c: {} for c in spec.classes}
     for split, samples in spec.splits.items():
         for s in samples:
