@@ -4,7 +4,7 @@ torchmetrics' `MeanAveragePrecision` hands this work to the same backends (pycoc
 but converts boxes with `torchvision.ops`, and torchvision is not a dependency here (its builds are tied to
 one torch build). So predictions and targets go to the backend directly, as COCO dicts in memory.
 faster-coco-eval gives pycocotools' figures to the last bit (its precision/recall arrays included) with the
-per-image matching in C++: 5-7x faster on 1000 images (benchmarks/detection_metric.py), the difference
+per-image matching in C++: 5.8-7.5x faster on 1000 images (benchmarks/detection_metric.py), the difference
 between a validation epoch that waits on its metric and one that does not. tests/metrics/test_detection.py
 checks a hand-computed case and the official pycocotools file workflow (`COCO.loadRes`) on the same data.
 
