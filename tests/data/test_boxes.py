@@ -48,6 +48,8 @@ def test_coco_and_yolo_of_one_dataset_read_to_the_same_boxes(tmp_path):
     assert len(set(ids)) == len(ids)
     as_images = load_dataset(coco)  # what needs only the files (data stats) sees the same images
     assert as_images.task == "detect" and as_images.layout == "coco" and len(as_images.splits["train"]) == 6
+    with pytest.raises(DataError, match=r"laid out as 'yolo' \(detect data\), but task='classify'"):
+        load_dataset(yolo, task="classify")
 
 
 def test_missing_val_is_cut_from_train_by_seed(tmp_path):

@@ -91,7 +91,7 @@ def detect_layout(path: Path | str, task: str | None = None) -> str:
         raise DataError(f"{root} is a file; pass a dataset folder or a CSV file")
     if task == "unlabelled":
         return "unlabelled"
-    if task in (None, "detect") and (boxes := detection_layout(root)) is not None:
+    if (boxes := detection_layout(root)) is not None:  # asked for another task: load_dataset says it is boxes
         return boxes
     if task == "detect":
         raise DataError(f"{root}: no annotations/train.json (COCO) or images/ + labels/ (YOLO); see docs/detection.md")
