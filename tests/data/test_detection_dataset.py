@@ -85,3 +85,18 @@ def test_dataset_and_collate_batch_any_image_format(tmp_path, shapes_coco):
     np.testing.assert_allclose(batch["boxes"][3].numpy(), [[4 * 4 / 3, 8 * 4 / 3, 20 * 4 / 3, 24 * 4 / 3]], atol=1e-3)
     grey_image = batch["image"][3]
     assert torch.equal(grey_image[0] * STD[0] + MEAN[0] > 0.5, grey_image[2] * STD[2] + MEAN[2] > 0.5)  # grey -> RGB
+
+
+def test_each_dataloader_worker_augments_from_its_own_seed(monkeypatch):
+    """Workers hold copies of one transform: reseeded from the worker seed, they differ from each other and
+    from epoch to epoch, and the same worker seed gives the same augmentations (a resumed run repeats them)."""
+    box = (30, 20, 60, 44)
+    image = _red_square_image(80, 100, box)
+
+    def outputs(worker_seed: int) -> list[float]:
+        transform = detection_transform(True, 64, MEAN, STD, seed=0)  # what each worker receives
+        info = type("Info", (), {"seed": worker_seed, "id": 0})()
+        monkeypatch.setattr(torch.utils.data, "get_worker_info", lambda: info)
+        return [transform(image, np.asarray([box], np.float32), np.asarray([1]))["scale"] for _ in range(6)]
+
+    assert outputs(11) == outputs(11) and outputs(11) != outputs(12)

@@ -24,6 +24,7 @@ from dinotune.data.box_records import BoxSample
 from dinotune.data.coco import write_coco_results
 from dinotune.data.decode import read_image
 from dinotune.data.detection_dataset import DetectionDataset, collate_detection
+from dinotune.errors import DataError
 from dinotune.evaluation.detect_report import write_detection_report
 from dinotune.metrics.detection import detection_metrics
 from dinotune.report.boxes import draw_boxes
@@ -165,6 +166,8 @@ def evaluate_detections(
     predictions.json (COCO results: the samples' image ids, `category_ids` or 1..K), drawings/ and report.html."""
     out = Path(out)
     samples: list[BoxSample] = list(dataset.samples)
+    if not samples:
+        raise DataError("the split to evaluate has no images; pass a split that has some (--split)")
     predictions = predict_dataset(predict_fn, dataset, batch_size)
     targets = [{"boxes": s.boxes, "labels": s.labels} for s in samples]
     metrics: dict[str, Any] = detection_metrics(predictions, targets, classes)
