@@ -247,3 +247,10 @@ def test_user_errors_are_one_line_in_the_users_words(tmp_path: Path, args: list[
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert result.returncode == 2 and len(lines) == 1 and expected in lines[0], result.stderr
     assert "fmt=" not in lines[0] and "None" not in lines[0]
+
+
+def test_ctrl_c_on_serve_says_the_server_stopped_not_that_outputs_were_discarded() -> None:
+    from dinotune.cli_run import interrupted_message
+
+    assert interrupted_message(["--verbose", "serve", "runs/x"]).startswith("stopped: the server has shut down")
+    assert "half-written" in interrupted_message(["predict", "runs/x", "img.png"])

@@ -37,6 +37,8 @@ def interrupted_message(argv: list[str]) -> str:
     if command in CACHED:
         again = shlex.join(["dinotune", *words])
         return f"interrupted: the features extracted so far are cached; continue from them with:\n  {again}"
+    if command == "serve":
+        return "stopped: the server has shut down (it writes nothing but its logs)."
     return "interrupted: nothing half-written was kept (outputs are written whole or not at all)."
 
 
