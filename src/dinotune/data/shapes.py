@@ -14,6 +14,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
+from dinotune.data.bundled import _atomic_build
+
 SHAPE_CLASSES = ("square", "disc", "triangle")
 _COLOURS = {"square": (220, 60, 50), "disc": (60, 200, 80), "triangle": (70, 90, 230)}
 
@@ -88,10 +90,21 @@ def make_shapes_dataset(
     classes: tuple[str, ...] = SHAPE_CLASSES,
 ) -> Path:
     """Write the shapes dataset under `root` in `layout` ("coco" or "yolo"); a split of 0 images is not
-    written (no val: training cuts one from train). COCO category ids start at 1, image ids run over all splits."""
+    written (no val: training cuts one from train). COCO category ids start at 1, image ids run over all splits.
+    Built in a temporary sibling and renamed into place, as the bundled datasets are: calling again with the same
+    arguments is a no-op, and a folder dinotune did not write is never overwritten."""
     if layout not in ("coco", "yolo"):
         raise ValueError(f"layout must be 'coco' or 'yolo', got {layout!r}")
-    root = Path(root)
+    params = {"name": "shapes", "splits": [n_train, n_val, n_test], "layout": layout, "size": size, "seed": seed}
+    params["classes"] = list(classes)
+    return _atomic_build(
+        Path(root), params, lambda tmp: _build(tmp, n_train, n_val, n_test, layout, size, seed, classes)
+    )
+
+
+def _build(
+    root: Path, n_train: int, n_val: int, n_test: int, layout: str, size: int, seed: int, classes: tuple[str, ...]
+) -> None:
     rng = np.random.default_rng(seed)
     image_id = 0
     for split, n in (("train", n_train), ("val", n_val), ("test", n_test)):
@@ -110,7 +123,6 @@ def make_shapes_dataset(
         _write_split(root, split, layout, images, annotations, size, classes)
     if layout == "yolo":
         (root / "data.yaml").write_text("names:\n" + "".join(f"  - {c}\n" for c in classes), encoding="utf-8")
-    return root
 
 
 def _write_split(
