@@ -205,3 +205,25 @@ def test_yolo_without_names_and_task_detect_on_other_data(tmp_path):
         detect_layout(tmp_path / "plain", task="detect")
     with pytest.raises(DataError, match="not a detection dataset"):
         load_detection(tmp_path / "plain")
+
+
+def test_roboflow_exports_read_like_the_standard_layouts(tmp_path):
+    """Roboflow writes <split>/_annotations.coco.json beside the images, and <split>/images + <split>/labels."""
+    import shutil
+
+    standard = {lay: make_shapes_dataset(tmp_path / lay, 4, 2, 0, layout=lay, seed=5) for lay in ("coco", "yolo")}
+    coco, yolo = tmp_path / "rf_coco", tmp_path / "rf_yolo"
+    for split, folder in (("train", "train"), ("val", "valid")):
+        shutil.copytree(standard["coco"] / "images" / split, coco / folder)
+        shutil.copy(standard["coco"] / "annotations" / f"{split}.json", coco / folder / "_annotations.coco.json")
+        shutil.copytree(standard["yolo"] / "images" / split, yolo / folder / "images")
+        shutil.copytree(standard["yolo"] / "labels" / split, yolo / folder / "labels")
+    shutil.copy(standard["yolo"] / "data.yaml", yolo / "data.yaml")
+    for layout, root in (("coco", coco), ("yolo", yolo)):
+        assert detect_layout(root) == layout
+        ours, theirs = load_detection(root), load_detection(standard[layout])
+        assert ours.classes == theirs.classes and ours.problems == [] and set(ours.splits) == {"train", "val"}
+        for split in ("train", "val"):
+            for a, b in zip(ours.splits[split], theirs.splits[split], strict=True):
+                assert a.path.name == b.path.name and a.path != b.path
+                np.testing.assert_array_equal(a.boxes, b.boxes)

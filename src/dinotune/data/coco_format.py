@@ -187,9 +187,10 @@ def _finite(value: Any) -> bool:
 
 
 def _image_folders(root: Path, split: str, path: Path) -> list[Path]:
-    """Where `file_name`s are looked up, first first: images/<split>/, images/<file stem>/ (train2017), images/, ..."""
+    """Where `file_name`s are looked up, first first: images/<split>/, images/<file stem>/ (train2017), images/,
+    the annotation file's folder (Roboflow), <split>/, the root."""
     stem = path.stem.removeprefix("instances_")
-    folders = [root / "images" / split, root / "images" / stem, root / "images", root / split, root]
+    folders = [root / "images" / split, root / "images" / stem, root / "images", path.parent, root / split, root]
     return list(dict.fromkeys(folders))
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from dinotune.data.box_layouts import list_split_images, split_folders
+from dinotune.data.box_layouts import list_split_images, yolo_folders
 from dinotune.data.box_records import BoxProblem, BoxSample, clip_box, empty_boxes
 from dinotune.data.decode import image_info
 from dinotune.errors import DataError
@@ -52,18 +52,19 @@ def read_yolo(root: Path) -> tuple[list[str], list[int], dict[str, list[BoxSampl
     """Classes, their YOLO numbers (0..K-1), the samples of each split and the problems found."""
     names = yolo_names(root)
     problems: list[BoxProblem] = []
-    images_root, labels_root = root / "images", root / "labels"
     parsed: dict[str, list[tuple[Path, Path, list[tuple[int, list[float], int]]]]] = {}
     top = -1
-    for split, folder in split_folders(images_root).items():
+    folders = yolo_folders(root)
+    for split, (images, labels) in folders.items():
         entries = []
-        for image in list_split_images(folder):
-            label = labels_root / image.relative_to(images_root).with_suffix(".txt")
+        for image in list_split_images(images):
+            label = labels / image.relative_to(images).with_suffix(".txt")
             objects = _read_label(label, image, root, problems)
             top = max([top, *(c for c, _, _ in objects)])
             entries.append((image, label, objects))
         parsed[split] = entries
-    _orphan_labels(root, {lab for entries in parsed.values() for _, lab, _ in entries}, problems)
+    used = {lab for entries in parsed.values() for _, lab, _ in entries}
+    _orphan_labels(root, [labels for _, labels in folders.values()], used, problems)
     if names is None:
         names = [str(i) for i in range(top + 1)]
         problems.append(
@@ -135,15 +136,14 @@ def _parse_line(line: str) -> tuple[int, list[float]] | str | None:
     return int(values[0]), coords
 
 
-def _orphan_labels(root: Path, used: set[Path], problems: list[BoxProblem]) -> None:
-    labels_root = root / "labels"
-    for label in sorted(labels_root.rglob("*.txt")) if labels_root.is_dir() else []:
+def _orphan_labels(root: Path, folders: list[Path], used: set[Path], problems: list[BoxProblem]) -> None:
+    for label in sorted({p for folder in folders if folder.is_dir() for p in folder.rglob("*.txt")}):
         if label not in used and not label.name.startswith("."):
             problems.append(
                 BoxProblem(
                     "warning",
                     "label_without_image",
-                    f"{_rel(label, root)} has no image in images/; it is not used (add the image or delete it)",
+                    f"{_rel(label, root)} has no image of the same name; it is not used (add the image or delete it)",
                     label,
                 )
             )
