@@ -34,17 +34,31 @@ def test_broken_coco_annotations_are_listed_one_line_each(tmp_path):
     coco["images"].append({"id": 500, "file_name": "gone.png", "width": 96, "height": 96})
     coco["annotations"] = [a for a in coco["annotations"] if a["image_id"] != 6]  # train_0005.png: background
     path.write_text(json.dumps(coco))
+    (root / "images" / "train" / "train_0007.png").rename(root / "images" / "train" / "extra.png")
     report = check_dataset(root)
     codes = {i.code: i for i in report.issues}
     assert {i.code for i in report.errors} == {"unknown_category", "unknown_image", "missing_image"}
-    assert {i.code for i in report.warnings} == {"box_out_of_bounds", "empty_box", "background_images"}
+    assert {i.code for i in report.warnings} == {
+        "box_out_of_bounds",
+        "empty_box",
+        "background_images",
+        "unlisted_image",
+    }
+    assert codes["unlisted_image"].message == "images/train/extra.png is not listed in train.json; it is not used " + (
+        "(annotate it, or move it out)"
+    )
     assert "annotation 3: category_id 9" in codes["unknown_category"].message
-    assert "image 500 'gone.png'" in codes["missing_image"].message
-    assert codes["missing_image"].files == ["annotations/train.json"]
+    missing = [i.message for i in report.errors if i.code == "missing_image"]
+    assert sorted(missing) == [
+        "train.json: image 500 'gone.png' is not in images/train/; add the file or delete its entry",
+        "train.json: image 8 'train_0007.png' is not in images/train/; add the file or delete its entry",
+    ]
     assert "clipped to [90.0, 90.0, 96.0, 96.0]" in codes["box_out_of_bounds"].message
-    assert codes["background_images"].files == ["images/train/train_0005.png"] and report.n_images == 8
+    assert (
+        codes["background_images"].files == ["images/train/train_0005.png"] and report.n_images == 7
+    )  # listed, on disk
     res = runner.invoke(data_app, ["check", str(root), "--task", "detect"])
-    assert res.exit_code == 1 and "Result: 3 error(s), 3 warning(s)" in res.output
+    assert res.exit_code == 1 and "Result: 4 error(s), 4 warning(s)" in res.output
     assert "[unknown_image] train.json: annotation 4: image_id 999 is not in 'images'" in res.output
 
 

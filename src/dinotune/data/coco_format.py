@@ -18,6 +18,7 @@ import numpy as np
 
 from dinotune.data.box_layouts import coco_files
 from dinotune.data.box_records import BoxProblem, BoxSample, clip_box, empty_boxes
+from dinotune.data.decode import is_listed_image
 from dinotune.errors import DataError
 
 
@@ -98,7 +99,8 @@ def _read_split(
                 BoxProblem(
                     "error",
                     "missing_image",
-                    f"{path.name}: image {image_id} {img['file_name']!r} is not in {folders[0]}; "
+                    f"{path.name}: image {image_id} {img['file_name']!r} is not in "
+                    f"{folders[0].relative_to(root).as_posix()}/; "
                     "add the file or delete its entry",
                     path,
                 )
@@ -109,7 +111,25 @@ def _read_split(
             b = np.asarray([bx for bx, _ in boxes[image_id]], np.float32)
             lab = np.asarray([c for _, c in boxes[image_id]], np.int64)
         samples.append(BoxSample(file, b, lab, image_id, int(img.get("width") or 0), int(img.get("height") or 0)))
+    _unlisted(root, path, samples, problems)
     return samples
+
+
+def _unlisted(root: Path, path: Path, samples: list[BoxSample], problems: list[BoxProblem]) -> None:
+    """Images beside the listed ones that the annotation file does not list (a forgotten export): not used."""
+    listed = {s.path for s in samples}
+    for folder in sorted({s.path.parent for s in samples} - {root}):  # the root itself holds other things too
+        for image in sorted(p for p in folder.iterdir() if p.is_file() and is_listed_image(p) and p not in listed):
+            if not image.name.startswith("."):
+                where = image.relative_to(root).as_posix() if image.is_relative_to(root) else str(image)
+                problems.append(
+                    BoxProblem(
+                        "warning",
+                        "unlisted_image",
+                        f"{where} is not listed in {path.name}; it is not used (annotate it, or move it out)",
+                        image,
+                    )
+                )
 
 
 def _images(path: Path, entries: list[Any], problems: list[BoxProblem]) -> dict[int, dict[str, Any]]:
