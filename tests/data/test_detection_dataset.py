@@ -100,3 +100,21 @@ def test_each_dataloader_worker_augments_from_its_own_seed(monkeypatch):
         return [transform(image, np.asarray([box], np.float32), np.asarray([1]))["scale"] for _ in range(6)]
 
     assert outputs(11) == outputs(11) and outputs(11) != outputs(12)
+
+
+def test_seeding_per_item_repeats_the_augmentations_whatever_the_worker(monkeypatch):
+    """`set_random_seed` (the training loader's per-item seed) fixes scale jitter, crop, flip and colour together,
+    and a worker does not replace it with its worker seed: a resumed run sees the same items."""
+    box = (30, 20, 60, 44)
+    image = _red_square_image(80, 100, box)
+
+    def item(seed: int, worker_seed: int | None) -> dict:
+        transform = detection_transform(True, 64, MEAN, STD, seed=0)
+        info = None if worker_seed is None else type("Info", (), {"seed": worker_seed, "id": 0})()
+        monkeypatch.setattr(torch.utils.data, "get_worker_info", lambda: info)
+        transform.set_random_seed(seed)
+        return transform(image, np.asarray([box], np.float32), np.asarray([1]))
+
+    a, b, other = item(5, None), item(5, 123), item(6, None)
+    assert a["scale"] == b["scale"] and torch.equal(a["image"], b["image"]) and torch.equal(a["boxes"], b["boxes"])
+    assert a["scale"] != other["scale"]

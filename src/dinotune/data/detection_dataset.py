@@ -43,6 +43,7 @@ class DetectionTransform:
         self.scale_range, self.seed = scale_range, seed
         self.rng = np.random.default_rng(seed)
         self._worker_seed: int | None = None
+        self._seeded = False  # set_random_seed was called: the caller seeds every item, workers do not reseed
         bbox = A.BboxParams(
             format="pascal_voc", label_fields=["labels"], min_visibility=min_visibility if train else 0.0, clip=True
         )
@@ -68,8 +69,16 @@ class DetectionTransform:
             self.rng = np.random.default_rng(info.seed)
             self.pipeline.set_random_seed(info.seed % 2**32)
 
+    def set_random_seed(self, seed: int) -> None:
+        """Seed the scale jitter and the albumentations pipeline together. The training loader calls this before
+        each item with a (seed, epoch, index) seed, so a resumed run draws the augmentations the uninterrupted one
+        drew; from the first call on, DataLoader workers no longer reseed from their worker seed."""
+        self.rng = np.random.default_rng(seed)
+        self.pipeline.set_random_seed(seed)
+        self._seeded = True
+
     def __call__(self, image: np.ndarray, boxes: np.ndarray, labels: np.ndarray) -> dict[str, Any]:
-        if self.train:
+        if self.train and not self._seeded:
             self._reseed_in_worker()
         h, w = image.shape[:2]
         scale = self.image_size / max(h, w)
