@@ -122,6 +122,13 @@ def test_coco_errors_name_the_annotation_and_stop_loading(tmp_path, ann, code, w
     assert all(w in str(err.value) for w in words), str(err.value)
 
 
+def test_coco_one_file_under_two_ids_is_an_error(tmp_path):
+    images = [{"id": 1, "file_name": "a.png"}, {"id": 2, "file_name": "a.png"}]
+    root = _coco(tmp_path / "c", images, [_ann(1, 1, 3, [1, 1, 5, 5]), _ann(2, 2, 7, [9, 9, 5, 5])])
+    (problem,) = read_detection(root).problems
+    assert problem.code == "duplicate_file" and "'a.png' is listed as image 1 and image 2" in problem.message
+
+
 def test_coco_missing_image_and_bad_files(tmp_path):
     root = _coco(tmp_path / "c", [{"id": 1, "file_name": "a.png"}], [])
     (root / "images" / "train" / "a.png").unlink()

@@ -152,7 +152,19 @@ def _images(path: Path, entries: list[Any], problems: list[BoxProblem]) -> dict[
             )
         else:
             images[img["id"]] = img
+    _duplicate_files(path, images, problems)
     return images
+
+
+def _duplicate_files(path: Path, images: dict[int, dict[str, Any]], problems: list[BoxProblem]) -> None:
+    """One file listed under two ids: its boxes are split between two samples, each of which misses the other's."""
+    first: dict[str, int] = {}
+    for image_id, img in images.items():
+        name = str(img["file_name"])
+        if name in first:
+            message = f"{path.name}: {name!r} is listed as image {first[name]} and image {image_id}; merge the entries"
+            problems.append(BoxProblem("error", "duplicate_file", message, path))
+        first.setdefault(name, image_id)
 
 
 def _annotation(
