@@ -179,6 +179,7 @@ def predict(
     ),
     tile_stride: int = typer.Option(None, help="Step between tiles in pixels (default: --tile, no overlap)."),
     embeddings: bool = typer.Option(False, help="With --tile: also write each tile's embedding to the CSV."),
+    depth_format: str = typer.Option("png", help="Depth model: png (16-bit, JSON sidecar scale) or tiff (float32 m)."),
 ) -> None:
     """Classify images with a run, model or export folder (a segmenter writes masks and overlays:
     index PNGs, or GeoTIFFs with the input's CRS and transform for a georeferenced TIFF).
@@ -199,6 +200,7 @@ def predict(
         tile=tile,
         tile_stride=tile_stride,
         embeddings=embeddings,
+        depth_format=depth_format,
     )
     for p in predictions:
         others = ", ".join(f"{label} {prob:.3f}" for label, prob in p.top[1:])
@@ -206,6 +208,8 @@ def predict(
     if "masks" in result.metrics:
         overlays = " and overlays" if (result.run_dir / "overlays").is_dir() else ""
         typer.echo(f"wrote {result.metrics['masks']} masks{overlays} to {result.run_dir}")
+    elif "depth_maps" in result.metrics:
+        typer.echo(f"wrote {result.metrics['depth_maps']} depth maps and previews to {result.run_dir}")
     elif "tiles" in result.metrics:
         typer.echo(f"wrote {result.metrics['tiles']} tiles of {result.metrics['scenes']} image(s) to {result.run_dir}")
     elif out:
@@ -275,9 +279,8 @@ def evaluate(
     from dinotune.model import read_card
     from dinotune.verbs.evaluate import run_evaluate
 
-    options = {"robustness": robustness, "ood_data": ood_data, "epsilon": epsilon}
-    if read_card(run).task == "segment":
-        options = {}
+    dense = read_card(run).task in ("segment", "depth")  # their evaluations take no classification options
+    options = {} if dense else {"robustness": robustness, "ood_data": ood_data, "epsilon": epsilon}
     result = run_evaluate(run, data or None, split=split, out=out, overwrite=overwrite, **options)
     summary = result.metrics.get("summary", {})
     figures = ", ".join(f"{k} {v:.4f}" for k, v in summary.items() if isinstance(v, float))

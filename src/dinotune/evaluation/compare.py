@@ -27,20 +27,24 @@ COLUMNS = {
     "backbone": "Backbone",
     "metric": "Main metric",
     "value": "Value",
+    "better": "Better",
     "accuracy": "Accuracy",
     "balanced_accuracy": "Balanced acc.",
     "f1_macro": "Macro F1",
     "auroc": "AUROC",
     "map": "mAP",
     "miou": "mIoU",
+    "absrel": "AbsRel",
+    "delta1": "δ<1.25",
     "ece": "ECE",
     "train_seconds": "Training time (s)",
     "trainable": "Trainable params",
     "total": "Total params",
     "model_mb": "Model size (MB)",
 }
-METRICS = ("accuracy", "balanced_accuracy", "f1_macro", "auroc", "map", "miou", "ece")
-MAIN_METRIC = {"classify": "accuracy", "multilabel": "map", "segment": "miou"}
+METRICS = ("accuracy", "balanced_accuracy", "f1_macro", "auroc", "map", "miou", "ece", "absrel", "delta1")
+MAIN_METRIC = {"classify": "accuracy", "multilabel": "map", "segment": "miou", "depth": "absrel"}
+LOWER_IS_BETTER = {"ece", "absrel"}  # the main metrics and columns where a smaller value wins
 
 
 def _json(path: Path) -> dict[str, Any]:
@@ -96,6 +100,8 @@ def read_run(run: str | Path) -> dict[str, Any]:
             row[key] = float(found[key])
     row["metric"] = MAIN_METRIC.get(row["task"] or "")
     row["value"] = row.get(row["metric"]) if row["metric"] else None
+    if row["metric"] in LOWER_IS_BETTER:  # said only where it is not the usual "higher"
+        row["better"] = "lower"
     seconds = next((trained[k] for k in ("train_seconds", "seconds") if isinstance(trained.get(k), (int, float))), None)
     row["train_seconds"] = float(seconds) if seconds is not None else None
     params = trained.get("parameters", {})

@@ -33,6 +33,7 @@ from dinotune.features.engines import quiet_exporter
 from dinotune.features.extract import compute_features
 from dinotune.heads.linear import build_input, parse_feature_choice
 from dinotune.model import Classifier, ModelCard, Segmenter, load_model, onnx_session, read_card
+from dinotune.model.depther import DepthModel
 from dinotune.model.onnx import INPUT_NAME
 from dinotune.run_folder import recorded_data_root, staged_output
 
@@ -57,7 +58,7 @@ class ExportModule(nn.Module):
     @property
     def output_names(self) -> list[str]:
         if self.segment:
-            return ["logits"]
+            return ["depth"] if isinstance(self.model, DepthModel) else ["logits"]
         return ["embedding", "patch_mean"] if self.backbone_only else ["logits", "embedding"]
 
     def forward(self, images: Tensor) -> tuple[Tensor, ...]:
@@ -292,12 +293,14 @@ def _other_sizes(module: ExportModule, session, channels: int, size: int, multip
 
 def _parity(module: ExportModule, session, cases: dict[str, Tensor]) -> dict[str, Any]:
     """Max abs difference of every output; for a segmenter also the share of pixels with the same class."""
-    per_case, same, pixels = {}, 0, 0
+    per_case, same, pixels, relative = {}, 0, 0, 0.0
     for name, x in cases.items():
         with torch.no_grad():
             expected = [t.numpy() for t in module(x)]
         got = run_session(session, x)
         per_case[name] = max(float(np.abs(e - g).max()) for e, g in zip(expected, got, strict=True))
+        if module.output_names == ["depth"]:  # metres: the error relative to the depth itself
+            relative = max(relative, float((np.abs(expected[0] - got[0]) / np.abs(expected[0]).clip(1e-6)).max()))
         if module.segment:
             agree = expected[0].argmax(1) == got[0].argmax(1)
             same, pixels = same + int(agree.sum()), pixels + int(agree.size)
@@ -305,7 +308,9 @@ def _parity(module: ExportModule, session, cases: dict[str, Tensor]) -> dict[str
     if worst > PARITY_GOAL:
         log.warning("ONNX Runtime differs from PyTorch by up to %.2e (goal %.0e)", worst, PARITY_GOAL)
     result = {"max_abs_diff": worst, "goal": PARITY_GOAL, "within_goal": worst <= PARITY_GOAL, "cases": per_case}
-    if module.segment:
+    if module.output_names == ["depth"]:
+        result["max_rel_diff"] = relative
+    elif module.segment:
         result["pixel_agreement"] = same / max(1, pixels)
     return result
 

@@ -64,7 +64,7 @@ def input_spec(card: ModelCard, outputs: list[str], multiple: int, other_sizes: 
             "rules": INTENSITY_RULES,
             "scaling": prep.scaling,
         },
-        "resize": _segment_resize(card) if card.task == "segment" else _resize(prep.resize, prep.image_size, multiple),
+        "resize": _segment_resize(card) if card.task in DENSE else _resize(prep.resize, prep.image_size, multiple),
         "normalize": {
             "formula": "(x - mean) / std per channel, after resizing",
             "mean": [round(float(v), 6) for v in mean],
@@ -122,14 +122,17 @@ def _segment_resize(card: ModelCard) -> dict[str, Any]:
     }
 
 
+DENSE = ("segment", "depth")  # tasks predicted at the image's own size
+
+
 def _size_rule(task: str, multiple: int, other_sizes: str) -> dict[str, Any]:
-    if task == "segment":
+    if task in DENSE:
         how = "padded with zeros (after normalising) at the bottom and right, logits cropped back"
     elif other_sizes == "refused":
         how = "refused (the PyTorch model refuses them, and so do dinotune's ONNX runners)"
     else:
         how = "run as PyTorch runs them (feature maps floored), checked against PyTorch at export"
-    return {"multiple": multiple, "other_sizes": "padded" if task == "segment" else other_sizes, "how": how}
+    return {"multiple": multiple, "other_sizes": "padded" if task in DENSE else other_sizes, "how": how}
 
 
 def _outputs(card: ModelCard, outputs: list[str]) -> dict[str, str]:
@@ -139,6 +142,7 @@ def _outputs(card: ModelCard, outputs: list[str]) -> dict[str, str]:
             "multilabel": f"(N, {len(card.classes)}) label scores; probabilities = sigmoid of each",
             "segment": f"(N, {len(card.classes)}, H, W) class scores per pixel; softmax over classes",
         }.get(card.task, ""),
+        "depth": "(N, 1, H, W) depth in metres per pixel; windows / views are averaged (no softmax)",
         "embedding": "(N, D) the backbone's normed class token (the drift monitor's input)",
         "patch_mean": "(N, D) the mean of the normed patch tokens",
     }

@@ -19,8 +19,8 @@ from dinotune.features.hashes import file_hash
 
 FORMAT = "dinotune-model/1"
 CARD_FILE = "model.json"
-Task = Literal["classify", "multilabel", "segment", "embed"]
-TASKS: tuple[str, ...] = ("classify", "multilabel", "segment", "embed")
+Task = Literal["classify", "multilabel", "segment", "embed", "depth"]
+TASKS: tuple[str, ...] = ("classify", "multilabel", "segment", "embed", "depth")
 
 
 @dataclass

@@ -99,6 +99,8 @@ def load_model(folder: str | Path, device: str | torch.device | None = None) -> 
         raise CheckpointError(f"'{folder}' has {CARD_FILE} but no head file {head_path.name}.")
     if card.task == "segment":
         model: Model = _segmenter(backbone, head_path, card)
+    elif card.task == "depth":
+        model = _load_head(_depth_model(backbone, card), head_path)
     else:
         model = Classifier(backbone, _linear_head(head_path))
     _check_head(model.head, card, head_path)
@@ -126,6 +128,28 @@ def _segmenter(backbone: Backbone, path: Path, card: ModelCard) -> Segmenter:
     except (RuntimeError, SafetensorError) as err:
         raise CheckpointError(f"{path} does not match the head in {CARD_FILE}: {str(err).splitlines()[0]}") from None
     return model
+
+
+def _load_head(model: Segmenter, path: Path) -> Segmenter:
+    try:
+        model.head.load_state_dict(load_file(str(path)))
+    except (RuntimeError, SafetensorError) as err:
+        raise CheckpointError(f"{path} does not match the head in {CARD_FILE}: {str(err).splitlines()[0]}") from None
+    return model
+
+
+def _depth_model(backbone: Backbone, card: ModelCard) -> Segmenter:
+    """A `DepthModel` from the card: head config, layers and depth range are stored there."""
+    from dinotune.heads.depth import DepthHeadConfig, build_depth_head
+    from dinotune.model.depther import DepthModel, grid_info
+
+    layers, depth = card.head.get("layers"), card.head.get("depth", {})
+    if not isinstance(layers, list) or "max_depth" not in depth:
+        raise CheckpointError(f"{card.head.get('file')}: the card's depth head has no 'layers' list or depth range.")
+    cfg = DepthHeadConfig(**card.head.get("config", {}))
+    dims, same_grid = grid_info(backbone, layers)
+    head = build_depth_head(cfg, dims, float(depth["min_depth"]), float(depth["max_depth"]), same_grid)
+    return DepthModel(backbone, head, layers)
 
 
 def _mask_segmenter(backbone: Backbone, head_cfg: HeadConfig, card: ModelCard) -> Segmenter:

@@ -110,7 +110,8 @@ class OnnxClassifier(_OnnxModel):
 
 
 class OnnxSegmenter(_OnnxModel):
-    """images (any H/W) -> logits (B, K, H, W), padded and cropped exactly as `Segmenter` does."""
+    """images (any H/W) -> logits (B, K, H, W), padded and cropped exactly as `Segmenter` does; for a depth
+    export the one output channel is depth in metres (as `DepthModel` gives)."""
 
     @property
     def num_classes(self) -> int:
@@ -127,7 +128,7 @@ class OnnxSegmenter(_OnnxModel):
         pad_h, pad_w = (-h) % self.input_multiple, (-w) % self.input_multiple
         if pad_h or pad_w:
             images = np.pad(images, ((0, 0), (0, 0), (0, pad_h), (0, pad_w)))
-        return self.run(images)["logits"][..., :h, :w]
+        return self.run(images)[self.outputs[0]][..., :h, :w]  # "logits", or "depth" for a depth export
 
 
 def load_onnx_model(
@@ -143,4 +144,4 @@ def load_onnx_model(
         log.info("running %s (int8); the fp32 graph is %s", path.name, card.head["fp32_file"])
     verify_file(folder, card, path)
     session = onnx_session(path, threads)
-    return OnnxSegmenter(session, card) if card.task == "segment" else OnnxClassifier(session, card)
+    return OnnxSegmenter(session, card) if card.task in ("segment", "depth") else OnnxClassifier(session, card)

@@ -59,13 +59,23 @@ def _segmentation_answer(probs: np.ndarray, card: Any) -> dict[str, Any]:
     }
 
 
+def _depth_answer(depth: np.ndarray, dtype: str = "float16") -> dict[str, Any]:
+    """The depth map (metres) as base64 little-endian `dtype`, row-major, with its shape and range."""
+    values = np.ascontiguousarray(depth, dtype=np.dtype(dtype).newbyteorder("<"))
+    summary = {k: round(float(f(depth)), 6) for k, f in (("min", np.min), ("max", np.max), ("mean", np.mean))}
+    data = base64.b64encode(values.tobytes()).decode("ascii")
+    return {"depth": {"data": data, "dtype": dtype, "shape": list(depth.shape), "unit": "m", **summary}}
+
+
 async def _segment(server: ServerState, images: list[np.ndarray]) -> list[dict[str, Any]]:
+    """Whole images one at a time: class masks, or depth maps for a depth model."""
     assert server.segment_slots is not None and server.engine is not None
     answers = []
+    depth = server.engine.card.task == "depth"
     for image in images:
         async with server.segment_slots:
-            probs = await run_in_threadpool(server.engine.segment, image)
-        answers.append(_segmentation_answer(probs, server.engine.card))
+            result = await run_in_threadpool(server.engine.depth_map if depth else server.engine.segment, image)
+        answers.append(_depth_answer(result) if depth else _segmentation_answer(result, server.engine.card))
     return answers
 
 

@@ -78,7 +78,8 @@ class Engine:
 
     @property
     def segments(self) -> bool:
-        return self.card.task == "segment"
+        """Whole images one at a time, at their own size: segmentation and depth."""
+        return self.card.task in ("segment", "depth")
 
     def preprocess(self, image: np.ndarray) -> np.ndarray:
         """Decoded HxWxC float32 -> CHW float32 model input."""
@@ -95,6 +96,10 @@ class Engine:
         raise NotImplementedError
 
     def segment(self, image: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+    def depth_map(self, image: np.ndarray) -> np.ndarray:
+        """CHW float32 (any size) -> (H, W) depth in metres, with the card's inference settings."""
         raise NotImplementedError
 
 
@@ -116,6 +121,11 @@ class OnnxEngine(Engine):
         """CHW float32 (any size) -> (K, H, W) class probabilities, with the card's inference settings."""
         cfg = slide.InferenceConfig(**self.card.inference)
         return slide.predict_probs(self.model.logits, image[None], len(self.card.classes), cfg)[0]
+
+    def depth_map(self, image: np.ndarray) -> np.ndarray:
+        from dinotune.model.depth_slide import predict_depth_array
+
+        return predict_depth_array(self.model.logits, image[None], slide.InferenceConfig(**self.card.inference))[0, 0]
 
 
 class TorchEngine(Engine):
@@ -146,6 +156,15 @@ class TorchEngine(Engine):
 
     def segment(self, image: np.ndarray) -> np.ndarray:
         return _torch_segment(self.model, self.card, image)
+
+    def depth_map(self, image: np.ndarray) -> np.ndarray:
+        import torch
+
+        from dinotune.model.depther import predict_depth
+
+        with torch.inference_mode():
+            cfg = slide.InferenceConfig(**self.card.inference)
+            return predict_depth(self.model, torch.from_numpy(image)[None], cfg)[0, 0].numpy()
 
 
 class _TensorToArray:

@@ -29,8 +29,24 @@ class Segmentation(BaseModel):
     fractions: dict[str, float] = Field(description="Share of the pixels given to each class.")
 
 
+class DepthMap(BaseModel):
+    """A depth model's answer: the map in metres, row-major, as base64 little-endian float16 (or float32)."""
+
+    data: str = Field(description="Base64 of the H x W values, row-major, little-endian, `dtype` each.")
+    dtype: str = Field(description="float16: about 3 significant digits (0.05% relative precision).")
+    shape: list[int] = Field(description="[height, width] of the map: the uploaded image's size.")
+    unit: str = Field("m", description="Depth unit: metres.")
+    min: float = Field(description="Smallest depth in the map.")
+    max: float = Field(description="Largest depth in the map.")
+    mean: float = Field(description="Mean depth of the map.")
+
+
+class Depth(BaseModel):
+    depth: DepthMap
+
+
 class PredictResponse(BaseModel):
-    """One image's answer: `predictions` for a classifier, the mask fields for a segmenter."""
+    """One image's answer: `predictions` for a classifier, the mask fields for a segmenter, `depth` for depth."""
 
     model: str = Field(description="The served model's name (from its card).")
     predictions: list[Prediction] | None = None
@@ -38,11 +54,12 @@ class PredictResponse(BaseModel):
     height: int | None = None
     width: int | None = None
     fractions: dict[str, float] | None = None
+    depth: DepthMap | None = None
 
 
 class BatchResponse(BaseModel):
     model: str = Field(description="The served model's name (from its card).")
-    results: list[Classification | Segmentation] = Field(description="One answer per image, in upload order.")
+    results: list[Classification | Segmentation | Depth] = Field(description="One answer per image, in upload order.")
 
 
 class ErrorResponse(BaseModel):

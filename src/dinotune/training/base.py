@@ -21,6 +21,7 @@ class TaskModule(L.LightningModule):
     """Trains `model` (a `Classifier` or `Segmenter` prepared with `prepare_model`)."""
 
     monitor: str
+    monitor_mode: str = "max"  # "min" for errors (depth's val/absrel)
 
     def __init__(self, model: nn.Module, *, mode: Mode, optim: OptimConfig | None = None, seed: int = 0) -> None:
         super().__init__()

@@ -18,19 +18,22 @@ log = logging.getLogger(__name__)
 
 
 class BestModelExport(L.Callback):
-    """Write the model folder `folder` whenever the monitored validation metric improves (max).
+    """Write the model folder `folder` whenever the monitored validation metric improves (`mode`: max or min).
 
     Its state (best value, epoch, step) is saved in checkpoints, so a resumed run keeps its best model.
     """
 
-    def __init__(self, folder: Path, monitor: str, card: Callable[[], ModelCard], save_backbone: bool) -> None:
+    def __init__(
+        self, folder: Path, monitor: str, card: Callable[[], ModelCard], save_backbone: bool, mode: str = "max"
+    ) -> None:
         self.folder, self.monitor, self.card, self.save_backbone = folder, monitor, card, save_backbone
-        self.best: float = -math.inf
+        self.sign = -1.0 if mode == "min" else 1.0  # compared as sign * value, so "min" needs no other branch
+        self.best: float = -math.inf if mode != "min" else math.inf
         self.best_epoch, self.best_step = -1, -1
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         value = trainer.callback_metrics.get(self.monitor)
-        if trainer.sanity_checking or value is None or not float(value) > self.best:
+        if trainer.sanity_checking or value is None or not self.sign * float(value) > self.sign * self.best:
             return
         self.best, self.best_epoch, self.best_step = float(value), trainer.current_epoch, trainer.global_step
         if trainer.is_global_zero:

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from dinotune.errors import DataError
+from dinotune.evaluation.depth import evaluate_depth
 from dinotune.evaluation.evaluate import evaluate
 from dinotune.evaluation.overlap import warn_training_overlap
 from dinotune.evaluation.segment import evaluate_segmentation
@@ -56,9 +57,14 @@ def run_evaluate(
     out_dir = Path(out) if out is not None else run / "evaluation"
     roots = [data] if isinstance(data, (str, Path)) else list(data)
     for root in roots:  # one line per dataset holding training images (by content)
-        warn_training_overlap(run, root, split, "segment" if card.task == "segment" else "classify")
+        if card.task != "depth":  # depth folders are not a layout the overlap check reads
+            warn_training_overlap(run, root, split, "segment" if card.task == "segment" else "classify")
     with staged_output(out_dir, overwrite=overwrite, keep=[run, *roots]) as stage:
-        if card.task == "segment":
+        if card.task == "depth":
+            if len(roots) != 1:
+                raise DataError("depth evaluation takes one dataset (DATA once).")
+            metrics = evaluate_depth(run, roots[0], split=split, out=stage)
+        elif card.task == "segment":
             if len(roots) != 1:
                 raise DataError("segmentation evaluation takes one dataset (DATA once).")
             metrics = evaluate_segmentation(run, roots[0], split=split, out=stage)

@@ -18,6 +18,7 @@ from dinotune.data.paths import expand_images
 from dinotune.data.raster import open_scene
 from dinotune.device import autocast
 from dinotune.errors import ConfigError, DataError
+from dinotune.evaluation.depth import predict_depth_files
 from dinotune.evaluation.segment import predict_masks
 from dinotune.evaluation.tiles import DEFAULT_BLOCK, classify_scene, write_tiles
 from dinotune.model import load_model, model_device, read_card
@@ -48,8 +49,9 @@ def predict(
     model, card = load_model(model_dir, device=device)
     if threshold is None:
         threshold = float(card.inference.get("threshold", 0.5))
-    if card.task == "segment":
-        raise DataError(f"'{model_dir}' is a segmentation model; use predict_masks (CLI: dinotune predict -o DIR).")
+    if card.task in ("segment", "depth"):
+        raise DataError(f"'{model_dir}' is a {card.task} model; use predict_masks / predict_depth_files "
+                        "(CLI: dinotune predict -o DIR).")  # fmt: skip
     device_ = model_device(model)
     results: list[Prediction] = []
     paths = expand_images(images)
@@ -105,15 +107,22 @@ def predict_tiles(
 def run_predict(
     model_dir: str | Path, images: list[str | Path], *, out: Path | None = None, top_k: int = 3,
     threshold: float | None = None, tile: int | None = None, tile_stride: int | None = None, embeddings: bool = False,
+    depth_format: str = "png",
 ) -> tuple[Result, list[Prediction]]:  # fmt: skip
     """The verb: classifications (plus `out` CSV), or masks and overlays written under `out` (default ./masks).
 
     `tile`: a classifier labels every tile of that many pixels (every `tile_stride`, default `tile`) of
     each image, written under `out` (default ./tiles); a segmenter predicts blocks of that side (default
     2048) - it always works block by block, and writes a GeoTIFF mask for a georeferenced input.
+    A depth model writes depth maps under `out` (default ./depth): `depth_format` png (16-bit, scale in a
+    JSON sidecar) or tiff (float32 metres), with coloured previews.
     """
     if (tile is not None and tile < 1) or (tile_stride is not None and tile_stride < 1):
         raise ConfigError("--tile and --tile-stride must be positive pixel counts.")
+    if read_card(model_dir).task == "depth":
+        folder = Path(out or "depth")
+        maps = predict_depth_files(model_dir, images, folder, fmt=depth_format)
+        return Result(folder, {"depth_maps": len(maps)}), []
     if read_card(model_dir).task == "segment":
         folder = Path(out or "masks")
         masks = predict_masks(model_dir, images, folder, block=tile or DEFAULT_BLOCK)

@@ -9,7 +9,7 @@ from dinotune.config import apply_overrides, load_config, read_yaml
 from dinotune.errors import ConfigError
 from dinotune.verbs.common import Result
 
-TRAIN_TASKS = ("probe", "finetune", "segment", "pretrain")  # the YAML's `task` key
+TRAIN_TASKS = ("probe", "finetune", "segment", "pretrain", "depth")  # the YAML's `task` key
 
 
 def train_job(task: str) -> tuple[Any, Any]:
@@ -26,6 +26,10 @@ def train_job(task: str) -> tuple[Any, Any]:
         from dinotune.verbs.segment import SegmentConfig, run_segment
 
         return SegmentConfig, run_segment
+    if task == "depth":
+        from dinotune.verbs.depth import DepthConfig, run_depth
+
+        return DepthConfig, run_depth
     from dinotune.verbs.pretrain import PretrainConfig, run_pretrain
 
     return PretrainConfig, run_pretrain

@@ -33,7 +33,9 @@ DERIVED = ("evaluation", "export")  # folders made from the run's model by evalu
 
 class EarlyStoppingConfig(StrictModel):
     enabled: bool = True
-    monitor: str | None = Field(None, description="Metric to maximise (None: the task's own, e.g. val/accuracy).")
+    monitor: str | None = Field(
+        None, description="Metric to maximise (None: the task's own, e.g. val/accuracy; depth: val/absrel, minimised)."
+    )
     patience: int = Field(5, ge=1, description="Validations without improvement before training stops.")
     min_delta: float = Field(0.0, ge=0)
 
@@ -65,7 +67,8 @@ def fit_best(
 ) -> tuple[L.Trainer, BestModelExport]:
     """Train (continuing from the run's last checkpoint when `resume`), tracking the best model in best/."""
     monitor = early_stopping.monitor or module.monitor
-    best = BestModelExport(run_dir / BEST_DIR, monitor, card, save_backbone)
+    mode = module.monitor_mode if monitor == module.monitor else "max"
+    best = BestModelExport(run_dir / BEST_DIR, monitor, card, save_backbone, mode)
     extra: list[L.Callback] = [best, *callbacks]
     if early_stopping.enabled:
         from lightning.pytorch.callbacks import EarlyStopping
@@ -73,7 +76,7 @@ def fit_best(
         extra.append(
             EarlyStopping(
                 monitor=monitor,
-                mode="max",
+                mode=mode,
                 patience=early_stopping.patience,
                 min_delta=early_stopping.min_delta,
                 check_on_train_epoch_end=False,

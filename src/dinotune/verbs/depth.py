@@ -1,0 +1,178 @@
+"""`dinotune train` with `task: depth`: monocular depth estimation on custom image + depth pairs.
+
+`run_depth(cfg, resume=False)` writes one run folder: the best model by val/absrel (minimised) as a model
+folder (`model.json` with task `depth`, its depth range, PNG scale and head), metrics.json at full
+resolution (with each metric's direction), per_image_depth.csv, depth maps and previews of the report
+split, report.html, and the logs and checkpoints of every training verb (`resume=True` continues exactly).
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any, Literal
+
+import lightning as L
+from pydantic import Field
+from torch.utils.data import DataLoader
+
+from dinotune.backbones.lora import LoraConfig
+from dinotune.config import BackboneConfig, StrictModel
+from dinotune.data.depth import DepthDataConfig, depth_datasets
+from dinotune.errors import ConfigError, DataError
+from dinotune.evaluation.depth import depth_dataset, depth_summary, evaluate_depther
+from dinotune.evaluation.depth_files import png_scale
+from dinotune.evaluation.depth_report import write_depth_report
+from dinotune.heads.depth import DepthHeadConfig
+from dinotune.losses.depth import DepthLossConfig
+from dinotune.metrics.depth import DIRECTIONS
+from dinotune.model import ModelCard, load_model
+from dinotune.model.depther import build_depth_model
+from dinotune.model.slide import InferenceConfig
+from dinotune.run_folder import write_json
+from dinotune.tasks.depth import DepthMode, DepthModule
+from dinotune.training.modes import prepare_model
+from dinotune.training.optim import OptimConfig
+from dinotune.training.sampler import resumable_loader
+from dinotune.training.trainer import TrainerConfig
+from dinotune.verbs.common import Result, backbone_source, with_channels
+from dinotune.verbs.training import EarlyStoppingConfig, fit_best, promote_best, training_metrics, training_run
+
+
+class DepthConfig(StrictModel):
+    task: Literal["depth"] = "depth"
+    data: DepthDataConfig
+    backbone: BackboneConfig = Field(default_factory=BackboneConfig)
+    head: DepthHeadConfig = Field(default_factory=DepthHeadConfig)
+    mode: DepthMode = Field("linear", description="linear (frozen backbone) | finetune | partial | lora.")
+    freeze_blocks: int = Field(0, ge=0, description="partial: freeze the embeddings and this many first blocks.")
+    lora: LoraConfig = Field(default_factory=LoraConfig)
+    loss: DepthLossConfig = Field(default_factory=DepthLossConfig)
+    optim: OptimConfig = Field(default_factory=OptimConfig)
+    batch_size: int = Field(8, ge=1, description="Training crops per device per step.")
+    eval_batch_size: int | None = Field(None, ge=1, description="Validation batch during training.")
+    trainer: TrainerConfig = Field(default_factory=lambda: TrainerConfig(max_epochs=20))
+    early_stopping: EarlyStoppingConfig = Field(default_factory=lambda: EarlyStoppingConfig(patience=10))
+    inference: InferenceConfig = Field(default_factory=InferenceConfig)
+    save_last_model: bool = Field(False, description="Also write the final model to out/last/.")
+    save_predictions: bool = Field(True, description="Write depth maps and previews of the report split.")
+    out: Path | None = Field(None, description="Run folder (default: runs/depth-<time>).")
+
+
+def run_depth(cfg: DepthConfig, resume: bool = False, callbacks: tuple[L.Callback, ...] = ()) -> Result:
+    """Train a depth head (and optionally the backbone), keep the best, evaluate it at full size."""
+    start = time.perf_counter()
+    if cfg.data.resize == "keep":
+        raise ConfigError("data.resize=keep gives crops of different sizes; depth batches need square crops.")
+    with training_run(cfg, "depth", resume) as (run_dir, run, backbone, prep):
+        data_cfg = with_channels(cfg.data, backbone)
+        spec, sets = depth_datasets(data_cfg, prep.mean, prep.std, run_dir, backbone.info.in_chans)  # type: ignore[arg-type]
+        if not sets.get("train") or not sets.get("val"):
+            raise DataError(f"'{cfg.data.root}' needs train and val pairs (found splits: {sorted(sets)}).")
+        model = build_depth_model(backbone, cfg.head, cfg.data.min_depth, cfg.data.max_depth)
+        counts = prepare_model(model, cfg.mode, freeze_blocks=cfg.freeze_blocks, lora=cfg.lora)
+        module = DepthModule(
+            model,
+            min_depth=cfg.data.min_depth,
+            max_depth=cfg.data.max_depth,
+            mode=cfg.mode,
+            optim=cfg.optim,
+            loss=cfg.loss,
+            seed=cfg.trainer.seed,
+        )
+        source = backbone_source(backbone, cfg.trainer.seed)
+        depth = {
+            "min_depth": cfg.data.min_depth,
+            "max_depth": cfg.data.max_depth,
+            "depth_scale": cfg.data.depth_scale,
+            "unit": "m",
+        }
+
+        def card() -> ModelCard:
+            head = {"type": cfg.head.type, "config": cfg.head.model_dump(mode="json"), "depth": depth}
+            return ModelCard(
+                "depth",
+                ["depth"],
+                prep,
+                dict(source),
+                head,
+                inference=cfg.inference.model_dump(),
+                license=backbone.info.license,
+            )
+
+        workers = cfg.data.num_workers
+        loader = resumable_loader(
+            sets["train"],
+            batch_size=cfg.batch_size,
+            seed=cfg.trainer.seed,
+            num_workers=workers,
+            drop_last=len(sets["train"]) > cfg.batch_size,
+        )
+        val_loader = DataLoader(
+            sets["val"],
+            batch_size=cfg.eval_batch_size or cfg.batch_size,
+            shuffle=False,
+            num_workers=workers,
+            persistent_workers=workers > 0,
+        )
+        run.info(
+            f"depth/{cfg.mode} + {cfg.head.type} head (layers {model.layers}): {backbone.info.arch} "
+            f"({backbone.info.source}), {cfg.data.min_depth}..{cfg.data.max_depth} m, {counts['trainable']:,} "
+            f"of {counts['total']:,} parameters trainable" + (" - resuming" if resume else "")
+        )
+        save_backbone = cfg.mode != "linear"
+        trainer, best = fit_best(
+            module,
+            loader,
+            val_loader,
+            card,
+            run_dir=run_dir,
+            trainer_cfg=cfg.trainer,
+            early_stopping=cfg.early_stopping,
+            save_backbone=save_backbone,
+            resume=resume,
+            callbacks=callbacks,
+        )
+        metrics: dict[str, Any] = {}
+        if trainer.is_global_zero:
+            promote_best(run_dir, module, card, save_backbone=save_backbone, save_last=cfg.save_last_model, run=run)
+            metrics = _evaluate_splits(cfg, run_dir, spec, depth)
+            metrics |= training_metrics(trainer, best, counts, time.perf_counter() - start, resume)
+            write_json(run_dir / "metrics.json", metrics)
+            write_depth_report(run_dir, metrics, backbone=card().backbone)
+            run.info(" ".join(f"{k} {v:.4f}" for k, v in metrics["summary"].items()))
+    return Result(run_dir, metrics)
+
+
+def _evaluate_splits(cfg: DepthConfig, run_dir: Path, spec: Any, depth: dict[str, Any]) -> dict[str, Any]:
+    """The saved best model on val and test at full size; depth maps and previews of the report split."""
+    model, card = load_model(run_dir)
+    report = "test" if spec.splits.get("test") else "val"
+    metrics: dict[str, Any] = {
+        "task": "depth",
+        "classes": ["depth"],
+        "report_split": report,
+        "mode": cfg.mode,
+        "head": cfg.head.type,
+        "inference": cfg.inference.model_dump(),
+        "depth": depth,
+        "directions": DIRECTIONS,
+    }
+    summary: dict[str, float] = {}
+    for split in ("val", "test"):
+        if not spec.splits.get(split):
+            continue
+        out = run_dir / "predictions" if split == report and cfg.save_predictions else None
+        csv_path = run_dir / "per_image_depth.csv" if split == report else None
+        result = evaluate_depther(
+            model,
+            depth_dataset(spec.splits[split], card, depth),
+            cfg.inference,
+            out,
+            csv_path,
+            scale=png_scale(depth["depth_scale"], depth["max_depth"]),
+        )
+        metrics[split] = result
+        summary |= depth_summary(split, result)
+    metrics["summary"] = summary
+    return metrics
