@@ -44,9 +44,12 @@ def check(
       $ dinotune data check images --config configs/finetune.yaml --min-per-class 5
     """
     from dinotune.data.check import check_dataset
+    from dinotune.data.depth import is_depth_layout
 
-    if task is not None and task not in ("classify", "segment", "detect", "unlabelled"):
-        raise DataError(f"--task must be classify, segment, detect or unlabelled, got {task!r}")
+    if task is not None and task not in ("classify", "segment", "detect", "depth", "unlabelled"):
+        raise DataError(f"--task must be classify, segment, detect, depth or unlabelled, got {task!r}")
+    if task == "depth" or (task is None and is_depth_layout(path)):
+        _check_depth(path, config, as_json)
     val_fraction = 0.1
     if config is not None:
         from dinotune.data.config import load_data_config
@@ -67,6 +70,19 @@ def check(
         val_fraction=val_fraction,
         group_by=group_by,
     )
+    typer.echo(json.dumps(report.to_dict(), indent=2) if as_json else report.format_text())
+    raise typer.Exit(report.exit_code)
+
+
+def _check_depth(path: Path, config: Path | None, as_json: bool) -> None:
+    """The depth layout's check, with the depth settings of --config's data section when given."""
+    from dinotune.config import validate
+    from dinotune.data.depth import DepthDataConfig
+    from dinotune.data.depth_check import check_depth
+
+    values = {**(_data_section(config) if config is not None else {}), "root": str(path), "task": "depth"}
+    cfg = validate(DepthDataConfig, values)
+    report = check_depth(path, depth_scale=cfg.depth_scale, min_depth=cfg.min_depth, max_depth=cfg.max_depth)
     typer.echo(json.dumps(report.to_dict(), indent=2) if as_json else report.format_text())
     raise typer.Exit(report.exit_code)
 
