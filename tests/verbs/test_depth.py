@@ -133,7 +133,7 @@ def test_predict_writes_png_and_tiff_at_the_right_scale(depth_run: Result, scene
         stored = np.asarray(Image.open(tmp_path / "png" / "depth" / f"{path.stem}.png"))
         assert metres.dtype == np.float32 and metres.shape == stored.shape == (64, 64)
         assert np.abs(stored * 0.001 - metres).max() <= 0.0005 + 1e-6  # rounding to whole millimetres
-        assert 0.001 <= metres.min() and metres.max() <= MAX_DEPTH
+        assert metres.min() >= 0.001 and metres.max() <= MAX_DEPTH
         assert (tmp_path / "png" / "previews" / f"{path.stem}.png").is_file()
 
 

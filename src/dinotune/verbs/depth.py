@@ -9,6 +9,7 @@ split, report.html, and the logs and checkpoints of every training verb (`resume
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
 
@@ -71,68 +72,21 @@ def run_depth(cfg: DepthConfig, resume: bool = False, callbacks: tuple[L.Callbac
             raise DataError(f"'{cfg.data.root}' needs train and val pairs (found splits: {sorted(sets)}).")
         model = build_depth_model(backbone, cfg.head, cfg.data.min_depth, cfg.data.max_depth)
         counts = prepare_model(model, cfg.mode, freeze_blocks=cfg.freeze_blocks, lora=cfg.lora)
-        module = DepthModule(
-            model,
-            min_depth=cfg.data.min_depth,
-            max_depth=cfg.data.max_depth,
-            mode=cfg.mode,
-            optim=cfg.optim,
-            loss=cfg.loss,
-            seed=cfg.trainer.seed,
-        )
-        source = backbone_source(backbone, cfg.trainer.seed)
-        depth = {
-            "min_depth": cfg.data.min_depth,
-            "max_depth": cfg.data.max_depth,
-            "depth_scale": cfg.data.depth_scale,
-            "unit": "m",
-        }
-
-        def card() -> ModelCard:
-            head = {"type": cfg.head.type, "config": cfg.head.model_dump(mode="json"), "depth": depth}
-            return ModelCard(
-                "depth",
-                ["depth"],
-                prep,
-                dict(source),
-                head,
-                inference=cfg.inference.model_dump(),
-                license=backbone.info.license,
-            )
-
-        workers = cfg.data.num_workers
-        loader = resumable_loader(
-            sets["train"],
-            batch_size=cfg.batch_size,
-            seed=cfg.trainer.seed,
-            num_workers=workers,
-            drop_last=len(sets["train"]) > cfg.batch_size,
-        )
-        val_loader = DataLoader(
-            sets["val"],
-            batch_size=cfg.eval_batch_size or cfg.batch_size,
-            shuffle=False,
-            num_workers=workers,
-            persistent_workers=workers > 0,
-        )
+        data = cfg.data
+        module = DepthModule(model, min_depth=data.min_depth, max_depth=data.max_depth, mode=cfg.mode,
+                             optim=cfg.optim, loss=cfg.loss, seed=cfg.trainer.seed)  # fmt: skip
+        depth = {"min_depth": data.min_depth, "max_depth": data.max_depth, "depth_scale": data.depth_scale, "unit": "m"}
+        card = _card_maker(cfg, backbone, prep, depth)
+        loader, val_loader = _loaders(cfg, sets)
         run.info(
             f"depth/{cfg.mode} + {cfg.head.type} head (layers {model.layers}): {backbone.info.arch} "
-            f"({backbone.info.source}), {cfg.data.min_depth}..{cfg.data.max_depth} m, {counts['trainable']:,} "
+            f"({backbone.info.source}), {data.min_depth}..{data.max_depth} m, {counts['trainable']:,} "
             f"of {counts['total']:,} parameters trainable" + (" - resuming" if resume else "")
         )
         save_backbone = cfg.mode != "linear"
-        trainer, best = fit_best(
-            module,
-            loader,
-            val_loader,
-            card,
-            run_dir=run_dir,
-            trainer_cfg=cfg.trainer,
-            early_stopping=cfg.early_stopping,
-            save_backbone=save_backbone,
-            resume=resume,
-            callbacks=callbacks,
-        )
+        trainer, best = fit_best(module, loader, val_loader, card, run_dir=run_dir, trainer_cfg=cfg.trainer,
+                                 early_stopping=cfg.early_stopping, save_backbone=save_backbone, resume=resume,
+                                 callbacks=callbacks)  # fmt: skip
         metrics: dict[str, Any] = {}
         if trainer.is_global_zero:
             promote_best(run_dir, module, card, save_backbone=save_backbone, save_last=cfg.save_last_model, run=run)
@@ -142,6 +96,28 @@ def run_depth(cfg: DepthConfig, resume: bool = False, callbacks: tuple[L.Callbac
             write_depth_report(run_dir, metrics, backbone=card().backbone)
             run.info(" ".join(f"{k} {v:.4f}" for k, v in metrics["summary"].items()))
     return Result(run_dir, metrics)
+
+
+def _card_maker(cfg: DepthConfig, backbone: Any, prep: Any, depth: dict[str, Any]) -> Callable[[], ModelCard]:
+    """The card of every saved model: task depth, one output ("depth"), the range, PNG scale and head."""
+    source = backbone_source(backbone, cfg.trainer.seed)
+
+    def card() -> ModelCard:
+        head = {"type": cfg.head.type, "config": cfg.head.model_dump(mode="json"), "depth": depth}
+        return ModelCard("depth", ["depth"], prep, dict(source), head, inference=cfg.inference.model_dump(),
+                         license=backbone.info.license)  # fmt: skip
+
+    return card
+
+
+def _loaders(cfg: DepthConfig, sets: dict[str, Any]) -> tuple[Any, DataLoader]:
+    """The resumable training loader and the validation loader."""
+    workers, train = cfg.data.num_workers, sets["train"]
+    loader = resumable_loader(train, batch_size=cfg.batch_size, seed=cfg.trainer.seed, num_workers=workers,
+                              drop_last=len(train) > cfg.batch_size)  # fmt: skip
+    val = DataLoader(sets["val"], batch_size=cfg.eval_batch_size or cfg.batch_size, shuffle=False,
+                     num_workers=workers, persistent_workers=workers > 0)  # fmt: skip
+    return loader, val
 
 
 def _evaluate_splits(cfg: DepthConfig, run_dir: Path, spec: Any, depth: dict[str, Any]) -> dict[str, Any]:
