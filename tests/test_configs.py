@@ -46,6 +46,15 @@ def _masks(root: Path, size: int = 32) -> Path:
     return make_segmentation_dataset(root, 12, size=size)
 
 
+def _depth(root: Path, mode: str) -> Path:
+    from tests.depth.scenes import write_scenes
+
+    write_scenes(root, {"train": 8, "val": 4}, size=32)
+    for path in (root / "images").rglob("*.png"):
+        Image.open(path).convert(mode).save(path)
+    return root
+
+
 @pytest.fixture(scope="module")
 def folders(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     base = tmp_path_factory.mktemp("configs")
@@ -54,6 +63,8 @@ def folders(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         "L": _imagefolder(base / "gray", "L"),
         "seg": _masks(base / "seg"),
         "seg64": _masks(base / "seg64", 64),  # Mask2Former's stride-32 GroupNorm needs at least 2x2 there
+        "depth_RGB": _depth(base / "depth_rgb", "RGB"),
+        "depth_L": _depth(base / "depth_gray", "L"),
     }
 
 
@@ -77,7 +88,8 @@ def _overrides(name: str, task: str, data: Path, out: Path, teacher: Path) -> li
         overrides.append(f"distill.teacher={teacher}")
     if name == "segmentation_m2f.yaml":
         overrides += SMALL_M2F
-    return [*overrides, *TRAINING, "inference.mode=whole"] if task == "segment" else [*overrides, *TRAINING]
+    dense = task in ("segment", "depth")
+    return [*overrides, *TRAINING, "inference.mode=whole"] if dense else [*overrides, *TRAINING]
 
 
 @pytest.mark.parametrize("mode", ["RGB", "L"])
@@ -87,6 +99,7 @@ def test_every_shipped_config_trains_on_rgb_and_grayscale(
 ) -> None:
     task = read_yaml(CONFIGS / name)["task"]
     data = folders[("seg64" if "m2f" in name else "seg") if task == "segment" else mode]
+    data = folders[f"depth_{mode}"] if task == "depth" else data
     model, runner = train_job(task)
     cfg = load_config(model, CONFIGS / name, _overrides(name, task, data, tmp_path / "run", teacher))
     result: Result = runner(cfg)

@@ -45,6 +45,7 @@ NAMES: dict[str, str] = {
     "tile": "tile",
     "tile_stride": "tile_stride",
     "embeddings": "embeddings",
+    "depth_format": "depth_format",
     "src": "src",
     "dst": "dst",
     "silent": "(logging level WARNING)",

@@ -24,8 +24,7 @@ def depth_preview_figure(
 ) -> Figure:
     """Both depth panels share one colour scale (near = bright) and one colour bar; pixels without ground
     truth are grey in the ground truth and error panels."""
-    cmap = plt.get_cmap("magma_r").copy()
-    cmap.set_bad("#b0b0b0")
+    cmap = plt.get_cmap("magma_r").with_extremes(bad="#b0b0b0")
     if vrange is None:
         ref = target[valid] if target is not None and valid is not None and valid.any() else pred
         vrange = (float(np.nanmin(ref)), float(np.nanmax(ref)))
@@ -43,8 +42,7 @@ def depth_preview_figure(
     fig.colorbar(im, ax=list(axes[0, 1 : 1 + len(depth_panels)]), shrink=0.8, label="depth (m)")
     if target is not None:
         hidden = ~valid if valid is not None else np.zeros(pred.shape, bool)
-        err_cmap = plt.get_cmap("inferno").copy()
-        err_cmap.set_bad("#b0b0b0")
+        err_cmap = plt.get_cmap("inferno").with_extremes(bad="#b0b0b0")
         em = axes[0, 3].imshow(np.ma.masked_where(hidden, np.abs(pred - target)), cmap=err_cmap, vmin=0)
         axes[0, 3].set_title("|error|")
         fig.colorbar(em, ax=axes[0, 3], shrink=0.8, label="m")
