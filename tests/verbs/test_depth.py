@@ -163,6 +163,7 @@ def _decode(answer: dict[str, Any]) -> np.ndarray:
 def test_export_parity_and_serving_torch_and_onnx(depth_run: Result, scenes: Path, tmp_path: Path) -> None:
     from fastapi.testclient import TestClient
 
+    from dinotune.evaluation.depth import depth_settings
     from dinotune.export.onnx import export_model
     from dinotune.model.depther import predict_depth
     from dinotune.serve import create_app
@@ -171,6 +172,7 @@ def test_export_parity_and_serving_torch_and_onnx(depth_run: Result, scenes: Pat
                           max_images=4, timing_repeats=1)  # fmt: skip
     assert report["parity"]["max_rel_diff"] <= 1e-3, report["parity"]
     assert report["outputs"] == ["depth"]
+    assert depth_settings(read_card(tmp_path / "export")) == depth_settings(read_card(depth_run.run_dir))
     onnx_model, card = load_model(tmp_path / "export")
     torch_model, _ = load_model(depth_run.run_dir)
     image_path = sorted((scenes / "images" / "test").iterdir())[0]

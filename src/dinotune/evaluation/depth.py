@@ -31,8 +31,9 @@ MAX_PREVIEWS = 8
 
 
 def depth_settings(card: Any) -> dict[str, Any]:
-    """The card's depth section: range (metres), the data's PNG scale, the head."""
-    return {"min_depth": 0.001, "max_depth": 10.0, "depth_scale": 0.001, **card.head.get("depth", {})}
+    """The card's depth section (an export keeps it under head.source): range in metres, the data's PNG scale."""
+    stored = card.head.get("depth") or card.head.get("source", {}).get("depth", {})
+    return {"min_depth": 0.001, "max_depth": 10.0, "depth_scale": 0.001, **stored}
 
 
 @torch.no_grad()
