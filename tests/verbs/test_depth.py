@@ -160,37 +160,54 @@ def _decode(answer: dict[str, Any]) -> np.ndarray:
     return np.frombuffer(base64.b64decode(depth["data"]), "<f2").reshape(depth["shape"]).astype(np.float32)
 
 
-def test_export_parity_and_serving_torch_and_onnx(depth_run: Result, scenes: Path, tmp_path: Path) -> None:
+@pytest.fixture(scope="module")
+def exported(depth_run: Result, scenes: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
+    from dinotune.export.onnx import export_model
+
+    folder = tmp_path_factory.mktemp("depth") / "export"
+    report = export_model(depth_run.run_dir, folder, calibration_images=scenes / "images" / "val", max_images=4,
+                          timing_repeats=1)  # fmt: skip
+    return folder, report
+
+
+def test_export_parity(depth_run: Result, exported: tuple[Path, dict], scenes: Path) -> None:
+    from dinotune.evaluation.depth import depth_settings
+    from dinotune.model.depther import predict_depth
+
+    folder, report = exported
+    assert report["parity"]["max_rel_diff"] <= 1e-3, report["parity"]
+    assert report["outputs"] == ["depth"] and report["dynamic_axes"] == ["batch", "height", "width"]
+    assert depth_settings(read_card(folder)) == depth_settings(read_card(depth_run.run_dir))
+    onnx_model, card = load_model(folder)
+    torch_model, _ = load_model(depth_run.run_dir)
+    x = card.preprocessing.load(sorted((scenes / "images" / "test").iterdir())[0], 16)[None]
+    x = torch.cat([x, x[..., :48]], dim=-1)  # 64 x 112: a size the export was not traced at
+    expected = predict_depth(torch_model, x)[0, 0].numpy()
+    assert np.abs(predict_depth(onnx_model, x)[0, 0].numpy() - expected).max() / expected.min() <= 1e-3
+
+
+@pytest.mark.parametrize("runtime", ["torch", "onnxruntime"])
+def test_serve_answers_a_depth_map(runtime: str, depth_run: Result, exported: tuple[Path, dict], scenes: Path) -> None:
     from fastapi.testclient import TestClient
 
-    from dinotune.evaluation.depth import depth_settings
-    from dinotune.export.onnx import export_model
     from dinotune.model.depther import predict_depth
     from dinotune.serve import create_app
 
-    report = export_model(depth_run.run_dir, tmp_path / "export", calibration_images=scenes / "images" / "val",
-                          max_images=4, timing_repeats=1)  # fmt: skip
-    assert report["parity"]["max_rel_diff"] <= 1e-3, report["parity"]
-    assert report["outputs"] == ["depth"]
-    assert depth_settings(read_card(tmp_path / "export")) == depth_settings(read_card(depth_run.run_dir))
-    onnx_model, card = load_model(tmp_path / "export")
-    torch_model, _ = load_model(depth_run.run_dir)
     image_path = sorted((scenes / "images" / "test").iterdir())[0]
-    x = card.preprocessing.load(image_path, 16)[None]  # 64 x 64: the card's size, no resize
-    expected = predict_depth(torch_model, x)[0, 0].numpy()
-    assert np.abs(predict_depth(onnx_model, x)[0, 0].numpy() - expected).max() / expected.min() <= 1e-3
-    for folder in (depth_run.run_dir, tmp_path / "export"):
-        with TestClient(create_app(folder)) as client:
-            for _ in range(600):  # the model loads in the background
-                if client.get("/ready").status_code == 200:
-                    break
-                time.sleep(0.05)
-            response = client.post("/predict", files={"file": ("x.png", image_path.read_bytes(), "image/png")})
-        assert response.status_code == 200, response.text
-        answer = response.json()
-        served = _decode(answer)
-        assert served.shape == (64, 64) and answer["depth"]["min"] == pytest.approx(float(served.min()), rel=1e-3)
-        assert np.abs(served - expected).max() <= 2e-3 * expected.max()  # float16 rounding
+    model, card = load_model(depth_run.run_dir)
+    expected = predict_depth(model, card.preprocessing.load(image_path, 16)[None])[0, 0].numpy()  # 64 x 64: no resize
+    with TestClient(create_app(depth_run.run_dir if runtime == "torch" else exported[0])) as client:
+        for _ in range(600):  # the model loads in the background
+            if client.get("/ready").status_code == 200:
+                break
+            time.sleep(0.05)
+        assert client.get("/info").json()["runtime"] == runtime
+        response = client.post("/predict", files={"file": ("x.png", image_path.read_bytes(), "image/png")})
+    assert response.status_code == 200, response.text
+    answer = response.json()
+    served = _decode(answer)
+    assert served.shape == (64, 64) and answer["depth"]["min"] == pytest.approx(float(served.min()), rel=1e-3)
+    assert np.abs(served - expected).max() <= 2e-3 * expected.max()  # float16 rounding
 
 
 def test_resume_continues_the_run(scenes: Path, tmp_path: Path) -> None:
