@@ -48,6 +48,8 @@ def export_summary(folder: Path, report: dict[str, Any]) -> str:
     ]
     if "pixel_agreement" in parity:
         lines.append(f"  pixels agreeing           {parity['pixel_agreement']:.4%}")
+    if "max_rel_diff" in parity:  # depth: the error relative to the depth itself
+        lines.append(f"  max relative difference   {parity['max_rel_diff']:.2e}  (depth; tests require <= 1e-3)")
     speed = report["timing"].get("onnxruntime_speedup_vs_torch")
     if speed:
         lines.append(f"  onnxruntime vs torch      {speed:.2f}x")
