@@ -24,6 +24,7 @@ from torch import Tensor, nn
 
 from dinotune.atomic import write_text
 from dinotune.data.decode import is_image_path
+from dinotune.data.depth import is_depth_layout, load_depth_dataset
 from dinotune.data.formats import load_dataset
 from dinotune.errors import ConfigError, DataError
 from dinotune.export.quantize import group_by_shape, quantize_graph, run_session, timing, timing_batch
@@ -252,7 +253,9 @@ def _validation_split(source: Path, limit: int) -> list[Path]:
     else:
         root = recorded_data_root(source)
         try:
-            spec = load_dataset(root, auto_split=False) if root is not None and root.exists() else None
+            depth = root is not None and is_depth_layout(root)  # its depth maps are no calibration images
+            reader = load_depth_dataset if depth else load_dataset
+            spec = reader(root, auto_split=False) if root is not None and root.exists() else None
         except DataError:
             spec = None
         samples = (spec.splits.get("val") or spec.splits.get("test") or []) if spec else []
