@@ -118,7 +118,11 @@ def _segment_resize(card: ModelCard) -> dict[str, Any]:
         "windows": "slide: windows of `crop` pixels every `stride` pixels, the last of a row/column moved back to "
         "end at the border; an image smaller than `crop` is one window; overlapping logits averaged",
         "tta": "each scale resized with torch F.interpolate(bilinear, align_corners=False); flip = horizontal; "
-        "softmax per view, brought back to the image size bilinearly, probabilities averaged, then argmax",
+        + (
+            "depth per view brought back to the image size bilinearly, depths averaged (no softmax)"
+            if card.task == "depth"
+            else "softmax per view, brought back to the image size bilinearly, probabilities averaged, then argmax"
+        ),
     }
 
 
