@@ -11,10 +11,15 @@ On the first images of the first batch the candidate runs beside eager: it is ke
 match eager's to `PARITY` (max abs difference, scaled by the features' magnitude when that exceeds 1) and
 it took less time on them than eager did; otherwise, or when it cannot be built (an export error, a missing package),
 extraction continues in eager with one log line. The check runs once per extractor; `choice` records it.
+The outputs of the check are the first images' features (nothing is computed twice). A graph that passed
+this check is recorded beside it (`<graph>.verdict.json`, with the runtime versions); a later run with the
+same graph and versions checks parity on one image only and keeps the recorded speed verdict, so the
+check costs about one image instead of `CHECK_IMAGES` in eager.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import time
@@ -22,8 +27,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import Tensor
 
+from dinotune.atomic import write_text
 from dinotune.backbones import Backbone
 from dinotune.config import cache_home
 from dinotune.errors import ConfigError
@@ -125,49 +132,62 @@ class FeatureExtractor:
         return OnnxEngine(self.backbone, self.kinds, tuple(images.shape[1:]), self.graph_dir)
 
     def _choose(self, images: Tensor) -> dict[str, Tensor]:
-        """Run the first `CHECK_IMAGES` images in eager and in the candidate; keep the candidate if it agrees
-        and is faster; then run the whole first batch in the engine kept."""
+        """Run the first images in eager and in the candidate; keep the candidate if it agrees and is faster.
+        The check's outputs are the features of those images; the rest of the batch runs in the engine kept."""
         name, reason = self._candidate(images)
         self.engine, self.choice = self.eager, EngineChoice("eager", reason)
         if name is None:
             return self.eager(images)
-        check = images[:CHECK_IMAGES]
-        self.eager(check[:1])  # warm-up, as the candidate gets one: the timings compare steady states
-        start = time.perf_counter()
-        reference = self.eager(check)
-        seconds = self.choice.seconds = {"eager": time.perf_counter() - start}
         try:
             candidate = self._build(name, images)
-            candidate(check[:1])  # warm-up: session allocation, compilation
-            start = time.perf_counter()
-            got = candidate(check)
-            seconds[name] = time.perf_counter() - start
         except Exception as err:  # exporters and runtimes raise many types; eager always works
-            self.choice.reason = f"{name} failed ({type(err).__name__}: {str(err).splitlines()[0][:160]})"
-            log.warning("feature extraction: %s; using eager PyTorch", self.choice.reason)
-            return self.eager(images)
-        self._judge(name, candidate, reference, got, seconds)
-        return self.engine(images)
+            return self._failed(name, err, images)
+        known = read_verdict(candidate)
+        if known is not None and self.requested == "auto" and known["speedup"] <= 1.0:
+            known = None  # recorded as slower: measure again (that run's machine may have been busy)
+        check = images[: 1 if known else CHECK_IMAGES]
+        reference, eager_seconds = timed_call(self.eager, check, warm_up=not known)
+        try:
+            got, seconds = timed_call(candidate, check, warm_up=not known)
+        except Exception as err:
+            return self._failed(name, err, images)
+        self.choice.seconds = {"eager": eager_seconds, name: seconds}
+        self._judge(name, candidate, reference, got, known)
+        head = got if self.engine is candidate else reference
+        if len(check) == len(images):
+            return head
+        rest = self.engine(images[len(check) :])
+        return {k: torch.cat([head[k], rest[k]]) for k in head}
+
+    def _failed(self, name: str, err: Exception, images: Tensor) -> dict[str, Tensor]:
+        assert self.choice is not None
+        self.choice.reason = f"{name} failed ({type(err).__name__}: {str(err).splitlines()[0][:160]})"
+        log.warning("feature extraction: %s; using eager PyTorch", self.choice.reason)
+        return self.eager(images)
 
     def _judge(
-        self, name: str, candidate: Engine, reference: dict[str, Tensor], got: dict[str, Tensor], seconds: dict
+        self, name: str, candidate: Engine, reference: dict[str, Tensor], got: dict[str, Tensor], known: dict | None
     ) -> None:
         diff, scale = max_difference(reference, got)
         goal = (PARITY_BF16 if self.eager.device.type == "cuda" else PARITY) * max(1.0, scale)
         assert self.choice is not None
-        self.choice.max_abs_diff = diff
+        seconds, self.choice.max_abs_diff = self.choice.seconds, diff
+        speedup = known["speedup"] if known else seconds["eager"] / max(seconds[name], 1e-9)
         if diff > goal:
             self.choice.reason = f"{name} differs from eager by {diff:.2e} (goal {goal:.0e})"
             log.warning("feature extraction: %s; using eager PyTorch", self.choice.reason)
-        elif seconds[name] >= seconds["eager"] and self.requested == "auto":
+            forget_verdict(candidate)
+        elif speedup <= 1.0 and self.requested == "auto":
             self.choice.reason = f"{name} was not faster on the first batch ({seconds[name]:.2f} s vs eager)"
             log.info("feature extraction: %s; using eager PyTorch", self.choice.reason)
         else:
-            self.engine = candidate
-            self.choice.name, self.choice.reason = name, f"{name}: agrees with eager to {diff:.1e}"
-            log.info(
-                "feature extraction: %s, %.2fx eager's speed", self.choice.reason, seconds["eager"] / seconds[name]
-            )
+            self.engine, self.choice.name = candidate, name
+            where = f"on {len(next(iter(got.values())))} image(s)"
+            when = "measured when the graph was first checked" if known else "on the first batch"
+            self.choice.reason = f"{name}: agrees with eager to {diff:.1e} {where}, {speedup:.2f}x eager ({when})"
+            log.info("feature extraction: %s", self.choice.reason)
+            if known is None:
+                write_verdict(candidate, {"max_abs_diff": diff, "speedup": speedup, "seconds": seconds})
 
     def describe(self) -> dict[str, Any]:
         """The choice as plain data (benchmarks write it)."""
@@ -175,3 +195,49 @@ class FeatureExtractor:
             return {"engine": None, "requested": self.requested}
         return {"requested": self.requested, "engine": self.choice.name, "reason": self.choice.reason,
                 "max_abs_diff": self.choice.max_abs_diff, "first_batch_seconds": self.choice.seconds}  # fmt: skip
+
+
+def timed_call(engine: Engine, images: Tensor, warm_up: bool) -> tuple[dict[str, Tensor], float]:
+    """(features, seconds); `warm_up` first runs one image untimed (allocation, compilation)."""
+    if warm_up:
+        engine(images[:1])
+    start = time.perf_counter()
+    out = engine(images)
+    return out, time.perf_counter() - start
+
+
+def _verdict_path(engine: Engine) -> Path | None:
+    path = getattr(engine, "path", None)  # engines built from a file on disk (ONNX Runtime) have one
+    return Path(path).with_suffix(".verdict.json") if path is not None else None
+
+
+def _runtime_versions() -> dict[str, str]:
+    import onnxruntime
+
+    return {"torch": torch.__version__, "onnxruntime": onnxruntime.__version__}
+
+
+def read_verdict(engine: Engine) -> dict[str, Any] | None:
+    """The recorded check of this engine's graph, when it was made with the same runtime versions."""
+    path = _verdict_path(engine)
+    if path is None or not path.is_file():
+        return None
+    try:
+        verdict = json.loads(path.read_text())
+        verdict["speedup"] = float(verdict["speedup"])
+        same_runtime = verdict.get("versions") == _runtime_versions()
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None
+    return verdict if same_runtime else None
+
+
+def write_verdict(engine: Engine, verdict: dict[str, Any]) -> None:
+    path = _verdict_path(engine)
+    if path is not None:
+        write_text(path, json.dumps({**verdict, "versions": _runtime_versions()}, indent=2))
+
+
+def forget_verdict(engine: Engine) -> None:
+    path = _verdict_path(engine)
+    if path is not None:
+        path.unlink(missing_ok=True)
