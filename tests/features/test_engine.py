@@ -149,3 +149,27 @@ def test_graph_passes_fold_layer_scale_and_fuse_rotary_without_changing_the_feat
         got = session.run(list(kinds), {engines_module.INPUT: x.numpy()})
         for kind, value in zip(kinds, got, strict=True):
             assert float((torch.from_numpy(value) - expected[kind]).abs().max()) <= PARITY
+
+
+def test_graph_passes_leave_other_graphs_alone() -> None:
+    """A Mul by a constant that does not follow MatMul + bias, or whose weights are shared, is not folded."""
+    import numpy as np
+    import onnx
+    from onnx import helper, numpy_helper
+
+    from dinotune.features.graph_passes import fold_layer_scale, fuse_rotary
+
+    w, b, gamma = (numpy_helper.from_array(np.full(s, v, np.float32), n) for n, s, v in
+                   (("w", (4, 4), 0.5), ("b", (4,), 1.0), ("gamma", (4,), 2.0)))  # fmt: skip
+    nodes = [
+        helper.make_node("MatMul", ["x", "w"], ["m"]),
+        helper.make_node("Add", ["m", "b"], ["a"]),
+        helper.make_node("Mul", ["a", "gamma"], ["y"]),
+        helper.make_node("Mul", ["x", "gamma"], ["z"]),  # no MatMul + bias before it
+        helper.make_node("Add", ["a", "z"], ["out"]),  # `a` has a second consumer: folding would change it
+    ]
+    io = [helper.make_tensor_value_info(n, onnx.TensorProto.FLOAT, [2, 4]) for n in ("x", "y", "out")]
+    model = helper.make_model(helper.make_graph(nodes, "g", [io[0]], io[1:], [w, b, gamma]))
+    before = model.SerializeToString()
+    assert fold_layer_scale(model) == 0 and fuse_rotary(model) == 0
+    assert model.SerializeToString() == before
