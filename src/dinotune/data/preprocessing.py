@@ -22,6 +22,10 @@ class Preprocessing:
     scaling: dict[str, Any] = field(default_factory=dict)
 
     def transform(self, patch_size: int, train: bool = False, augment: str = "none"):
+        if self.resize == "letterbox" and not train:  # detection: longest side to image_size, padded bottom/right
+            from dinotune.data.letterbox import LetterboxTensor
+
+            return LetterboxTensor(self.image_size, self.mean, self.std, self.channels)
         from dinotune.data.transforms import build_transform
 
         return build_transform(

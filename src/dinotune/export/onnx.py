@@ -1,7 +1,8 @@
 """ONNX export of a model folder that checks itself: ONNX Runtime against PyTorch, int8 against fp32.
 
 Every task exports: a classifier gives `logits` and `embedding` (the normed class token, the drift
-monitor's input), a segmenter gives `logits` at the input's resolution, a backbone-only export gives
+monitor's input), a segmenter gives `logits` at the input's resolution, a detector gives decoded `boxes` and
+per-class `scores` before NMS for its fixed letterboxed size (export.detect), a backbone-only export gives
 `embedding` and `patch_mean`. The graph comes from `torch.export` (the dynamo exporter), which traces
 the RoPE table from symbolic input sizes, so one file serves any batch size and any height/width that
 is a multiple of the patch size (a traced constant RoPE would be silently wrong at other sizes).
@@ -27,6 +28,7 @@ from dinotune.data.decode import is_image_path
 from dinotune.data.depth import is_depth_layout, load_depth_dataset
 from dinotune.data.formats import load_dataset
 from dinotune.errors import ConfigError, DataError
+from dinotune.export.detect import detection_parity
 from dinotune.export.quantize import group_by_shape, quantize_graph, run_session, timing, timing_batch
 from dinotune.export.seal import seal_export
 from dinotune.export.spec import input_spec
@@ -35,6 +37,7 @@ from dinotune.features.extract import compute_features
 from dinotune.heads.linear import build_input, parse_feature_choice
 from dinotune.model import Classifier, ModelCard, Segmenter, load_model, onnx_session, read_card
 from dinotune.model.depther import DepthModel
+from dinotune.model.detector import Detector
 from dinotune.model.onnx import INPUT_NAME
 from dinotune.run_folder import recorded_data_root, staged_output
 
@@ -49,10 +52,11 @@ PARITY_GOAL = 1e-4  # max abs difference ONNX Runtime vs PyTorch, fp32
 class ExportModule(nn.Module):
     """The graph an export holds: images -> the named outputs (see the module docstring)."""
 
-    def __init__(self, model: Classifier | Segmenter, backbone_only: bool) -> None:
+    def __init__(self, model: Classifier | Segmenter | Detector, backbone_only: bool) -> None:
         super().__init__()
         self.model, self.backbone_only = model, backbone_only
         self.segment = isinstance(model, Segmenter) and not backbone_only
+        self.detect = isinstance(model, Detector) and not backbone_only
         choice = model.head.feature_choice if isinstance(model, Classifier) and not backbone_only else "patch_mean"
         self.kinds = tuple(dict.fromkeys(("cls", *parse_feature_choice(choice))))
 
@@ -60,11 +64,15 @@ class ExportModule(nn.Module):
     def output_names(self) -> list[str]:
         if self.segment:
             return ["depth"] if isinstance(self.model, DepthModel) else ["logits"]
+        if self.detect:
+            return ["boxes", "scores"]
         return ["embedding", "patch_mean"] if self.backbone_only else ["logits", "embedding"]
 
     def forward(self, images: Tensor) -> tuple[Tensor, ...]:
         if self.segment:
             return (self.model(images),)
+        if self.detect:
+            return self.model.decoded(images)
         features = compute_features(self.model.backbone, images, self.kinds)
         if self.backbone_only:
             return features["cls"], features["patch_mean"]
@@ -103,6 +111,8 @@ def export_model(
     if card.head.get("type") == "m2f" and dynamic_spatial:  # its adapter's grid sizes trace as constants
         log.warning("Mask2Former head: exporting for one input size (%d px); predict with inference.mode=slide.",
                     card.preprocessing.image_size)  # fmt: skip
+        dynamic_spatial = False
+    if card.task == "detect":  # letterboxed inputs are always the card's square: one fixed size
         dynamic_spatial = False
     module = ExportModule(model, backbone_only).eval()
     paths = _image_paths(calibration_images, source, max_images)
@@ -315,6 +325,8 @@ def _parity(module: ExportModule, session, cases: dict[str, Tensor]) -> dict[str
         result["max_rel_diff"] = relative
     elif module.segment:
         result["pixel_agreement"] = same / max(1, pixels)
+    if module.detect:
+        result["detections"] = detection_parity(module, session, cases)
     return result
 
 

@@ -85,6 +85,12 @@ def _resize(mode: str, size: int, multiple: int) -> dict[str, Any]:
             {"op": "resize_shorter_side", "scale": f"{size} / min(h, w)", "new_size": new_size, **BILINEAR},
             {"op": "center_crop", "size": [size, size], "top": f"(H - {size}) // 2", "left": f"(W - {size}) // 2"},
         ]
+    elif mode == "letterbox":  # detection
+        steps = [
+            {"op": "resize_longer_side", "scale": f"{size} / max(h, w)", "new_size": new_size, **BILINEAR},
+            {"op": "pad", "size": [size, size], "top": "0", "left": "0", "bottom_right": "the rest", "value": 0.0,
+             "note": "in [0, 1] units, before normalising; boxes in the original image = output boxes / scale"},
+        ]  # fmt: skip
     elif mode == "pad":
         pad = {"top": f"int(({size} - H) / 2)", "left": f"int(({size} - W) / 2)", "bottom_right": "the rest"}
         steps = [
@@ -149,6 +155,10 @@ def _outputs(card: ModelCard, outputs: list[str]) -> dict[str, str]:
         "depth": "(N, 1, H, W) depth in metres per pixel; windows / views are averaged (no softmax)",
         "embedding": "(N, D) the backbone's normed class token (the drift monitor's input)",
         "patch_mean": "(N, D) the mean of the normed patch tokens",
+        "boxes": "(N, L, 4) decoded xyxy boxes in input pixels, one per pyramid position, before NMS",
+        "scores": f"(N, L, {len(card.classes)}) per-class scores sqrt(sigmoid(class) * sigmoid(centerness)); "
+        f"detections: scores > {card.inference.get('score_threshold')}, the best {card.inference.get('pre_nms_top_k')}"
+        f", class-aware NMS at IoU {card.inference.get('nms_iou')}, at most {card.inference.get('max_detections')}",
     }
     result = {name: described[name] for name in outputs}
     if card.classes:

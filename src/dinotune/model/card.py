@@ -2,8 +2,9 @@
 
 Predict, evaluate, export, serve and compare read the card and dispatch on `task`, never on which
 files a folder happens to hold. The head section says how to rebuild the head: `type` (linear,
-decoder, onnx), `file`, and the task's own fields (classification: `feature_choice`; segmentation:
-`config`, `layers`); an export folder's head is `type: onnx` and keeps the original under `source`.
+decoder, fcos, onnx), `file`, and the task's own fields (classification: `feature_choice`; segmentation
+and detection: `config`, `layers`; detection also `category_ids`); an export folder's head is
+`type: onnx` and keeps the original under `source`.
 """
 
 from __future__ import annotations
@@ -19,8 +20,8 @@ from dinotune.features.hashes import file_hash
 
 FORMAT = "dinotune-model/1"
 CARD_FILE = "model.json"
-Task = Literal["classify", "multilabel", "segment", "embed", "depth"]
-TASKS: tuple[str, ...] = ("classify", "multilabel", "segment", "embed", "depth")
+Task = Literal["classify", "multilabel", "segment", "embed", "depth", "detect"]
+TASKS: tuple[str, ...] = ("classify", "multilabel", "segment", "embed", "depth", "detect")
 
 
 @dataclass
@@ -34,7 +35,7 @@ class ModelCard:
     head: dict[str, Any]
     colours: list[list[int]] = field(default_factory=list)  # segmentation: one RGB colour per class
     ignore_index: int = 255  # segmentation: mask value that is not a class
-    inference: dict[str, Any] = field(default_factory=dict)  # segmentation: InferenceConfig fields
+    inference: dict[str, Any] = field(default_factory=dict)  # segmentation: InferenceConfig; detect: PostprocessConfig
     license: str = ""
     metrics: dict[str, Any] = field(default_factory=dict)
     name: str = ""  # what the server reports the model as ("": the run folder's name)

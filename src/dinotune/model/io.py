@@ -26,6 +26,7 @@ from dinotune.heads.linear import LinearHead
 from dinotune.heads.segment import HeadConfig, build_head
 from dinotune.model.card import CARD_FILE, ModelCard, inside, read_card
 from dinotune.model.classifier import Classifier
+from dinotune.model.detector import Detector, load_detector
 from dinotune.model.mask2former import build_mask_segmenter
 from dinotune.model.onnx import load_onnx_model
 from dinotune.model.segmenter import Segmenter, feature_dims
@@ -34,7 +35,7 @@ log = logging.getLogger(__name__)
 HEAD_FILE = "head.safetensors"
 BACKBONE_DIR = "backbone"
 MAX_IMAGE_SIZE = 8192  # a card asking for more is broken or hostile: one image would not fit in memory
-Model = Classifier | Segmenter
+Model = Classifier | Segmenter | Detector
 
 
 def save_model(folder: str | Path, model: Model, card: ModelCard, save_backbone: bool = False) -> Path:
@@ -42,7 +43,7 @@ def save_model(folder: str | Path, model: Model, card: ModelCard, save_backbone:
     folder = Path(folder)
     make_dirs(folder)
     with atomic_path(folder / HEAD_FILE) as tmp:
-        if isinstance(model, Segmenter):
+        if isinstance(model, (Segmenter, Detector)):
             save_file({k: v.detach().cpu().contiguous() for k, v in model.head.state_dict().items()}, str(tmp))
             card.head = {**card.head, "file": HEAD_FILE, "layers": list(model.layers)}
         else:
@@ -101,6 +102,8 @@ def load_model(folder: str | Path, device: str | torch.device | None = None) -> 
         model: Model = _segmenter(backbone, head_path, card)
     elif card.task == "depth":
         model = _load_head(_depth_model(backbone, card), head_path)
+    elif card.task == "detect":
+        model = load_detector(backbone, head_path, card)
     else:
         model = Classifier(backbone, _linear_head(head_path))
     _check_head(model.head, card, head_path)

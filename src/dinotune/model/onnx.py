@@ -144,4 +144,8 @@ def load_onnx_model(
         log.info("running %s (int8); the fp32 graph is %s", path.name, card.head["fp32_file"])
     verify_file(folder, card, path)
     session = onnx_session(path, threads)
+    if card.task == "detect":
+        from dinotune.model.onnx_detect import OnnxDetector
+
+        return OnnxDetector(session, card)  # type: ignore[return-value]
     return OnnxSegmenter(session, card) if card.task in ("segment", "depth") else OnnxClassifier(session, card)

@@ -107,8 +107,10 @@ def resumable_loader(
     num_workers: int,
     indices: Sequence[int] | None = None,
     drop_last: bool = True,
+    collate_fn: Any = None,
 ) -> ResumableLoader:
-    """The training loader: `dataset` wrapped by `EpochSeeded`, shuffled by `EpochSampler`."""
+    """The training loader: `dataset` wrapped by `EpochSeeded`, shuffled by `EpochSampler` (`collate_fn`:
+    e.g. detection's, whose images hold different numbers of boxes)."""
     sampler = EpochSampler(len(dataset), seed=seed, indices=indices)  # type: ignore[arg-type]
     return ResumableLoader(
         EpochSeeded(dataset, seed),
@@ -118,4 +120,5 @@ def resumable_loader(
         drop_last=drop_last,
         pin_memory=torch.cuda.is_available(),
         persistent_workers=num_workers > 0,
+        collate_fn=collate_fn,
     )

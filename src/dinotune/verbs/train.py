@@ -9,7 +9,7 @@ from dinotune.config import apply_overrides, load_config, read_yaml
 from dinotune.errors import ConfigError
 from dinotune.verbs.common import Result
 
-TRAIN_TASKS = ("probe", "finetune", "segment", "pretrain", "depth")  # the YAML's `task` key
+TRAIN_TASKS = ("probe", "finetune", "segment", "pretrain", "depth", "detect")  # the YAML's `task` key
 
 
 def train_job(task: str) -> tuple[Any, Any]:
@@ -30,6 +30,10 @@ def train_job(task: str) -> tuple[Any, Any]:
         from dinotune.verbs.depth import DepthConfig, run_depth
 
         return DepthConfig, run_depth
+    if task == "detect":
+        from dinotune.verbs.detect import DetectConfig, run_detect
+
+        return DetectConfig, run_detect
     from dinotune.verbs.pretrain import PretrainConfig, run_pretrain
 
     return PretrainConfig, run_pretrain

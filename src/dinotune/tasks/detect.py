@@ -1,0 +1,80 @@
+"""Training a `Detector` on the shared `TaskModule` base: the FCOS loss, and COCO mAP on the validation
+split every epoch (val/map, the monitored metric, through torchmetrics' MeanAveragePrecision)."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from torch import Tensor
+
+from dinotune.losses.fcos import FCOSLoss, FCOSLossConfig
+from dinotune.model.detector import Detector
+from dinotune.training.base import TaskModule
+from dinotune.training.optim import OptimConfig
+
+DetectMode = Literal["linear", "finetune", "partial", "lora"]
+
+
+def map_metric() -> Any:
+    """COCO mAP over boxes in xyxy (torchmetrics; its COCO backend does the matching)."""
+    from torchmetrics.detection import MeanAveragePrecision
+
+    return MeanAveragePrecision(box_format="xyxy", iou_type="bbox", class_metrics=False)
+
+
+class DetectionModule(TaskModule):
+    """Trains `model` (prepared with `prepare_model`) on `collate_detection` batches."""
+
+    def __init__(
+        self,
+        model: Detector,
+        *,
+        mode: DetectMode = "linear",
+        optim: OptimConfig | None = None,
+        loss: FCOSLossConfig | None = None,
+        seed: int = 0,
+    ) -> None:
+        super().__init__(model, mode=mode, optim=optim, seed=seed)
+        self.loss_fn = FCOSLoss(model.num_classes, model.head.strides, loss)
+        self.monitor = "val/map"
+        self._metric: Any = None
+
+    def _shared_step(self, batch: dict[str, Any], stage: str, batch_idx: int) -> Tensor:
+        if stage == "train":
+            self.step_generator(batch_idx)  # drop path / dropout replay exactly after resume
+        outputs, points = self.model(batch["image"])
+        parts = self.loss_fn(outputs, points, batch["boxes"], batch["labels"])
+        on_step, size = stage == "train", batch["image"].shape[0]
+        for name, value in parts.items():
+            key = f"{stage}/loss" if name == "loss" else f"{stage}/loss_{name}"
+            self.log(key, value.detach(), on_step=on_step, on_epoch=not on_step, prog_bar=name == "loss",
+                     sync_dist=not on_step, batch_size=size)  # fmt: skip
+        if stage != "train":
+            self._update_map(batch)
+        return parts["loss"]
+
+    def _update_map(self, batch: dict[str, Any]) -> None:
+        if self._metric is None:
+            self._metric = map_metric()
+        predictions = self.model.predict(batch["image"])
+        targets = [{"boxes": b.detach().cpu().float(), "labels": lab.detach().cpu().long()}
+                   for b, lab in zip(batch["boxes"], batch["labels"], strict=True)]  # fmt: skip
+        self._metric.update(predictions, targets)
+
+    def _epoch_end(self, stage: str) -> None:
+        if self._metric is None:
+            return
+        result = self._metric.compute()
+        self._metric = None
+        for key in ("map", "map_50", "map_75"):
+            value = float(result[key])
+            self.log(f"{stage}/{key}", max(value, 0.0), prog_bar=key == "map", rank_zero_only=False)
+
+    def on_validation_epoch_end(self) -> None:
+        self._epoch_end("val")
+
+    def on_test_epoch_end(self) -> None:
+        self._epoch_end("test")
+
+
+__all__ = ["DetectMode", "DetectionModule", "map_metric"]

@@ -1,0 +1,156 @@
+"""`dinotune train` with `task: detect`: object detection on COCO-JSON or YOLO-txt datasets.
+
+`run_detect(cfg, resume=False)` writes one run folder (`cfg.out`): the best model by val/map as a model
+folder (`model.json` with task `detect`), metrics.json, predictions.json (COCO results) and box drawings
+of the report split, report.html, and the logs and checkpoints of every training verb (`resume=True`
+continues exactly). Images are letterboxed: the longest side resized to `data.image_size`, the rest
+padded bottom/right, so boxes map back to the original pixels by one scale factor.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any, Literal
+
+import lightning as L
+from pydantic import Field
+from torch.utils.data import DataLoader
+
+from dinotune.backbones.lora import LoraConfig
+from dinotune.config import BackboneConfig, StrictModel
+from dinotune.data.config import DataConfig
+from dinotune.errors import ConfigError, DataError
+from dinotune.heads.detect import DetectHeadConfig
+from dinotune.losses.fcos import FCOSLossConfig
+from dinotune.model import ModelCard
+from dinotune.model.detector import build_detector
+from dinotune.model.nms import PostprocessConfig
+from dinotune.run_folder import write_json
+from dinotune.tasks.detect import DetectionModule, DetectMode
+from dinotune.training.modes import prepare_model
+from dinotune.training.optim import OptimConfig
+from dinotune.training.sampler import resumable_loader
+from dinotune.training.trainer import TrainerConfig
+from dinotune.verbs.common import Result, backbone_source, with_channels
+from dinotune.verbs.training import EarlyStoppingConfig, fit_best, promote_best, training_metrics, training_run
+
+
+class DetectInferenceConfig(StrictModel):
+    """How raw outputs become boxes (stored in the card: predict, evaluate, export and serve use it)."""
+
+    score_threshold: float = Field(0.05, ge=0, le=1, description="Drop (box, class) scores at or below this.")
+    nms_iou: float = Field(0.6, gt=0, le=1, description="Class-aware NMS: suppress boxes overlapping more.")
+    pre_nms_top_k: int = Field(1000, ge=1, description="Best (box, class) candidates per image going to NMS.")
+    max_detections: int = Field(100, ge=1, description="Boxes kept per image after NMS.")
+
+
+class DetectConfig(StrictModel):
+    task: Literal["detect"] = "detect"
+    data: DataConfig
+    backbone: BackboneConfig = Field(default_factory=BackboneConfig)
+    head: DetectHeadConfig = Field(default_factory=DetectHeadConfig)
+    mode: DetectMode = Field("linear", description="linear (frozen backbone) | finetune | partial | lora.")
+    freeze_blocks: int = Field(0, ge=0, description="partial: freeze the embeddings and this many first blocks.")
+    lora: LoraConfig = Field(default_factory=LoraConfig)
+    loss: FCOSLossConfig = Field(default_factory=FCOSLossConfig)
+    optim: OptimConfig = Field(default_factory=OptimConfig)
+    batch_size: int = Field(8, ge=1, description="Training images per device per step.")
+    eval_batch_size: int | None = Field(None, ge=1, description="Validation batch during training.")
+    trainer: TrainerConfig = Field(default_factory=lambda: TrainerConfig(max_epochs=30))
+    early_stopping: EarlyStoppingConfig = Field(default_factory=lambda: EarlyStoppingConfig(patience=10))
+    inference: DetectInferenceConfig = Field(default_factory=DetectInferenceConfig)
+    save_last_model: bool = Field(False, description="Also write the final model to out/last/.")
+    save_predictions: bool = Field(True, description="Write predictions.json and box drawings of the report split.")
+    out: Path | None = Field(None, description="Run folder (default: runs/detect-<time>).")
+
+
+def run_detect(cfg: DetectConfig, resume: bool = False, callbacks: tuple[L.Callback, ...] = ()) -> Result:
+    """Train a pyramid + FCOS head (and optionally the backbone), keep the best by val/map, evaluate it."""
+    from dinotune.data.boxes import load_detection
+
+    start = time.perf_counter()
+    if cfg.data.resize == "keep":
+        raise ConfigError("data.resize=keep is not used by detection: images are letterboxed to data.image_size.")
+    with training_run(cfg, "detect", resume) as (run_dir, run, backbone, prep):
+        data_cfg = with_channels(cfg.data, backbone)
+        spec = load_detection(data_cfg.root, split_seed=data_cfg.split_seed, val_fraction=data_cfg.val_fraction)
+        if not spec.splits.get("train") or not spec.splits.get("val"):
+            raise DataError(f"'{cfg.data.root}' needs train and val images with boxes (found splits: "
+                            f"{sorted(k for k, v in spec.splits.items() if v)}).")  # fmt: skip
+        model = build_detector(backbone, cfg.head, len(spec.classes), PostprocessConfig(**cfg.inference.model_dump()))
+        if cfg.data.image_size % model.input_multiple:
+            raise ConfigError(f"data.image_size={cfg.data.image_size} must be a multiple of {model.input_multiple} "
+                              "(the backbone's patch and the coarsest head.strides).")  # fmt: skip
+        prep.resize = "letterbox"
+        counts = prepare_model(model, cfg.mode, freeze_blocks=cfg.freeze_blocks, lora=cfg.lora)
+        module = DetectionModule(model, mode=cfg.mode, optim=cfg.optim, loss=cfg.loss, seed=cfg.trainer.seed)
+        source = backbone_source(backbone, cfg.trainer.seed)
+        head = {"type": "fcos", "config": cfg.head.model_dump(mode="json"), "category_ids": list(spec.category_ids)}
+
+        def card() -> ModelCard:
+            return ModelCard("detect", list(spec.classes), prep, dict(source), dict(head),
+                             inference=cfg.inference.model_dump(), license=backbone.info.license)  # fmt: skip
+
+        write_json(run_dir / "splits.json", _splits_record(spec))
+        loader, val_loader = _loaders(cfg, spec, prep)
+        run.info(f"detect/{cfg.mode} + pyramid {cfg.head.strides} + FCOS (layers {model.layers}): "
+                 f"{backbone.info.arch} ({backbone.info.source}), {len(spec.classes)} classes, "
+                 f"{counts['trainable']:,} of {counts['total']:,} parameters trainable"
+                 + (" - resuming" if resume else ""))  # fmt: skip
+        save_backbone = cfg.mode != "linear"
+        trainer, best = fit_best(module, loader, val_loader, card, run_dir=run_dir, trainer_cfg=cfg.trainer,
+                                 early_stopping=cfg.early_stopping, save_backbone=save_backbone, resume=resume,
+                                 callbacks=callbacks)  # fmt: skip
+        metrics: dict[str, Any] = {}
+        if trainer.is_global_zero:
+            promote_best(run_dir, module, card, save_backbone=save_backbone, save_last=cfg.save_last_model, run=run)
+            metrics = evaluate_run_splits(run_dir, spec, save_predictions=cfg.save_predictions)
+            metrics |= {"mode": cfg.mode, "head": "fcos"}
+            metrics |= training_metrics(trainer, best, counts, time.perf_counter() - start, resume)
+            write_json(run_dir / "metrics.json", metrics)
+            run.info(" ".join(f"{k} {v:.4f}" for k, v in metrics.get("summary", {}).items()))
+    return Result(run_dir, metrics)
+
+
+def _splits_record(spec: Any) -> dict[str, Any]:
+    """splits.json: the data root and each split's images (relative), as every run folder records them."""
+    root = Path(spec.root).resolve()
+    splits = {name: [str(Path(s.path).resolve().relative_to(root)) for s in samples]
+              for name, samples in spec.splits.items() if samples}  # fmt: skip
+    return {"root": str(root), "splits": splits}
+
+
+def _loaders(cfg: DetectConfig, spec: Any, prep: Any) -> tuple[Any, DataLoader]:
+    """The resumable training loader (augmented) and the validation loader (letterboxed only)."""
+    from dinotune.data.detection_dataset import DetectionDataset, collate_detection, detection_transform
+
+    def dataset(split: str, train: bool) -> Any:
+        transform = detection_transform(train, cfg.data.image_size, prep.mean, prep.std,
+                                        augment=cfg.data.augment if train else "none")  # fmt: skip
+        return DetectionDataset(spec.splits[split], transform)
+
+    workers, train = cfg.data.num_workers, dataset("train", True)
+    loader = resumable_loader(train, batch_size=cfg.batch_size, seed=cfg.trainer.seed, num_workers=workers,
+                              drop_last=len(train) > cfg.batch_size, collate_fn=collate_detection)  # fmt: skip
+    val = DataLoader(dataset("val", False), batch_size=cfg.eval_batch_size or cfg.batch_size, shuffle=False,
+                     num_workers=workers, persistent_workers=workers > 0, collate_fn=collate_detection)  # fmt: skip
+    return loader, val
+
+
+def evaluate_run_splits(run_dir: Path, spec: Any, *, save_predictions: bool = True) -> dict[str, Any]:
+    """The saved best model on val and test: mAP per split; predictions and drawings of the report split."""
+    from dinotune.evaluation.detect import evaluate_detections
+
+    report = "test" if spec.splits.get("test") else "val"
+    metrics: dict[str, Any] = {"task": "detect", "classes": list(spec.classes), "report_split": report}
+    summary: dict[str, float] = {}
+    for split in ("val", "test"):
+        if not spec.splits.get(split):
+            continue
+        out = run_dir if split == report and save_predictions else None
+        result = evaluate_detections(run_dir, spec.splits[split], spec, out=out)
+        metrics[split] = result
+        summary |= {f"{split}/map": result["map"], f"{split}/map_50": result["map_50"]}
+    metrics["summary"] = summary
+    return metrics
