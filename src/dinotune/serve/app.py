@@ -79,6 +79,23 @@ async def _segment(server: ServerState, images: list[np.ndarray]) -> list[dict[s
     return answers
 
 
+def _detection_answer(found: dict[str, np.ndarray], image: np.ndarray, classes: list[str]) -> dict[str, Any]:
+    boxes = [[round(float(v), 2) for v in box] for box in found["boxes"]]
+    detections = [{"label": classes[int(c)], "index": int(c), "score": round(float(s), 6), "box": box}
+                  for box, s, c in zip(boxes, found["scores"], found["labels"], strict=True)]  # fmt: skip
+    return {"detections": detections, "height": int(image.shape[0]), "width": int(image.shape[1])}
+
+
+async def _detect(server: ServerState, images: list[np.ndarray]) -> list[dict[str, Any]]:
+    assert server.segment_slots is not None and server.engine is not None
+    answers = []
+    for image in images:
+        async with server.segment_slots:  # one image at a time, as segmentation
+            found = await run_in_threadpool(server.engine.detect, image)
+        answers.append(_detection_answer(found, image, server.engine.card.classes))
+    return answers
+
+
 def _top_k(probs: np.ndarray, classes: list[str], k: int) -> list[dict[str, Any]]:
     order = np.argsort(-probs, kind="stable")[:k]
     return [{"label": classes[i], "index": int(i), "probability": round(float(probs[i]), 6)} for i in order]
@@ -96,6 +113,8 @@ async def _answers(server: ServerState, request: Request, batch: bool, top_k: in
     del uploads
     if engine.segments:
         return await asyncio.wait_for(_segment(server, images), config.request_timeout_s)
+    if engine.detects:
+        return await asyncio.wait_for(_detect(server, images), config.request_timeout_s)
     results = await asyncio.wait_for(server.batcher.submit(images), config.request_timeout_s)
     k = max(1, min(top_k, len(engine.card.classes)))
     answers = []

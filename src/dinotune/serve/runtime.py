@@ -2,7 +2,9 @@
 
 A classifier engine answers `run(batch) -> (probabilities, embeddings)` for the micro-batcher; a
 segmentation engine answers `segment(image) -> class probabilities (K, H, W)` one image at a time
-(images keep their own size); `preprocess(image)` turns a decoded image into the model's input.
+(images keep their own size); a detection engine answers `detect(image) -> boxes, scores, labels` in
+the image's own pixels (letterboxed in numpy, the same NMS in both runtimes: `dinotune.model.nms`);
+`preprocess(image)` turns a decoded image into the model's input.
 
 An export folder (or `.onnx`) runs on `OnnxEngine`: numpy, PIL and ONNX Runtime only, preprocessing in
 numpy (`dinotune.data.numpy_transforms`, equal to the training pipeline to 1e-5), so a slim image without
@@ -20,11 +22,13 @@ from typing import Any
 
 import numpy as np
 
+from dinotune.data.letterbox import LetterboxTransform
 from dinotune.data.numpy_transforms import EvalTransform, FullSizeTransform
 from dinotune.errors import CheckpointError
 from dinotune.features.hashes import file_hash
 from dinotune.model import slide
 from dinotune.model.card import ModelCard, inside, read_card
+from dinotune.model.nms import to_original
 from dinotune.model.onnx import load_onnx_model
 
 log = logging.getLogger(__name__)
@@ -70,16 +74,32 @@ class Engine:
         self.checksum = file_checksum(card, weights) if weights is not None and weights.is_file() else ""
         prep = card.preprocessing
         # a segmenter sees each image at its own size (sliding window), a classifier the card's input size
-        self._transform = (
-            FullSizeTransform(prep.mean, prep.std)
-            if self.segments
-            else EvalTransform.from_preprocessing(prep, input_multiple)
-        )
+        if self.detects:  # the letterbox runs in `detect`, which needs the image's own size too
+            self._transform = _as_float32
+            self._letterbox = LetterboxTransform(prep.image_size, prep.mean, prep.std, prep.channels)
+        else:
+            self._transform = (
+                FullSizeTransform(prep.mean, prep.std)
+                if self.segments
+                else EvalTransform.from_preprocessing(prep, input_multiple)
+            )
 
     @property
     def segments(self) -> bool:
         """Whole images one at a time, at their own size: segmentation and depth."""
         return self.card.task in ("segment", "depth")
+
+    @property
+    def detects(self) -> bool:
+        return self.card.task == "detect"
+
+    def detect(self, image: np.ndarray) -> dict[str, np.ndarray]:
+        """Decoded HxWxC float32 -> {"boxes" (M, 4) xyxy in its own pixels, "scores", "labels"}."""
+        array, scale = self._letterbox(image)
+        return to_original(self._detect(array[None])[0], scale, image.shape[0], image.shape[1])
+
+    def _detect(self, images: np.ndarray) -> list[dict[str, np.ndarray]]:
+        raise NotImplementedError
 
     def preprocess(self, image: np.ndarray) -> np.ndarray:
         """Decoded HxWxC float32 -> CHW float32 model input."""
@@ -127,6 +147,9 @@ class OnnxEngine(Engine):
 
         return predict_depth_array(self.model.logits, image[None], slide.InferenceConfig(**self.card.inference))[0, 0]
 
+    def _detect(self, images: np.ndarray) -> list[dict[str, np.ndarray]]:
+        return self.model.detect(images)
+
 
 class TorchEngine(Engine):
     """A run or model folder in PyTorch, preprocessed by the training pipeline itself."""
@@ -144,7 +167,7 @@ class TorchEngine(Engine):
         if card.task == "embed":
             raise CheckpointError(f"{folder} is a backbone-only export (task 'embed'); serve needs one with a head.")
         super().__init__(card, folder, self.model.input_multiple, folder / card.head.get("file", HEAD_FILE))
-        if not self.segments:  # exactly the tensors predict and evaluate compute
+        if not self.segments and not self.detects:  # exactly the tensors predict and evaluate compute
             self._transform = _TensorToArray(card.preprocessing.transform(self.input_multiple))
 
     def run(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -165,6 +188,17 @@ class TorchEngine(Engine):
         with torch.inference_mode():
             cfg = slide.InferenceConfig(**self.card.inference)
             return predict_depth(self.model, torch.from_numpy(image)[None], cfg)[0, 0].numpy()
+
+    def _detect(self, images: np.ndarray) -> list[dict[str, np.ndarray]]:
+        import torch
+
+        with torch.inference_mode():
+            found = self.model.predict(torch.from_numpy(images))
+        return [{k: v.numpy() for k, v in d.items()} for d in found]
+
+
+def _as_float32(image: np.ndarray) -> np.ndarray:
+    return (image[:, :, None] if image.ndim == 2 else image).astype(np.float32, copy=False)
 
 
 class _TensorToArray:

@@ -45,8 +45,22 @@ class Depth(BaseModel):
     depth: DepthMap
 
 
+class Detection(BaseModel):
+    label: str = Field(description="Class name.")
+    index: int = Field(description="Class index in the model card's `classes`.")
+    score: float = Field(description="sqrt(sigmoid(class) x sigmoid(centerness)), after class-aware NMS.")
+    box: list[float] = Field(min_length=4, max_length=4, description="x0, y0, x1, y1 in the image's own pixels.")
+
+
+class Detections(BaseModel):
+    detections: list[Detection] = Field(description="The boxes found, best first (at most the card's limit).")
+    height: int
+    width: int
+
+
 class PredictResponse(BaseModel):
-    """One image's answer: `predictions` for a classifier, the mask fields for a segmenter, `depth` for depth."""
+    """One image's answer: `predictions` for a classifier, the mask fields for a segmenter, `depth` for depth,
+    `detections` (with height and width) for a detector."""
 
     model: str = Field(description="The served model's name (from its card).")
     predictions: list[Prediction] | None = None
@@ -55,11 +69,14 @@ class PredictResponse(BaseModel):
     width: int | None = None
     fractions: dict[str, float] | None = None
     depth: DepthMap | None = None
+    detections: list[Detection] | None = None
 
 
 class BatchResponse(BaseModel):
     model: str = Field(description="The served model's name (from its card).")
-    results: list[Classification | Segmentation | Depth] = Field(description="One answer per image, in upload order.")
+    results: list[Classification | Segmentation | Depth | Detections] = Field(
+        description="One answer per image, in upload order."
+    )
 
 
 class ErrorResponse(BaseModel):
