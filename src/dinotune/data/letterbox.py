@@ -1,7 +1,7 @@
 """Detection's evaluation input in numpy alone (torch-free serving of a detection export).
 
-The letterbox: the longest side resized to `image_size` (OpenCV bilinear on float32, the rounding of
-albumentations' LongestMaxSize), zeros padded at the bottom and right up to the square, then
+The letterbox: the longest side resized to `image_size` (OpenCV INTER_AREA when shrinking, bilinear
+otherwise, on float32; sides rounded with Python's round), zeros padded at the bottom and right up to the square, then
 normalised. `scale` = image_size / longest side maps boxes back: original = letterboxed / scale.
 It equals the eval `detection_transform` of `dinotune.data.detection_dataset` (tests/data).
 """
@@ -19,7 +19,7 @@ def letterbox_geometry(image: np.ndarray, size: int) -> tuple[np.ndarray, float]
     """HxWxC float32 -> (size x size x C resized and padded, scale)."""
     h, w = image.shape[:2]
     scale = size / max(h, w)
-    resized = resize(image, max(1, round(h * scale)), max(1, round(w * scale)))
+    resized = resize(image, max(1, round(h * scale)), max(1, round(w * scale)), area=scale < 1)
     rh, rw = resized.shape[:2]
     out = np.pad(resized, ((0, size - rh), (0, size - rw), (0, 0))) if (rh, rw) != (size, size) else resized
     return out, scale

@@ -30,36 +30,41 @@ def postprocess_config(values: dict | None) -> PostprocessConfig:
 
 def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """IoU of every box in `a` (N, 4) with every box in `b` (M, 4), xyxy: (N, M)."""
-    area_a = np.clip(a[:, 2] - a[:, 0], 0, None) * np.clip(a[:, 3] - a[:, 1], 0, None)
-    area_b = np.clip(b[:, 2] - b[:, 0], 0, None) * np.clip(b[:, 3] - b[:, 1], 0, None)
-    low = np.maximum(a[:, None, :2], b[None, :, :2])
-    high = np.minimum(a[:, None, 2:], b[None, :, 2:])
-    inter = np.prod(np.clip(high - low, 0, None), axis=2)
+    area_a = (a[:, 2] - a[:, 0]).clip(0) * (a[:, 3] - a[:, 1]).clip(0)
+    area_b = (b[:, 2] - b[:, 0]).clip(0) * (b[:, 3] - b[:, 1]).clip(0)
+    width = (np.minimum(a[:, None, 2], b[None, :, 2]) - np.maximum(a[:, None, 0], b[None, :, 0])).clip(0)
+    height = (np.minimum(a[:, None, 3], b[None, :, 3]) - np.maximum(a[:, None, 1], b[None, :, 1])).clip(0)
+    inter = width * height
     union = area_a[:, None] + area_b[None, :] - inter
     return np.where(union > 0, inter / np.maximum(union, 1e-12), 0.0)
 
 
-def nms(boxes: np.ndarray, scores: np.ndarray, iou: float) -> np.ndarray:
-    """Indices of the boxes kept by greedy NMS, highest score first (ties: the earlier box first)."""
+def nms(boxes: np.ndarray, scores: np.ndarray, iou: float, limit: int | None = None) -> np.ndarray:
+    """Indices of the boxes kept by greedy NMS, highest score first (ties: the earlier box first); a box
+    is suppressed by a kept one overlapping it more than `iou`. Stops after `limit` kept boxes."""
     order = np.argsort(-scores, kind="stable")
+    ranked = boxes[order].astype(np.float64)
+    suppressed = np.zeros(len(order), dtype=bool)
     keep: list[int] = []
-    while order.size:
-        best = int(order[0])
-        keep.append(best)
-        if order.size == 1:
+    for i in range(len(order)):  # one IoU row per kept box: at most `limit` rows
+        if suppressed[i]:
+            continue
+        keep.append(i)
+        if limit is not None and len(keep) >= limit:
             break
-        overlaps = box_iou(boxes[best : best + 1], boxes[order[1:]])[0]
-        order = order[1:][overlaps <= iou]
-    return np.asarray(keep, dtype=np.int64)
+        suppressed[i + 1 :] |= box_iou(ranked[i : i + 1], ranked[i + 1 :])[0] > iou
+    return order[np.asarray(keep, dtype=np.int64)]
 
 
-def batched_nms(boxes: np.ndarray, scores: np.ndarray, labels: np.ndarray, iou: float) -> np.ndarray:
-    """Class-aware NMS: boxes of different labels never suppress each other. Kept indices, by score."""
+def batched_nms(boxes: np.ndarray, scores: np.ndarray, labels: np.ndarray, iou: float,
+                limit: int | None = None) -> np.ndarray:  # fmt: skip
+    """Class-aware NMS: boxes of different labels never suppress each other (each label's boxes are moved
+    to their own region, so one greedy pass over all does it). Kept indices, by score."""
     if not len(boxes):
         return np.zeros(0, dtype=np.int64)
-    keep = np.concatenate([np.flatnonzero(labels == c)[nms(boxes[labels == c], scores[labels == c], iou)]
-                           for c in np.unique(labels)])  # fmt: skip
-    return keep[np.argsort(-scores[keep], kind="stable")]
+    boxes = boxes.astype(np.float64)
+    offsets = labels.astype(np.float64) * (np.abs(boxes).max() * 2 + 1)
+    return nms(boxes + offsets[:, None], scores, iou, limit)
 
 
 def postprocess(boxes: np.ndarray, scores: np.ndarray, cfg: PostprocessConfig) -> dict[str, np.ndarray]:
@@ -73,7 +78,7 @@ def postprocess(boxes: np.ndarray, scores: np.ndarray, cfg: PostprocessConfig) -
         candidates = candidates[np.argsort(-flat[candidates], kind="stable")[: cfg.pre_nms_top_k]]
     locations, labels = np.divmod(candidates, scores.shape[1])
     chosen, chosen_scores = boxes[locations].astype(np.float32), flat[candidates].astype(np.float32)
-    keep = batched_nms(chosen, chosen_scores, labels, cfg.nms_iou)[: cfg.max_detections]
+    keep = batched_nms(chosen, chosen_scores, labels, cfg.nms_iou, cfg.max_detections)
     return {
         "boxes": chosen[keep].reshape(-1, 4),
         "scores": chosen_scores[keep],

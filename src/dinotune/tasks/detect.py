@@ -1,5 +1,7 @@
 """Training a `Detector` on the shared `TaskModule` base: the FCOS loss, and COCO mAP on the validation
-split every epoch (val/map, the monitored metric, through torchmetrics' MeanAveragePrecision)."""
+split every epoch (val/map, the monitored metric, by `dinotune.metrics.detection`), in the letterboxed
+images' pixels (mAP is scale-invariant up to COCO's small/medium/large area split, which it is not
+monitored on)."""
 
 from __future__ import annotations
 
@@ -8,18 +10,12 @@ from typing import Any, Literal
 from torch import Tensor
 
 from dinotune.losses.fcos import FCOSLoss, FCOSLossConfig
+from dinotune.metrics.detection import DetectionMetric
 from dinotune.model.detector import Detector
 from dinotune.training.base import TaskModule
 from dinotune.training.optim import OptimConfig
 
 DetectMode = Literal["linear", "finetune", "partial", "lora"]
-
-
-def map_metric() -> Any:
-    """COCO mAP over boxes in xyxy (torchmetrics; its COCO backend does the matching)."""
-    from torchmetrics.detection import MeanAveragePrecision
-
-    return MeanAveragePrecision(box_format="xyxy", iou_type="bbox", class_metrics=False)
 
 
 class DetectionModule(TaskModule):
@@ -28,6 +24,7 @@ class DetectionModule(TaskModule):
     def __init__(
         self,
         model: Detector,
+        classes: list[str],
         *,
         mode: DetectMode = "linear",
         optim: OptimConfig | None = None,
@@ -37,7 +34,7 @@ class DetectionModule(TaskModule):
         super().__init__(model, mode=mode, optim=optim, seed=seed)
         self.loss_fn = FCOSLoss(model.num_classes, model.head.strides, loss)
         self.monitor = "val/map"
-        self._metric: Any = None
+        self.metric = DetectionMetric(classes)
 
     def _shared_step(self, batch: dict[str, Any], stage: str, batch_idx: int) -> Tensor:
         if stage == "train":
@@ -54,18 +51,16 @@ class DetectionModule(TaskModule):
         return parts["loss"]
 
     def _update_map(self, batch: dict[str, Any]) -> None:
-        if self._metric is None:
-            self._metric = map_metric()
         predictions = self.model.predict(batch["image"])
         targets = [{"boxes": b.detach().cpu().float(), "labels": lab.detach().cpu().long()}
                    for b, lab in zip(batch["boxes"], batch["labels"], strict=True)]  # fmt: skip
-        self._metric.update(predictions, targets)
+        self.metric.update(predictions, targets)
 
     def _epoch_end(self, stage: str) -> None:
-        if self._metric is None:
+        if not self.metric.targets:
             return
-        result = self._metric.compute()
-        self._metric = None
+        result = self.metric.compute()
+        self.metric.reset()
         for key in ("map", "map_50", "map_75"):
             value = float(result[key])
             self.log(f"{stage}/{key}", max(value, 0.0), prog_bar=key == "map", rank_zero_only=False)
@@ -77,4 +72,4 @@ class DetectionModule(TaskModule):
         self._epoch_end("test")
 
 
-__all__ = ["DetectMode", "DetectionModule", "map_metric"]
+__all__ = ["DetectMode", "DetectionModule"]

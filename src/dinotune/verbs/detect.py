@@ -84,7 +84,9 @@ def run_detect(cfg: DetectConfig, resume: bool = False, callbacks: tuple[L.Callb
                               "(the backbone's patch and the coarsest head.strides).")  # fmt: skip
         prep.resize = "letterbox"
         counts = prepare_model(model, cfg.mode, freeze_blocks=cfg.freeze_blocks, lora=cfg.lora)
-        module = DetectionModule(model, mode=cfg.mode, optim=cfg.optim, loss=cfg.loss, seed=cfg.trainer.seed)
+        module = DetectionModule(
+            model, list(spec.classes), mode=cfg.mode, optim=cfg.optim, loss=cfg.loss, seed=cfg.trainer.seed
+        )
         source = backbone_source(backbone, cfg.trainer.seed)
         head = {"type": "fcos", "config": cfg.head.model_dump(mode="json"), "category_ids": list(spec.category_ids)}
 
@@ -125,10 +127,14 @@ def _loaders(cfg: DetectConfig, spec: Any, prep: Any) -> tuple[Any, DataLoader]:
     """The resumable training loader (augmented) and the validation loader (letterboxed only)."""
     from dinotune.data.detection_dataset import DetectionDataset, collate_detection, detection_transform
 
+    data = cfg.data
+
     def dataset(split: str, train: bool) -> Any:
-        transform = detection_transform(train, cfg.data.image_size, prep.mean, prep.std,
-                                        augment=cfg.data.augment if train else "none")  # fmt: skip
-        return DetectionDataset(spec.splits[split], transform)
+        augment = train and data.augment != "none"
+        transform = detection_transform(augment, data.image_size, prep.mean, prep.std, prep.channels,
+                                        seed=cfg.trainer.seed)  # fmt: skip
+        return DetectionDataset(spec.splits[split], transform, prep.channels, data.on_bad_file,
+                                scaling=data.scaling, max_pixels=data.max_pixels)  # fmt: skip
 
     workers, train = cfg.data.num_workers, dataset("train", True)
     loader = resumable_loader(train, batch_size=cfg.batch_size, seed=cfg.trainer.seed, num_workers=workers,
@@ -139,17 +145,20 @@ def _loaders(cfg: DetectConfig, spec: Any, prep: Any) -> tuple[Any, DataLoader]:
 
 
 def evaluate_run_splits(run_dir: Path, spec: Any, *, save_predictions: bool = True) -> dict[str, Any]:
-    """The saved best model on val and test: mAP per split; predictions and drawings of the report split."""
-    from dinotune.evaluation.detect import evaluate_detections
+    """The saved best model on val and test: mAP per split in the original images' pixels."""
+    from dinotune.metrics.detection import detection_metrics
+    from dinotune.verbs.detect_predict import detect_images
 
     report = "test" if spec.splits.get("test") else "val"
     metrics: dict[str, Any] = {"task": "detect", "classes": list(spec.classes), "report_split": report}
     summary: dict[str, float] = {}
     for split in ("val", "test"):
-        if not spec.splits.get(split):
+        samples = spec.splits.get(split)
+        if not samples:
             continue
-        out = run_dir if split == report and save_predictions else None
-        result = evaluate_detections(run_dir, spec.splits[split], spec, out=out)
+        _, found = detect_images(run_dir, [s.path for s in samples])
+        targets = [{"boxes": s.boxes, "labels": s.labels} for s in samples]
+        result = detection_metrics([d for _, _, d in found], targets, list(spec.classes))
         metrics[split] = result
         summary |= {f"{split}/map": result["map"], f"{split}/map_50": result["map_50"]}
     metrics["summary"] = summary
