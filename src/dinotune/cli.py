@@ -170,7 +170,7 @@ def predict(
         None,
         "--out",
         "-o",
-        help="Also write the predictions to this CSV file (segmentation: the output folder, default ./masks).",
+        help="Also write the predictions to this CSV file (segmentation, detection, depth: the output folder).",
     ),
     tile: int = typer.Option(
         None,
@@ -212,8 +212,8 @@ def predict(
         typer.echo(f"wrote {result.metrics['depth_maps']} depth maps and previews to {result.run_dir}")
     elif "tiles" in result.metrics:
         typer.echo(f"wrote {result.metrics['tiles']} tiles of {result.metrics['scenes']} image(s) to {result.run_dir}")
-    elif out:
-        typer.echo(f"wrote {out}")
+    elif out or "detections" in result.metrics:  # a CSV, or a detector's predictions.json and drawings
+        typer.echo(f"wrote {result.run_dir}{result.metrics.get('written', '')}")
 
 
 @app.command()
@@ -279,7 +279,7 @@ def evaluate(
     from dinotune.model import read_card
     from dinotune.verbs.evaluate import run_evaluate
 
-    dense = read_card(run).task in ("segment", "depth")  # their evaluations take no classification options
+    dense = read_card(run).task in ("segment", "depth", "detect")  # their evaluations take no classification options
     options = {} if dense else {"robustness": robustness, "ood_data": ood_data, "epsilon": epsilon}
     result = run_evaluate(run, data or None, split=split, out=out, overwrite=overwrite, **options)
     summary = result.metrics.get("summary", {})

@@ -9,6 +9,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+import lightning as L
 import numpy as np
 import pytest
 import torch
@@ -16,6 +17,7 @@ from safetensors.torch import load_file
 
 from dinotune.config import validate
 from dinotune.data.boxes import load_detection
+from dinotune.data.detection_dataset import DetectionTransform
 from dinotune.errors import ConfigError
 from dinotune.metrics.detection import detection_metrics
 from dinotune.model import load_model, read_card
@@ -45,10 +47,17 @@ def detect_config(root: Path, out: Path, **overrides: Any) -> DetectConfig:
     return validate(DetectConfig, values)
 
 
-def train(root: Path, out: Path, resume: bool = False, **overrides: Any) -> Result:
+def train(root: Path, out: Path, resume: bool = False, callbacks: tuple = (), **overrides: Any) -> Result:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        return run_detect(detect_config(root, out, **overrides), resume=resume)
+        return run_detect(detect_config(root, out, **overrides), resume=resume, callbacks=callbacks)
+
+
+class StopAfterFirstEpoch(L.Callback):
+    """An interruption at the end of epoch 1: the schedule and config stay those of the whole run."""
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        trainer.should_stop = True
 
 
 @pytest.fixture(scope="module")
@@ -118,14 +127,25 @@ def test_predict_writes_coco_json_that_reads_back(detect_run: Result, shapes64: 
     assert sum(s.num_boxes for split in spec.splits.values() for s in split) == len(coco["annotations"])
 
 
-def test_resume_continues_exactly(shapes64: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    "augment",
+    [
+        "none",
+        pytest.param("default", marks=pytest.mark.xfail(
+            not hasattr(DetectionTransform, "set_random_seed"), strict=True,
+            reason="DetectionTransform's scale jitter is not reseeded per item (detection_interface_changes.md)")),
+    ],
+)  # fmt: skip
+def test_resume_continues_exactly(shapes64: Path, tmp_path: Path, augment: str) -> None:
+    """Interrupted after epoch 1 and resumed: the same weights as the uninterrupted run."""
     two = {"max_epochs": 2, "progress_bar": False}
-    reference = train(shapes64, tmp_path / "reference", trainer=two)
-    first = train(shapes64, tmp_path / "run", trainer={"max_epochs": 1, "progress_bar": False})
+    data = {"root": str(shapes64), "image_size": 64, "num_workers": 0, "augment": augment}
+    reference = train(shapes64, tmp_path / "reference", trainer=two, data=data)
+    first = train(shapes64, tmp_path / "run", callbacks=(StopAfterFirstEpoch(),), trainer=two, data=data)
     assert first.metrics["epochs_run"] == 1
     with pytest.raises(ConfigError, match="--resume"):
-        train(shapes64, tmp_path / "run", trainer=two)
-    resumed = train(shapes64, tmp_path / "run", resume=True, trainer=two)
+        train(shapes64, tmp_path / "run", trainer=two, data=data)
+    resumed = train(shapes64, tmp_path / "run", resume=True, trainer=two, data=data)
     assert resumed.metrics["resumed"] and resumed.metrics["steps"] == reference.metrics["steps"]
     expected = torch.load(reference.run_dir / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"]
     got = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"]

@@ -43,7 +43,7 @@ COLUMNS = {
     "model_mb": "Model size (MB)",
 }
 METRICS = ("accuracy", "balanced_accuracy", "f1_macro", "auroc", "map", "miou", "ece", "absrel", "delta1")
-MAIN_METRIC = {"classify": "accuracy", "multilabel": "map", "segment": "miou", "depth": "absrel"}
+MAIN_METRIC = {"classify": "accuracy", "multilabel": "map", "segment": "miou", "depth": "absrel", "detect": "map"}
 LOWER_IS_BETTER = {"ece", "absrel"}  # the main metrics and columns where a smaller value wins
 
 

@@ -82,8 +82,9 @@ class ResumableLoader(DataLoader):
 
 
 class EpochSeeded(Dataset):
-    """Keys `epoch * n + index` -> item `index`, with the albumentations pipeline seeded by
-    (seed, epoch, index), for datasets that do not read the epoch themselves."""
+    """Keys `epoch * n + index` -> item `index`, with the albumentations pipeline (or the transform's own
+    `set_random_seed`, when it draws numbers besides its pipeline) seeded by (seed, epoch, index), for
+    datasets that do not read the epoch themselves."""
 
     def __init__(self, base: Dataset, seed: int) -> None:
         self.base, self.seed, self.n = base, seed, len(base)  # type: ignore[arg-type]
@@ -93,9 +94,14 @@ class EpochSeeded(Dataset):
 
     def __getitem__(self, key: int) -> dict[str, Any]:
         epoch, index = divmod(int(key), self.n)
-        pipeline = getattr(getattr(self.base, "transform", None), "pipeline", None)
+        transform = getattr(self.base, "transform", None)
+        seed = (self.seed * 7919 + epoch * 1_000_003 + index) % 2**31
+        if hasattr(transform, "set_random_seed"):  # a transform with random draws of its own seeds them all
+            transform.set_random_seed(seed)
+            return self.base[index]
+        pipeline = getattr(transform, "pipeline", None)
         if pipeline is not None and hasattr(pipeline, "set_random_seed"):
-            pipeline.set_random_seed((self.seed * 7919 + epoch * 1_000_003 + index) % 2**31)
+            pipeline.set_random_seed(seed)
         return self.base[index]
 
 

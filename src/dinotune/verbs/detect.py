@@ -9,6 +9,7 @@ padded bottom/right, so boxes map back to the original pixels by one scale facto
 
 from __future__ import annotations
 
+import tempfile
 import time
 from pathlib import Path
 from typing import Any, Literal
@@ -23,7 +24,7 @@ from dinotune.data.config import DataConfig
 from dinotune.errors import ConfigError, DataError
 from dinotune.heads.detect import DetectHeadConfig
 from dinotune.losses.fcos import FCOSLossConfig
-from dinotune.model import ModelCard
+from dinotune.model import ModelCard, load_model
 from dinotune.model.detector import build_detector
 from dinotune.model.nms import PostprocessConfig
 from dinotune.run_folder import write_json
@@ -107,7 +108,7 @@ def run_detect(cfg: DetectConfig, resume: bool = False, callbacks: tuple[L.Callb
         metrics: dict[str, Any] = {}
         if trainer.is_global_zero:
             promote_best(run_dir, module, card, save_backbone=save_backbone, save_last=cfg.save_last_model, run=run)
-            metrics = evaluate_run_splits(run_dir, spec, save_predictions=cfg.save_predictions)
+            metrics = evaluate_run_splits(run_dir, spec, data_cfg, save_predictions=cfg.save_predictions)
             metrics |= {"mode": cfg.mode, "head": "fcos"}
             metrics |= training_metrics(trainer, best, counts, time.perf_counter() - start, resume)
             write_json(run_dir / "metrics.json", metrics)
@@ -144,21 +145,29 @@ def _loaders(cfg: DetectConfig, spec: Any, prep: Any) -> tuple[Any, DataLoader]:
     return loader, val
 
 
-def evaluate_run_splits(run_dir: Path, spec: Any, *, save_predictions: bool = True) -> dict[str, Any]:
-    """The saved best model on val and test: mAP per split in the original images' pixels."""
-    from dinotune.metrics.detection import detection_metrics
-    from dinotune.verbs.detect_predict import detect_images
+def evaluate_run_splits(run_dir: Path, spec: Any, data: DataConfig, *, save_predictions: bool = True
+                        ) -> dict[str, Any]:  # fmt: skip
+    """The saved best model on val and test (mAP in the original images' pixels); the report split's
+    predictions.json, per_image.csv, drawings and report.html go into the run folder."""
+    from dinotune.data.detection_dataset import DetectionDataset, detection_transform
+    from dinotune.evaluation.detect import evaluate_detections
 
+    model, card = load_model(run_dir)
+    prep = card.preprocessing
     report = "test" if spec.splits.get("test") else "val"
     metrics: dict[str, Any] = {"task": "detect", "classes": list(spec.classes), "report_split": report}
     summary: dict[str, float] = {}
     for split in ("val", "test"):
-        samples = spec.splits.get(split)
-        if not samples:
+        if not spec.splits.get(split):
             continue
-        _, found = detect_images(run_dir, [s.path for s in samples])
-        targets = [{"boxes": s.boxes, "labels": s.labels} for s in samples]
-        result = detection_metrics([d for _, _, d in found], targets, list(spec.classes))
+        transform = detection_transform(False, prep.image_size, prep.mean, prep.std, prep.channels)
+        dataset = DetectionDataset(spec.splits[split], transform, prep.channels, data.on_bad_file,
+                                   scaling=data.scaling, max_pixels=data.max_pixels)  # fmt: skip
+        with tempfile.TemporaryDirectory() as scratch:  # the other split's files are not kept
+            out = run_dir if split == report and save_predictions else Path(scratch)
+            title = f"Detection: {run_dir.name} ({split})"
+            result = evaluate_detections(model.predict, dataset, card.classes, out, category_ids=spec.category_ids,
+                                         backbone=card.backbone, title=title)  # fmt: skip
         metrics[split] = result
         summary |= {f"{split}/map": result["map"], f"{split}/map_50": result["map_50"]}
     metrics["summary"] = summary

@@ -1,22 +1,24 @@
 """`dinotune predict DETECTOR IMAGES -o DIR`: boxes on new images, as a COCO-JSON file and drawings.
 
-`DIR/predictions.json` is a COCO dataset (images with their sizes, the card's categories with their
-original ids, one annotation per detection with its `score`), so it loads back as a COCO-JSON dataset
-(e.g. to correct by hand and train again); `DIR/drawings/<stem>.png` shows each image with its boxes.
+`DIR/predictions.json` is a COCO dataset (images with their sizes and paths relative to the images'
+common folder, the card's categories with their original ids, one annotation per detection with its
+`score`), so copied to `<that folder>/annotations/train.json` it loads back as a COCO-JSON dataset (e.g.
+to correct by hand and train again); `DIR/drawings/<name>.png` shows each image with its boxes.
+`dinotune evaluate` on a detector comes here too (`evaluate_detection_run`).
 Boxes are in the original image's pixels. A run, model or export folder predicts alike.
 """
 
 from __future__ import annotations
 
-import json
 import logging
+import os
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from dinotune.atomic import make_dirs, write_text
+from dinotune.atomic import atomic_path, make_dirs
 from dinotune.data.decode import read_image
 from dinotune.data.letterbox import LetterboxTransform
 from dinotune.data.paths import expand_images
@@ -56,34 +58,63 @@ def detect_images(model_dir: str | Path, images: list[str | Path], batch_size: i
     return card, results
 
 
-def coco_predictions(card: Any, results: list[tuple[Path, np.ndarray, dict[str, np.ndarray]]]) -> dict[str, Any]:
-    """The detections as a COCO dataset: boxes as [x, y, width, height], categories with their own ids."""
-    ids = card.head.get("category_ids") or card.head.get("source", {}).get("category_ids") or []
-    ids = list(ids) if len(ids) == len(card.classes) else list(range(1, len(card.classes) + 1))
-    images, annotations = [], []
-    for image_id, (path, image, found) in enumerate(results, start=1):
-        images.append({"id": image_id, "file_name": str(path), "height": int(image.shape[0]),
-                       "width": int(image.shape[1])})  # fmt: skip
-        for box, score, label in zip(found["boxes"], found["scores"], found["labels"], strict=True):
-            x0, y0, x1, y1 = (round(float(v), 2) for v in box)
-            w, h = round(x1 - x0, 2), round(y1 - y0, 2)
-            annotations.append({"id": len(annotations) + 1, "image_id": image_id, "category_id": int(ids[label]),
-                                "bbox": [x0, y0, w, h], "area": round(w * h, 2), "iscrowd": 0,
-                                "score": round(float(score), 6)})  # fmt: skip
-    categories = [{"id": int(i), "name": name} for i, name in zip(ids, card.classes, strict=True)]
-    return {"images": images, "annotations": annotations, "categories": categories}
-
-
 def predict_boxes(model_dir: str | Path, images: list[str | Path], out: Path, *, draw: bool = True) -> Result:
     """Write `out/predictions.json` (and `out/drawings/`): see the module docstring."""
+    from dinotune.data.coco import write_coco_dataset
+    from dinotune.report.boxes import draw_boxes
+
     card, results = detect_images(model_dir, images)
     out = Path(out)
     make_dirs(out)
-    coco = coco_predictions(card, results)
-    write_text(out / PREDICTIONS_FILE, json.dumps(coco, indent=1))
+    common = Path(os.path.commonpath([str(p.resolve().parent) for p, _, _ in results]))
+    files = [(str(p.resolve().relative_to(common)), int(im.shape[1]), int(im.shape[0])) for p, im, _ in results]
+    ids = card.head.get("category_ids") or card.head.get("source", {}).get("category_ids")
+    write_coco_dataset(out / PREDICTIONS_FILE, files, [d for *_, d in results], card.classes, ids)
     if draw:
-        from dinotune.evaluation.detect_draw import save_drawing
+        for (_, image, found), (name, _, _) in zip(results, files, strict=True):
+            target = out / "drawings" / Path(name).with_suffix(".png")
+            make_dirs(target.parent)
+            with atomic_path(target) as tmp:
+                draw_boxes(image, found, card.classes).save(tmp, format="PNG")
+    detections = sum(len(d["scores"]) for *_, d in results)
+    log.info("%d boxes on %d images (image folder: %s)", detections, len(results), common)
+    written = f": {detections} boxes on {len(results)} images ({PREDICTIONS_FILE}, drawings/)"
+    return Result(
+        out, {"images": len(results), "detections": detections, "image_root": str(common), "written": written}
+    )
 
-        for path, image, found in results:
-            save_drawing(out / "drawings" / f"{path.stem}.png", image, found, card.classes)
-    return Result(out, {"images": len(results), "detections": len(coco["annotations"])})
+
+def evaluate_detection_run(run: Path, root: Path, split: str, out: Path) -> dict[str, Any]:
+    """`dinotune evaluate` for a detector (run, model or export folder) on a COCO/YOLO dataset's `split`,
+    split as the run split it when `root` is its own data (the seed and fraction of its config)."""
+    from dinotune.data.boxes import load_detection
+    from dinotune.data.detection_dataset import DetectionDataset, detection_transform
+    from dinotune.evaluation.detect import evaluate_detections
+
+    model, card = load_model(run, device="cpu")
+    data = _recorded_data(run)
+    spec = load_detection(
+        root, split_seed=int(data.get("split_seed", 0)), val_fraction=float(data.get("val_fraction", 0.2))
+    )
+    samples = spec.splits.get(split)
+    if not samples:
+        found = ", ".join(k for k, v in spec.splits.items() if v)
+        raise DataError(f"'{root}' has no '{split}' split with images (found: {found}); pass --split one of them.")
+    if list(spec.classes) != list(card.classes):
+        raise DataError(f"'{root}' has classes {spec.classes} but the model was trained on {card.classes}.")
+    prep = card.preprocessing
+    dataset = DetectionDataset(samples, detection_transform(False, prep.image_size, prep.mean, prep.std, prep.channels),
+                               prep.channels, scaling=prep.scaling_config())  # fmt: skip
+    title = f"Detection: {Path(run).resolve().name} on {split}"
+    return evaluate_detections(model.predict, dataset, card.classes, out, category_ids=spec.category_ids,
+                               backbone=card.backbone, title=title)  # fmt: skip
+
+
+def _recorded_data(run: Path) -> dict[str, Any]:
+    """The `data:` section of the run's config.yaml ({} for a model or export folder without one)."""
+    import yaml
+
+    try:
+        return dict(yaml.safe_load((Path(run) / "config.yaml").read_text())["data"])
+    except (OSError, yaml.YAMLError, KeyError, TypeError):
+        return {}

@@ -57,10 +57,16 @@ def run_evaluate(
     out_dir = Path(out) if out is not None else run / "evaluation"
     roots = [data] if isinstance(data, (str, Path)) else list(data)
     for root in roots:  # one line per dataset holding training images (by content)
-        if card.task != "depth":  # depth folders are not a layout the overlap check reads
+        if card.task not in ("depth", "detect"):  # depth/box folders are not a layout the overlap check reads
             warn_training_overlap(run, root, split, "segment" if card.task == "segment" else "classify")
     with staged_output(out_dir, overwrite=overwrite, keep=[run, *roots]) as stage:
-        if card.task == "depth":
+        if card.task == "detect":
+            from dinotune.verbs.detect_predict import evaluate_detection_run
+
+            if len(roots) != 1:
+                raise DataError("detection evaluation takes one dataset (DATA once).")
+            metrics = evaluate_detection_run(run, Path(roots[0]), split, stage)
+        elif card.task == "depth":
             if len(roots) != 1:
                 raise DataError("depth evaluation takes one dataset (DATA once).")
             metrics = evaluate_depth(run, roots[0], split=split, out=stage)

@@ -109,7 +109,8 @@ def run_predict(
     threshold: float | None = None, tile: int | None = None, tile_stride: int | None = None, embeddings: bool = False,
     depth_format: str = "png",
 ) -> tuple[Result, list[Prediction]]:  # fmt: skip
-    """The verb: classifications (plus `out` CSV), or masks and overlays written under `out` (default ./masks).
+    """The verb: classifications (plus `out` CSV), masks and overlays written under `out` (default ./masks), or
+    a detector's COCO-JSON and drawings under `out` (default ./detections, `verbs.detect_predict`).
 
     `tile`: a classifier labels every tile of that many pixels (every `tile_stride`, default `tile`) of
     each image, written under `out` (default ./tiles); a segmenter predicts blocks of that side (default
@@ -119,6 +120,11 @@ def run_predict(
     """
     if (tile is not None and tile < 1) or (tile_stride is not None and tile_stride < 1):
         raise ConfigError("--tile and --tile-stride must be positive pixel counts.")
+    if read_card(model_dir).task == "detect":
+        from dinotune.verbs.detect_predict import predict_boxes
+
+        result = predict_boxes(model_dir, images, Path(out or "detections"))
+        return result, []
     if read_card(model_dir).task == "depth":
         folder = Path(out or "depth")
         maps = predict_depth_files(model_dir, images, folder, fmt=depth_format)
