@@ -159,7 +159,7 @@ def test_resume_continues_exactly(shapes64: Path, tmp_path: Path, augment: str) 
 def test_config_errors(shapes64: Path, tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="multiple of 16"):
         train(shapes64, tmp_path / "odd", data={"root": str(shapes64), "image_size": 72, "num_workers": 0})
-    with pytest.raises(ConfigError, match="head.type"):
+    with pytest.raises(ConfigError, match=r"head\.type"):
         detect_config(shapes64, tmp_path / "x", head={"type": "detr"})
 
 
