@@ -22,6 +22,7 @@ atexit.register(shutil.rmtree, os.environ["DINOTUNE_HOME"], ignore_errors=True)
 pytest_plugins = [
     "tests.training_fixtures",  # finetune_config, segment_config, digits, finetuned, seg_root, ...
     "tests.detection_fixtures",  # shapes_coco (+ make_shapes_dataset, perfect_predictions, ...)
+    "tests.detection_training",  # detect_config, shapes64, detect_run (a trained detector), detect_export
 ]
 
 REPO = Path(__file__).resolve().parents[1]

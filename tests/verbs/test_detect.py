@@ -5,9 +5,7 @@ writes COCO-JSON that reads back; resume continues exactly; ONNX and served boxe
 from __future__ import annotations
 
 import json
-import warnings
 from pathlib import Path
-from typing import Any
 
 import lightning as L
 import numpy as np
@@ -15,42 +13,17 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from dinotune.config import validate
 from dinotune.data.boxes import load_detection
 from dinotune.data.detection_dataset import DetectionTransform
 from dinotune.errors import ConfigError
 from dinotune.metrics.detection import detection_metrics
 from dinotune.model import load_model, read_card
 from dinotune.verbs.common import Result
-from dinotune.verbs.detect import DetectConfig, run_detect
 from dinotune.verbs.detect_predict import detect_images, predict_boxes
-from tests.detection_fixtures import make_shapes_dataset
+from tests.detection_training import detect_config, train
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")  # 2 shared cores: more threads only spin
 MARGIN = 0.08  # test mAP@[.5:.95] over the trivial baseline's (measured: 0.132 vs 0.0, 12 epochs, 23 s)
-
-
-def detect_config(root: Path, out: Path, **overrides: Any) -> DetectConfig:
-    """The small-data CPU recipe: 64 px, strides 4/8/16 from the ViT's stride-16 map, a 32-channel head."""
-    values: dict[str, Any] = {
-        "data": {"root": str(root), "image_size": 64, "num_workers": 0, "augment": "none"},
-        "backbone": {"source": "random:vit_test16"},
-        "mode": "linear",
-        "head": {"strides": [4, 8, 16], "width": 32},
-        "loss": {"range_factor": 2.0},
-        "batch_size": 8,
-        "optim": {"head_lr": 5e-3, "warmup": 0.0},
-        "trainer": {"max_epochs": 12, "progress_bar": False},
-        "out": str(out),
-    }
-    values.update(overrides)
-    return validate(DetectConfig, values)
-
-
-def train(root: Path, out: Path, resume: bool = False, callbacks: tuple = (), **overrides: Any) -> Result:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return run_detect(detect_config(root, out, **overrides), resume=resume, callbacks=callbacks)
 
 
 class StopAfterFirstEpoch(L.Callback):
@@ -58,17 +31,6 @@ class StopAfterFirstEpoch(L.Callback):
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         trainer.should_stop = True
-
-
-@pytest.fixture(scope="module")
-def shapes64(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_shapes_dataset(tmp_path_factory.mktemp("shapes") / "coco64", 48, 16, 16, size=64)
-
-
-@pytest.fixture(scope="module")
-def detect_run(shapes64: Path, tmp_path_factory: pytest.TempPathFactory) -> Result:
-    torch.set_num_threads(1)
-    return train(shapes64, tmp_path_factory.mktemp("detect") / "run")
 
 
 def baseline_map(root: Path) -> float:
