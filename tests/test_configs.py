@@ -13,6 +13,7 @@ from dinotune.config import load_config, read_yaml
 from dinotune.model import read_card
 from dinotune.verbs.common import Result
 from dinotune.verbs.train import train_job
+from tests.detection_fixtures import make_shapes_dataset
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 TINY = ["backbone.source=random:vit_test16", "data.image_size=32", "data.num_workers=0"]
@@ -65,6 +66,7 @@ def folders(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         "seg64": _masks(base / "seg64", 64),  # Mask2Former's stride-32 GroupNorm needs at least 2x2 there
         "depth_RGB": _depth(base / "depth_rgb", "RGB"),
         "depth_L": _depth(base / "depth_gray", "L"),
+        "boxes": make_shapes_dataset(base / "boxes", 8, 4, 4, size=64),  # detection: COCO-JSON shapes
     }
 
 
@@ -88,6 +90,8 @@ def _overrides(name: str, task: str, data: Path, out: Path, teacher: Path) -> li
         overrides.append(f"distill.teacher={teacher}")
     if name == "segmentation_m2f.yaml":
         overrides += SMALL_M2F
+    if task == "detect":  # image_size 64: the coarsest stride (64) needs one position
+        return [*overrides, *TRAINING, "data.image_size=64", "head.width=16", "head.tower_convs=1"]
     dense = task in ("segment", "depth")
     return [*overrides, *TRAINING, "inference.mode=whole"] if dense else [*overrides, *TRAINING]
 
@@ -100,6 +104,7 @@ def test_every_shipped_config_trains_on_rgb_and_grayscale(
     task = read_yaml(CONFIGS / name)["task"]
     data = folders[("seg64" if "m2f" in name else "seg") if task == "segment" else mode]
     data = folders[f"depth_{mode}"] if task == "depth" else data
+    data = folders["boxes"] if task == "detect" else data
     model, runner = train_job(task)
     cfg = load_config(model, CONFIGS / name, _overrides(name, task, data, tmp_path / "run", teacher))
     result: Result = runner(cfg)

@@ -112,17 +112,14 @@ def export_model(
         log.warning("Mask2Former head: exporting for one input size (%d px); predict with inference.mode=slide.",
                     card.preprocessing.image_size)  # fmt: skip
         dynamic_spatial = False
-    if card.task == "detect":  # letterboxed inputs are always the card's square: one fixed size
-        dynamic_spatial = False
     module = ExportModule(model, backbone_only).eval()
     paths = _image_paths(calibration_images, source, max_images)
     images = [card.preprocessing.load(p, model.input_multiple) for p in paths]
     if static and quantize and not images:
         raise ConfigError("static int8 quantisation needs calibration images (--calibration-images FOLDER).")
     with staged_output(out, overwrite=overwrite, keep=[source]) as tmp:
-        report, cases, batch = _export_into(
-            tmp, module, card, images, paths, model.input_multiple, opset, dynamic_spatial, timing_repeats
-        )
+        report, cases, batch = _export_into(tmp, module, card, images, paths, model.input_multiple, opset,
+                                            dynamic_spatial and not module.detect, timing_repeats)  # fmt: skip
         if quantize:
             report["int8"] = quantize_graph(
                 tmp / FP32_FILE,

@@ -1,4 +1,4 @@
-"""ONNX Runtime twins of `Classifier` and `Segmenter`, for export folders.
+"""ONNX Runtime twins of `Classifier`, `Segmenter` and `Detector`, for export folders.
 
 They take and return torch tensors with the call interface of the PyTorch models, so predict,
 evaluate and serve run an export folder exactly as they run the run folder it came from. `run`
@@ -16,6 +16,7 @@ import numpy as np
 
 from dinotune.errors import CheckpointError, DataError
 from dinotune.model.card import ModelCard, inside, verify_file
+from dinotune.model.nms import postprocess, postprocess_config
 
 if TYPE_CHECKING:
     from torch import Tensor
@@ -131,6 +132,34 @@ class OnnxSegmenter(_OnnxModel):
         return self.run(images)[self.outputs[0]][..., :h, :w]  # "logits", or "depth" for a depth export
 
 
+class OnnxDetector(_OnnxModel):
+    """Letterboxed images (N, C, S, S), S the card's fixed size -> detections per image, as `Detector` gives.
+
+    The graph outputs decoded `boxes` (N, L, 4) and per-class `scores` (N, L, K) before NMS; `detect` runs
+    the numpy post-processing of `dinotune.model.nms` (what `Detector.predict` runs), without torch."""
+
+    def __init__(self, session: Any, card: ModelCard) -> None:
+        super().__init__(session, card)
+        self.postprocess_cfg = postprocess_config(card.inference)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.card.classes)
+
+    def detect(self, images: np.ndarray) -> list[dict[str, np.ndarray]]:
+        """NCHW float32 -> per image {"boxes", "scores", "labels"} (numpy) in input pixels, after NMS."""
+        out = self.run(images)
+        return [postprocess(b, s, self.postprocess_cfg) for b, s in zip(out["boxes"], out["scores"], strict=True)]
+
+    def predict(self, images: Tensor) -> list[dict[str, Tensor]]:
+        """The `Detector.predict` interface: torch tensors in and out."""
+        import torch
+
+        return [
+            {k: torch.from_numpy(v) for k, v in d.items()} for d in self.detect(images.detach().float().cpu().numpy())
+        ]
+
+
 def load_onnx_model(
     folder: Path, card: ModelCard, file: str | None = None, threads: int | None = None
 ) -> OnnxClassifier | OnnxSegmenter:
@@ -145,7 +174,5 @@ def load_onnx_model(
     verify_file(folder, card, path)
     session = onnx_session(path, threads)
     if card.task == "detect":
-        from dinotune.model.onnx_detect import OnnxDetector
-
         return OnnxDetector(session, card)  # type: ignore[return-value]
     return OnnxSegmenter(session, card) if card.task in ("segment", "depth") else OnnxClassifier(session, card)
