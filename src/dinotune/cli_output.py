@@ -50,6 +50,11 @@ def export_summary(folder: Path, report: dict[str, Any]) -> str:
         lines.append(f"  pixels agreeing           {parity['pixel_agreement']:.4%}")
     if "max_rel_diff" in parity:  # depth: the error relative to the depth itself
         lines.append(f"  max relative difference   {parity['max_rel_diff']:.2e}  (depth; tests require <= 1e-3)")
+    if "detections" in parity:  # boxes after the same NMS, matched by class
+        boxes = parity["detections"]
+        verdict = "within" if boxes["within_goal"] else "OVER"
+        lines.append(f"  boxes after NMS           max diff {boxes['max_box_diff']:.2e} px, {boxes['unmatched']} "
+                     f"unmatched ({verdict} the goal {boxes['goal_px']:.0e} px)")  # fmt: skip
     speed = report["timing"].get("onnxruntime_speedup_vs_torch")
     if speed:
         lines.append(f"  onnxruntime vs torch      {speed:.2f}x")

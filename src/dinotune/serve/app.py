@@ -113,7 +113,7 @@ async def _answers(server: ServerState, request: Request, batch: bool, top_k: in
     del uploads
     if engine.segments:
         return await asyncio.wait_for(_segment(server, images), config.request_timeout_s)
-    if engine.detects:
+    if getattr(engine, "detects", False):  # engines made before detection (tests wrap some) have no flag
         return await asyncio.wait_for(_detect(server, images), config.request_timeout_s)
     results = await asyncio.wait_for(server.batcher.submit(images), config.request_timeout_s)
     k = max(1, min(top_k, len(engine.card.classes)))

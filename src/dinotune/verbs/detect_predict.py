@@ -29,6 +29,7 @@ from dinotune.verbs.common import Result
 
 log = logging.getLogger("dinotune")
 PREDICTIONS_FILE = "predictions.json"
+DRAW_THRESHOLD = 0.5  # boxes drawn (all of them are in predictions.json): evaluate_detections' default
 
 
 def detect_images(model_dir: str | Path, images: list[str | Path], batch_size: int = 16
@@ -58,8 +59,10 @@ def detect_images(model_dir: str | Path, images: list[str | Path], batch_size: i
     return card, results
 
 
-def predict_boxes(model_dir: str | Path, images: list[str | Path], out: Path, *, draw: bool = True) -> Result:
-    """Write `out/predictions.json` (and `out/drawings/`): see the module docstring."""
+def predict_boxes(model_dir: str | Path, images: list[str | Path], out: Path, *, draw: bool = True,
+                  draw_threshold: float = DRAW_THRESHOLD) -> Result:  # fmt: skip
+    """Write `out/predictions.json` (every detection) and `out/drawings/` (those scoring `draw_threshold` or
+    more, as the evaluation's drawings): see the module docstring."""
     from dinotune.data.coco import write_coco_dataset
     from dinotune.report.boxes import draw_boxes
 
@@ -74,8 +77,9 @@ def predict_boxes(model_dir: str | Path, images: list[str | Path], out: Path, *,
         for (_, image, found), (name, _, _) in zip(results, files, strict=True):
             target = out / "drawings" / Path(name).with_suffix(".png")
             make_dirs(target.parent)
+            shown = {k: v[found["scores"] >= draw_threshold] for k, v in found.items()}
             with atomic_path(target) as tmp:
-                draw_boxes(image, found, card.classes).save(tmp, format="PNG")
+                draw_boxes(image, shown, card.classes).save(tmp, format="PNG")
     detections = sum(len(d["scores"]) for *_, d in results)
     log.info("%d boxes on %d images (image folder: %s)", detections, len(results), common)
     written = f": {detections} boxes on {len(results)} images ({PREDICTIONS_FILE}, drawings/)"
@@ -106,8 +110,9 @@ def evaluate_detection_run(run: Path, root: Path, split: str, out: Path) -> dict
     dataset = DetectionDataset(samples, detection_transform(False, prep.image_size, prep.mean, prep.std, prep.channels),
                                prep.channels, scaling=prep.scaling_config())  # fmt: skip
     title = f"Detection: {Path(run).resolve().name} on {split}"
-    return evaluate_detections(model.predict, dataset, card.classes, out, category_ids=spec.category_ids,
-                               backbone=card.backbone, title=title)  # fmt: skip
+    metrics = evaluate_detections(model.predict, dataset, card.classes, out, category_ids=spec.category_ids,
+                                  backbone=card.backbone, title=title)  # fmt: skip
+    return {**metrics, "summary": {f"{split}/{k}": metrics[k] for k in ("map", "map_50", "map_75")}}
 
 
 def _recorded_data(run: Path) -> dict[str, Any]:
