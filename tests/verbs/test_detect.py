@@ -14,7 +14,6 @@ import torch
 from safetensors.torch import load_file
 
 from dinotune.data.boxes import load_detection
-from dinotune.data.detection_dataset import DetectionTransform
 from dinotune.errors import ConfigError
 from dinotune.metrics.detection import detection_metrics
 from dinotune.model import load_model, read_card
@@ -89,15 +88,7 @@ def test_predict_writes_coco_json_that_reads_back(detect_run: Result, shapes64: 
     assert sum(s.num_boxes for split in spec.splits.values() for s in split) == len(coco["annotations"])
 
 
-@pytest.mark.parametrize(
-    "augment",
-    [
-        "none",
-        pytest.param("default", marks=pytest.mark.xfail(
-            not hasattr(DetectionTransform, "set_random_seed"), strict=True,
-            reason="DetectionTransform's scale jitter is not reseeded per item (detection_interface_changes.md)")),
-    ],
-)  # fmt: skip
+@pytest.mark.parametrize("augment", ["none", "default"])
 def test_resume_continues_exactly(shapes64: Path, tmp_path: Path, augment: str) -> None:
     """Interrupted after epoch 1 and resumed: the same weights as the uninterrupted run."""
     two = {"max_epochs": 2, "progress_bar": False}
