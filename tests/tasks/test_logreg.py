@@ -90,7 +90,7 @@ def _splits(seed: int = 0) -> tuple[FeatureSet, FeatureSet, FeatureSet]:
 
 def test_both_methods_compared_and_test_labels_never_used_for_selection() -> None:
     train, val, test = _splits()
-    kw = {"epochs": 8, "batch_size": 64, "progress": False, "cs": (0.01, 0.1, 1.0)}
+    kw = {"epochs": 8, "batch_size": 64, "progress": False, "cs": (0.01, 0.1, 1.0), "methods": ("sgd", "lbfgs")}
     res = sweep_linear_heads(train, val, test, **kw)
     assert {r.method for r in res.table} == {"sgd", "lbfgs"}
     assert len([r for r in res.table if r.method == "lbfgs"]) == 3

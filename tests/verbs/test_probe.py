@@ -18,7 +18,10 @@ from dinotune.model import load_model
 from dinotune.verbs.predict import predict
 from dinotune.verbs.probe import probe
 
-FAST = {"sweep": {"epochs": 15, "lrs": [1e-3, 1e-2, 1e-1], "weight_decays": [0.0, 1e-3]}, "progress": False}
+FAST = {
+    "sweep": {"epochs": 15, "lrs": [1e-3, 1e-2, 1e-1], "weight_decays": [0.0, 1e-3], "methods": ["sgd", "lbfgs"]},
+    "progress": False,
+}
 
 
 @pytest.fixture(scope="module")
@@ -52,8 +55,8 @@ def test_run_folder_has_everything(run) -> None:
         "log.txt",
     } <= files
     metrics = json.loads((result.run_dir / "metrics.json").read_text())
-    # (lrs x wds SGD heads + 11 L-BFGS Cs) x feature choices (vit_test16: no last4)
-    assert metrics["probe"]["heads_trained"] == (3 * 2 + 11) * 2
+    # (lrs x wds SGD heads + 6 L-BFGS Cs) x feature choices (vit_test16: no last4)
+    assert metrics["probe"]["heads_trained"] == (3 * 2 + 6) * 2
     card = json.loads((result.run_dir / "model.json").read_text())
     assert card["head"]["method"] == metrics["probe"]["best_head"]["method"] and card["head"]["type"] == "linear"
     assert metrics["probe"]["test"]["accuracy"] > 0.5  # random features of real digits are far above 10% chance

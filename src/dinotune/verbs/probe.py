@@ -34,6 +34,7 @@ from dinotune.tasks.knn import DEFAULT_KS, DEFAULT_TEMPERATURES, knn_classify, s
 from dinotune.tasks.probe import (
     DEFAULT_CS,
     DEFAULT_LRS,
+    DEFAULT_METHODS,
     DEFAULT_WEIGHT_DECAYS,
     FeatureSet,
     SweepResult,
@@ -54,13 +55,17 @@ class SweepConfig(StrictModel):
     patience: int | None = Field(10, ge=1, description="Evaluations without improvement before a head stops.")
     label_smoothing: float = Field(0.0, ge=0, lt=1)
     methods: list[Literal["sgd", "lbfgs"]] = Field(
-        default_factory=lambda: ["sgd", "lbfgs"], description="SGD head grid and/or the L-BFGS C path."
+        default_factory=lambda: list(DEFAULT_METHODS),
+        description="The L-BFGS C path (default) and/or the SGD head grid (add sgd to train it too).",
     )
     cs: list[float] = Field(default_factory=lambda: list(DEFAULT_CS), description="L-BFGS C grid (as scikit-learn's).")
     selection: Literal["score_within_se", "score", "loss"] = Field(
         "score_within_se", description="Rule choosing the kept head on validation."
     )
     refit: bool = Field(False, description="Refit an L-BFGS winner on train+val (then val is no longer held out).")
+
+
+SGD_ONLY_FIELDS = frozenset({"lrs", "weight_decays", "epochs", "batch_size", "patience"})
 
 
 class KnnConfig(StrictModel):
@@ -232,6 +237,9 @@ def _sweep(cfg: ProbeConfig, spec: DatasetSpec, sets: dict[str, FeatureSet]) -> 
         from dinotune.data.datasets import class_weights as weights_for
 
         class_weights = weights_for([s.label for s in spec.splits["train"]], spec.num_classes)
+    unused = sorted(SGD_ONLY_FIELDS & cfg.sweep.model_fields_set) if "sgd" not in cfg.sweep.methods else []
+    if unused:  # the user tuned the SGD grid, which the default methods do not train
+        log.warning("sweep.%s only apply to the SGD grid; add it: sweep.methods=[lbfgs,sgd]", ", sweep.".join(unused))
     return sweep_linear_heads(
         sets["train"],
         sets["val"],
