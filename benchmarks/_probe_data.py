@@ -48,3 +48,34 @@ def small_image_folder(dest: Path, seed: int, counts: dict[str, int]) -> tuple[P
             Image.fromarray(images[i]).save(folder / f"{i:05d}.png")
         start += count
     return dest, name
+
+
+def mosaic_folder(dest: Path, seed: int, counts: dict[str, int], grid: int = 2) -> tuple[Path, str]:
+    """A multi-label dataset: `grid` x `grid` mosaics of pool images, labelled with the set of classes shown.
+
+    Each mosaic shows 1 to grid^2 tiles (how many drawn uniformly) in random cells, the other cells black;
+    each tile is a random pool image, drawn without replacement, so a class may appear twice (it is one
+    label). Written as `dest/images/*.png` plus `dest/labels.csv` (`file,labels,split`, labels `a;b`), the
+    CSV layout of docs/data.md. Every split draws from its own part of the pool.
+    """
+    name, classes, images, labels = _pool()
+    rng = np.random.default_rng(seed)
+    order = iter(rng.permutation(len(labels)))
+    side = images.shape[1]
+    (dest / "images").mkdir(parents=True, exist_ok=True)
+    rows = ["file,labels,split"]
+    for split, count in counts.items():
+        for m in range(count):
+            canvas = np.zeros((grid * side, grid * side), dtype=np.uint8)
+            cells = rng.permutation(grid * grid)[: rng.integers(1, grid * grid + 1)]
+            shown = set()
+            for cell in cells:
+                i = next(order)
+                r, c = divmod(int(cell), grid)
+                canvas[r * side : (r + 1) * side, c * side : (c + 1) * side] = images[i]
+                shown.add(classes[labels[i]])
+            file = f"{split}{m:05d}.png"
+            Image.fromarray(canvas).save(dest / "images" / file)
+            rows.append(f"images/{file},{';'.join(sorted(shown))},{split}")
+    (dest / "labels.csv").write_text("\n".join(rows) + "\n")
+    return dest, f"{name} {grid}x{grid} mosaics"

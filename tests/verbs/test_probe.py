@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 
@@ -317,3 +318,45 @@ def test_segmentation_train_and_predict_commands(tmp_path: Path) -> None:
     bad.write_text(config.read_text().replace("augment: none", "augment: none\n  weighted_sampler: true"))
     refused = _cli("train", str(bad), "out=other", cwd=tmp_path)
     assert refused.returncode == 2 and "loss.class_weights" in refused.stderr
+
+
+def _probabilities(path: Path) -> dict[str, np.ndarray]:
+    with open(path) as handle:
+        rows = list(csv.DictReader(handle))
+    return {Path(r["file"]).name: np.array([float(v) for k, v in r.items() if k.startswith("p_")]) for r in rows}
+
+
+def test_evaluate_and_predict_see_the_features_the_probe_was_trained_on(run, digits: Path, tmp_path: Path) -> None:
+    """evaluate (270 test images: above the size where auto tries ONNX Runtime) and predict (10 images: below it)
+    run the backbone through the same engine choice as the probe, so their probabilities equal the run's
+    predictions.csv whichever engine each job kept (engines agree to 1e-4: the comparison allows that)."""
+    from dinotune.evaluation.evaluate import evaluate
+    from dinotune.features.engine import EXPORT_MIN_IMAGES
+
+    result, _ = run
+    reference = _probabilities(result.run_dir / "predictions.csv")
+    assert len(reference) > EXPORT_MIN_IMAGES
+    evaluate(result.run_dir, data=digits, out=tmp_path / "eval", report=False, temperature_scaling=False,
+             progress=False)  # fmt: skip
+    evaluated = _probabilities(next((tmp_path / "eval").glob("predictions_*.csv")))
+    assert evaluated.keys() == reference.keys()
+    for name, probs in evaluated.items():
+        np.testing.assert_allclose(probs, reference[name], atol=1e-4)
+    images = sorted((digits / "test").rglob("*.png"))[:10]
+    for p in predict(result.run_dir, images, top_k=10):
+        by_class = dict(p.top)
+        classes = sorted(by_class)  # the probability columns follow the card's class order
+        np.testing.assert_allclose([by_class[c] for c in classes],
+                                   reference[p.path.name][[result.metrics["classes"].index(c) for c in classes]],
+                                   atol=1e-4)  # fmt: skip
+
+
+def test_predict_and_evaluate_go_through_the_engine_choice(run, digits: Path, monkeypatch) -> None:
+    from dinotune.evaluation.evaluate import evaluate
+
+    result, _ = run
+    monkeypatch.setenv("DINOTUNE_ENGINE", "no-such-engine")  # read by features/engine.py only
+    with pytest.raises(ConfigError, match="DINOTUNE_ENGINE"):
+        predict(result.run_dir, sorted((digits / "test").rglob("*.png"))[:2])
+    with pytest.raises(ConfigError, match="DINOTUNE_ENGINE"):
+        evaluate(result.run_dir, data=digits, report=False, progress=False)

@@ -26,6 +26,8 @@ from dinotune.data.datasets import ClassificationDataset
 from dinotune.data.formats import DatasetSpec, Sample, load_dataset
 from dinotune.device import autocast
 from dinotune.errors import DataError
+from dinotune.features.engine import FeatureExtractor
+from dinotune.heads.linear import build_input
 from dinotune.model import Classifier, ModelCard, model_device
 
 __all__ = [
@@ -178,6 +180,23 @@ def batches(
             yield batch
 
 
+def engine_forward(model: Any, expected_images: int) -> Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
+    """images -> (logits, the head's input). A PyTorch classifier's backbone runs through the engine embed and
+    probe use (features/engine.py: ONNX Runtime where it agrees with eager to 1e-4 and is faster, else eager),
+    so evaluate and predict see the features a probe was trained on; the linear head runs in PyTorch.
+    Other models (an ONNX export's twin) keep their own forward."""
+    if not isinstance(model, Classifier):
+        return lambda images: model.logits_and_features(images)
+    extractor = FeatureExtractor(model.backbone, model.kinds, expected_images=expected_images)
+    device = model_device(model)
+
+    def forward(images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        features = {k: v.to(device) for k, v in extractor(images).items()}
+        return model.forward_head(features), build_input(features, model.head.feature_choice)
+
+    return forward
+
+
 @torch.no_grad()
 def predict(
     model: Classifier,
@@ -195,12 +214,13 @@ def predict(
         raise DataError("there are no images to evaluate (the split is empty).")
     device = model_device(model)
     transform = model_transform(model, card, corruption)
+    forward = engine_forward(model, len(samples))
     logits, labels, feats, paths = [], [], [], []
     for batch in batches(
         samples, transform, card, batch_size=batch_size, num_workers=num_workers, progress=progress, desc=desc
     ):
         with autocast(device):
-            out, features = model.logits_and_features(batch["image"].to(device))
+            out, features = forward(batch["image"].to(device))
         logits.append(out.float().cpu())
         feats.append(features.float().cpu())
         labels.append(batch["label"])

@@ -58,11 +58,18 @@ class _Objective:
     """
 
     def __init__(
-        self, x: Tensor, targets: Tensor, num_classes: int, multilabel: bool, class_weights: Tensor | None, eps: float
+        self,
+        x: Tensor,
+        targets: Tensor,
+        num_classes: int,
+        multilabel: bool,
+        class_weights: Tensor | None,
+        eps: float,
+        use_numpy: bool | None = None,
     ) -> None:
         self.n, self.d, self.k = x.shape[0], x.shape[1], num_classes
         self.multilabel, self.penalty, self.device = multilabel, 0.0, x.device
-        self.xp = np if x.device.type == "cpu" else torch
+        self.xp = np if (x.device.type == "cpu" if use_numpy is None else use_numpy) else torch
         cw = None if class_weights is None else class_weights.float().to(x.device)
         if multilabel:  # smoothed targets t and pos_weight p: BCE = (1-t) z + (1 + (p-1) t) softplus(-z)
             t = targets.float().to(x.device)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,9 +20,10 @@ from dinotune.data.raster import open_scene
 from dinotune.device import autocast
 from dinotune.errors import ConfigError, DataError
 from dinotune.evaluation.depth import predict_depth_files
+from dinotune.evaluation.predict import engine_forward
 from dinotune.evaluation.segment import predict_masks
 from dinotune.evaluation.tiles import DEFAULT_BLOCK, classify_scene, write_tiles
-from dinotune.model import load_model, model_device, read_card
+from dinotune.model import Classifier, load_model, model_device, read_card
 from dinotune.verbs.common import Result
 
 log = logging.getLogger("dinotune")
@@ -63,11 +65,12 @@ def predict(
             log.warning("skipped %s", err)
     if not loaded:
         raise DataError(f"none of the {len(paths)} images could be read (first: {paths[0]}).")
+    probabilities = _probabilities(model, card.multilabel, len(loaded))
     for start in range(0, len(loaded), batch_size):
         chunk = loaded[start : start + batch_size]
         batch = torch.stack([image for _, image in chunk]).to(device_)
         with torch.inference_mode(), autocast(device_):
-            probs = model.predict_proba(batch).float().cpu()
+            probs = probabilities(batch)
         for (path, _), row in zip(chunk, probs, strict=True):
             values, indices = row.topk(min(top_k, row.numel()))
             top = [(card.classes[i], float(v)) for v, i in zip(values.tolist(), indices.tolist(), strict=True)]
@@ -76,6 +79,20 @@ def predict(
                 label = ";".join(card.classes[i] for i in torch.nonzero(row > threshold).flatten().tolist()) or "-"
             results.append(Prediction(path, label, top[0][1], top))
     return results
+
+
+def _probabilities(model: torch.nn.Module, multilabel: bool, images: int) -> Callable[[torch.Tensor], torch.Tensor]:
+    """batch -> class probabilities on the CPU; a PyTorch classifier's backbone runs on the engine embed and
+    probe use (`engine_forward`), any other model through its own predict_proba."""
+    if not isinstance(model, Classifier):
+        return lambda batch: model.predict_proba(batch).float().cpu()
+    forward = engine_forward(model, images)
+
+    def probabilities(batch: torch.Tensor) -> torch.Tensor:
+        logits = forward(batch)[0].float().cpu()
+        return torch.sigmoid(logits) if multilabel else logits.softmax(1)
+
+    return probabilities
 
 
 def write_predictions_csv(path: Path, predictions: list[Prediction]) -> None:
