@@ -8,15 +8,15 @@ fraction of a second per strength. The objective is scikit-learn's `LogisticRegr
     (1/N) sum_i sum_c pos_weight BCE(...)  + ||W||^2 / (2 C N)        (multi-label: one-vs-rest, jointly)
 
 so `C` means what it means there. The solver is scipy's L-BFGS-B (scikit-learn's too), fed a closed-form
-loss and gradient computed by torch on the features' device: torch.optim.LBFGS spent most of its time in
-Python bookkeeping on these small problems (10x slower than scikit-learn on ELPV). Strengths are fitted
-from the strongest (smallest C) to the weakest, each warm-started from the previous solution, and an
-optional `stop` callback (the probe's: validation stopped improving) ends the path early.
+loss and gradient (`_Objective`: numpy on the CPU, torch on CUDA). The torch.optim.LBFGS it replaces was
+10x slower than scikit-learn on ELPV: its Python bookkeeping, and torch's slow CPU GEMM on these skinny
+products, dominated. Strengths are fitted from the strongest (smallest C) to the weakest, each
+warm-started from the previous solution.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -151,7 +151,6 @@ def fit_logistic_path(
     max_iter: int = 100,
     tol: float = 1e-4,
     init: PathPoint | None = None,
-    stop: Callable[[PathPoint], bool] | None = None,
 ) -> list[PathPoint]:
     """Fit one logistic regression per C on (already standardised) x (N, D); returned in the order of `cs`.
 
@@ -159,8 +158,7 @@ def fit_logistic_path(
     `max_iter` caps L-BFGS iterations per C (a weakly regularised fit that hits it is early-stopped, not
     wrong: the path's stronger points are still exact). `converged` says whether `tol` was reached; the
     loss is computed in float32, so a tol below ~1e-6 may end on the line search instead. `init`
-    warm-starts. `stop(point)` is asked after each C (ascending): True ends the path there, and only the
-    points fitted are returned.
+    warm-starts.
     """
     if not cs or any(not (c > 0) for c in cs):
         raise ConfigError(
@@ -184,9 +182,7 @@ def fit_logistic_path(
             bias = torch.from_numpy(theta[d * num_classes :]).float().to(x.device)
             converged = float(np.abs(fit.jac).max()) <= tol
             solved[c] = PathPoint(c, weight, bias, int(fit.nit), converged)
-            if stop is not None and stop(solved[c]):
-                break
-    return [solved[float(c)] for c in cs if float(c) in solved]
+    return [solved[float(c)] for c in cs]
 
 
 def refit_logistic(
