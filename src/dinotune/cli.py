@@ -127,7 +127,7 @@ def probe(
     \b
     Examples:
       $ dinotune probe images -o runs/probe
-      $ dinotune probe images -o runs/probe10 --image-size 32 sweep.epochs=10
+      $ dinotune probe images -o runs/probe10 --image-size 32 sweep.methods=[lbfgs,sgd] sweep.epochs=10
     """
     from dinotune.verbs.probe import ProbeConfig, run_probe
 

@@ -360,3 +360,11 @@ def test_predict_and_evaluate_go_through_the_engine_choice(run, digits: Path, mo
         predict(result.run_dir, sorted((digits / "test").rglob("*.png"))[:2])
     with pytest.raises(ConfigError, match="DINOTUNE_ENGINE"):
         evaluate(result.run_dir, data=digits, report=False, progress=False)
+
+
+def test_sgd_settings_without_the_sgd_grid_are_named() -> None:
+    from dinotune.verbs.probe import SweepConfig, unused_sgd_settings
+
+    assert SweepConfig().methods == ["lbfgs"] and unused_sgd_settings(SweepConfig()) == []
+    assert unused_sgd_settings(SweepConfig(epochs=10, lrs=[0.1])) == ["epochs", "lrs"]
+    assert unused_sgd_settings(SweepConfig(epochs=10, methods=["lbfgs", "sgd"])) == []

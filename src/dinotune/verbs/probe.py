@@ -68,6 +68,11 @@ class SweepConfig(StrictModel):
 SGD_ONLY_FIELDS = frozenset({"lrs", "weight_decays", "epochs", "batch_size", "patience"})
 
 
+def unused_sgd_settings(sweep: SweepConfig) -> list[str]:
+    """The SGD-grid settings a user gave although `sweep.methods` trains no SGD heads (they would do nothing)."""
+    return [] if "sgd" in sweep.methods else sorted(SGD_ONLY_FIELDS & sweep.model_fields_set)
+
+
 class KnnConfig(StrictModel):
     enabled: bool = True
     ks: list[int] = Field(default_factory=lambda: list(DEFAULT_KS))
@@ -237,9 +242,10 @@ def _sweep(cfg: ProbeConfig, spec: DatasetSpec, sets: dict[str, FeatureSet]) -> 
         from dinotune.data.datasets import class_weights as weights_for
 
         class_weights = weights_for([s.label for s in spec.splits["train"]], spec.num_classes)
-    unused = sorted(SGD_ONLY_FIELDS & cfg.sweep.model_fields_set) if "sgd" not in cfg.sweep.methods else []
+    unused = unused_sgd_settings(cfg.sweep)
     if unused:  # the user tuned the SGD grid, which the default methods do not train
-        log.warning("sweep.%s only apply to the SGD grid; add it: sweep.methods=[lbfgs,sgd]", ", sweep.".join(unused))
+        log.warning("sweep.%s: used by the SGD grid only, which sweep.methods leaves out; add it: "
+                    "sweep.methods=[lbfgs,sgd]", ", sweep.".join(unused))  # fmt: skip
     return sweep_linear_heads(
         sets["train"],
         sets["val"],
