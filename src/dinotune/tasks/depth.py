@@ -3,7 +3,7 @@ metrics (val/absrel, minimised, is the monitored metric); optimizer, seeding and
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -12,9 +12,8 @@ from dinotune.losses.depth import DepthLoss, DepthLossConfig
 from dinotune.metrics.depth import NAMES, image_metrics
 from dinotune.model.depther import DepthModel
 from dinotune.training.base import TaskModule
+from dinotune.training.modes import DenseMode
 from dinotune.training.optim import OptimConfig
-
-DepthMode = Literal["linear", "finetune", "partial", "lora"]
 
 
 class DepthModule(TaskModule):
@@ -28,7 +27,7 @@ class DepthModule(TaskModule):
         *,
         min_depth: float,
         max_depth: float,
-        mode: DepthMode = "linear",
+        mode: DenseMode = "linear",
         optim: OptimConfig | None = None,
         loss: DepthLossConfig | None = None,
         seed: int = 0,

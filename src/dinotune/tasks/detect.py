@@ -5,7 +5,7 @@ monitored on)."""
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any
 
 from torch import Tensor
 
@@ -13,9 +13,8 @@ from dinotune.losses.fcos import FCOSLoss, FCOSLossConfig
 from dinotune.metrics.detection import DetectionMetric
 from dinotune.model.detector import Detector
 from dinotune.training.base import TaskModule
+from dinotune.training.modes import DenseMode
 from dinotune.training.optim import OptimConfig
-
-DetectMode = Literal["linear", "finetune", "partial", "lora"]
 
 
 class DetectionModule(TaskModule):
@@ -26,7 +25,7 @@ class DetectionModule(TaskModule):
         model: Detector,
         classes: list[str],
         *,
-        mode: DetectMode = "linear",
+        mode: DenseMode = "linear",
         optim: OptimConfig | None = None,
         loss: FCOSLossConfig | None = None,
         seed: int = 0,
@@ -72,4 +71,4 @@ class DetectionModule(TaskModule):
         self._epoch_end("test")
 
 
-__all__ = ["DetectMode", "DetectionModule"]
+__all__ = ["DetectionModule"]

@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -15,9 +15,8 @@ from dinotune.losses.segmentation import SegmentationLoss, SegmentationLossConfi
 from dinotune.metrics import confusion_matrix, scores
 from dinotune.model.segmenter import MaskSegmenter, Segmenter
 from dinotune.training.base import TaskModule
+from dinotune.training.modes import DenseMode
 from dinotune.training.optim import OptimConfig
-
-SegMode = Literal["linear", "finetune", "partial", "lora"]
 
 
 class SegmentationModule(TaskModule):
@@ -28,7 +27,7 @@ class SegmentationModule(TaskModule):
         model: Segmenter,
         num_classes: int,
         *,
-        mode: SegMode = "linear",
+        mode: DenseMode = "linear",
         optim: OptimConfig | None = None,
         loss: SegmentationLossConfig | None = None,
         class_weights: Tensor | None = None,

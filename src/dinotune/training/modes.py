@@ -9,6 +9,7 @@ from torch import nn
 from dinotune.backbones.lora import LoraConfig
 
 Mode = Literal["finetune", "partial", "lora", "linear", "distill"]
+DenseMode = Literal["linear", "finetune", "partial", "lora"]  # segment, depth, detect (no distillation)
 BACKBONE_TRAINS: tuple[str, ...] = ("finetune", "partial", "distill")
 
 

@@ -17,8 +17,6 @@ import lightning as L
 from pydantic import Field
 from torch.utils.data import DataLoader
 
-from dinotune.backbones.lora import LoraConfig
-from dinotune.config import BackboneConfig, StrictModel
 from dinotune.data.depth import DepthDataConfig, depth_datasets
 from dinotune.errors import ConfigError, DataError
 from dinotune.evaluation.depth import depth_dataset, depth_summary, evaluate_depther
@@ -31,31 +29,25 @@ from dinotune.model import ModelCard, load_model
 from dinotune.model.depther import build_depth_model
 from dinotune.model.slide import InferenceConfig
 from dinotune.run_folder import write_json
-from dinotune.tasks.depth import DepthMode, DepthModule
+from dinotune.tasks.depth import DepthModule
 from dinotune.training.modes import prepare_model
-from dinotune.training.optim import OptimConfig
 from dinotune.training.sampler import resumable_loader
-from dinotune.training.trainer import TrainerConfig
 from dinotune.verbs.common import Result, backbone_source, with_channels
-from dinotune.verbs.training import EarlyStoppingConfig, fit_best, promote_best, training_metrics, training_run
+from dinotune.verbs.training import (
+    DenseTrainingConfig,
+    fit_best,
+    promote_best,
+    training_metrics,
+    training_run,
+)
 
 
-class DepthConfig(StrictModel):
+class DepthConfig(DenseTrainingConfig):
     task: Literal["depth"] = "depth"
     data: DepthDataConfig
-    backbone: BackboneConfig = Field(default_factory=BackboneConfig)
     head: DepthHeadConfig = Field(default_factory=DepthHeadConfig)
-    mode: DepthMode = Field("linear", description="linear (frozen backbone) | finetune | partial | lora.")
-    freeze_blocks: int = Field(0, ge=0, description="partial: freeze the embeddings and this many first blocks.")
-    lora: LoraConfig = Field(default_factory=LoraConfig)
     loss: DepthLossConfig = Field(default_factory=DepthLossConfig)
-    optim: OptimConfig = Field(default_factory=OptimConfig)
-    batch_size: int = Field(8, ge=1, description="Training crops per device per step.")
-    eval_batch_size: int | None = Field(None, ge=1, description="Validation batch during training.")
-    trainer: TrainerConfig = Field(default_factory=lambda: TrainerConfig(max_epochs=20))
-    early_stopping: EarlyStoppingConfig = Field(default_factory=lambda: EarlyStoppingConfig(patience=10))
     inference: InferenceConfig = Field(default_factory=InferenceConfig)
-    save_last_model: bool = Field(False, description="Also write the final model to out/last/.")
     save_predictions: bool = Field(True, description="Write depth maps and previews of the report split.")
     out: Path | None = Field(None, description="Run folder (default: runs/depth-<time>).")
 

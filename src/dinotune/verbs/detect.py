@@ -18,8 +18,7 @@ import lightning as L
 from pydantic import Field
 from torch.utils.data import DataLoader
 
-from dinotune.backbones.lora import LoraConfig
-from dinotune.config import BackboneConfig, StrictModel
+from dinotune.config import StrictModel
 from dinotune.data.config import DataConfig
 from dinotune.errors import ConfigError, DataError
 from dinotune.heads.detect import DetectHeadConfig
@@ -28,13 +27,18 @@ from dinotune.model import ModelCard, load_model
 from dinotune.model.detector import build_detector
 from dinotune.model.nms import PostprocessConfig
 from dinotune.run_folder import write_json
-from dinotune.tasks.detect import DetectionModule, DetectMode
+from dinotune.tasks.detect import DetectionModule
 from dinotune.training.modes import prepare_model
-from dinotune.training.optim import OptimConfig
 from dinotune.training.sampler import resumable_loader
 from dinotune.training.trainer import TrainerConfig
 from dinotune.verbs.common import Result, backbone_source, with_channels
-from dinotune.verbs.training import EarlyStoppingConfig, fit_best, promote_best, training_metrics, training_run
+from dinotune.verbs.training import (
+    DenseTrainingConfig,
+    fit_best,
+    promote_best,
+    training_metrics,
+    training_run,
+)
 
 
 class DetectInferenceConfig(StrictModel):
@@ -46,22 +50,13 @@ class DetectInferenceConfig(StrictModel):
     max_detections: int = Field(100, ge=1, description="Boxes kept per image after NMS.")
 
 
-class DetectConfig(StrictModel):
+class DetectConfig(DenseTrainingConfig):
     task: Literal["detect"] = "detect"
     data: DataConfig
-    backbone: BackboneConfig = Field(default_factory=BackboneConfig)
     head: DetectHeadConfig = Field(default_factory=DetectHeadConfig)
-    mode: DetectMode = Field("linear", description="linear (frozen backbone) | finetune | partial | lora.")
-    freeze_blocks: int = Field(0, ge=0, description="partial: freeze the embeddings and this many first blocks.")
-    lora: LoraConfig = Field(default_factory=LoraConfig)
     loss: FCOSLossConfig = Field(default_factory=FCOSLossConfig)
-    optim: OptimConfig = Field(default_factory=OptimConfig)
-    batch_size: int = Field(8, ge=1, description="Training images per device per step.")
-    eval_batch_size: int | None = Field(None, ge=1, description="Validation batch during training.")
     trainer: TrainerConfig = Field(default_factory=lambda: TrainerConfig(max_epochs=30))
-    early_stopping: EarlyStoppingConfig = Field(default_factory=lambda: EarlyStoppingConfig(patience=10))
     inference: DetectInferenceConfig = Field(default_factory=DetectInferenceConfig)
-    save_last_model: bool = Field(False, description="Also write the final model to out/last/.")
     save_predictions: bool = Field(True, description="Write predictions.json and box drawings of the report split.")
     out: Path | None = Field(None, description="Run folder (default: runs/detect-<time>).")
 

@@ -21,8 +21,7 @@ import torch
 from pydantic import Field
 from torch.utils.data import DataLoader
 
-from dinotune.backbones.lora import LoraConfig
-from dinotune.config import BackboneConfig, StrictModel, cache_home
+from dinotune.config import cache_home
 from dinotune.data.config import DataConfig
 from dinotune.data.datasets import SegmentationDataset, build_datasets
 from dinotune.data.decode import build_lut, load_class_mapping
@@ -38,31 +37,25 @@ from dinotune.model import ModelCard, build_segmenter, load_model
 from dinotune.model.inference import InferenceConfig, default_colours
 from dinotune.model.mask2former import build_mask_segmenter, card_fields, resolve_classes, set_trainable_parts
 from dinotune.run_folder import write_json
-from dinotune.tasks.segment import SegmentationModule, SegMode
+from dinotune.tasks.segment import SegmentationModule
 from dinotune.training.modes import prepare_model
-from dinotune.training.optim import OptimConfig
 from dinotune.training.sampler import resumable_loader
-from dinotune.training.trainer import TrainerConfig
 from dinotune.verbs.common import Result, backbone_source, with_channels
-from dinotune.verbs.training import EarlyStoppingConfig, fit_best, promote_best, training_metrics, training_run
+from dinotune.verbs.training import (
+    DenseTrainingConfig,
+    fit_best,
+    promote_best,
+    training_metrics,
+    training_run,
+)
 
 
-class SegmentConfig(StrictModel):
+class SegmentConfig(DenseTrainingConfig):
     task: Literal["segment"] = "segment"
     data: DataConfig
-    backbone: BackboneConfig = Field(default_factory=BackboneConfig)
     head: HeadConfig = Field(default_factory=HeadConfig)
-    mode: SegMode = Field("linear", description="linear (frozen backbone) | finetune | partial | lora.")
-    freeze_blocks: int = Field(0, ge=0, description="partial: freeze the embeddings and this many first blocks.")
-    lora: LoraConfig = Field(default_factory=LoraConfig)
     loss: SegmentationLossConfig = Field(default_factory=SegmentationLossConfig)
-    optim: OptimConfig = Field(default_factory=OptimConfig)
-    batch_size: int = Field(8, ge=1, description="Training crops per device per step.")
-    eval_batch_size: int | None = Field(None, ge=1, description="Validation batch during training.")
-    trainer: TrainerConfig = Field(default_factory=lambda: TrainerConfig(max_epochs=20))
-    early_stopping: EarlyStoppingConfig = Field(default_factory=lambda: EarlyStoppingConfig(patience=10))
     inference: InferenceConfig = Field(default_factory=InferenceConfig)
-    save_last_model: bool = Field(False, description="Also write the final model to out/last/.")
     save_predictions: bool = Field(True, description="Write predicted masks and overlays of the report split.")
     dense_cache: bool = Field(
         True, description="Frozen backbone + data.augment=none: train on patch maps cached on disk (>10x faster)."

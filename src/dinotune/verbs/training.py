@@ -18,12 +18,15 @@ from pydantic import Field
 
 from dinotune.atomic import atomic_dir
 from dinotune.backbones import Backbone
-from dinotune.config import StrictModel, save_resolved
+from dinotune.backbones.lora import LoraConfig
+from dinotune.config import BackboneConfig, StrictModel, save_resolved
 from dinotune.data.preprocessing import Preprocessing
 from dinotune.model import CARD_FILE, ModelCard, plain_copy, save_model
 from dinotune.run_folder import RunLog, new_run_dir, training_output
 from dinotune.training.base import TaskModule
 from dinotune.training.callbacks import BestModelExport
+from dinotune.training.modes import DenseMode
+from dinotune.training.optim import OptimConfig
 from dinotune.training.trainer import TrainerConfig, build_trainer, resume_path
 from dinotune.verbs.common import load_training_backbone, preprocessing_for
 
@@ -38,6 +41,22 @@ class EarlyStoppingConfig(StrictModel):
     )
     patience: int = Field(5, ge=1, description="Validations without improvement before training stops.")
     min_delta: float = Field(0.0, ge=0)
+
+
+class DenseTrainingConfig(StrictModel):
+    """What every dense-prediction training job (segment, depth, detect) is configured by beyond its own
+    `task`, `data`, `head`, `loss` and `inference`: one definition, so the three accept the same keys."""
+
+    backbone: BackboneConfig = Field(default_factory=BackboneConfig)
+    mode: DenseMode = Field("linear", description="linear (frozen backbone) | finetune | partial | lora.")
+    freeze_blocks: int = Field(0, ge=0, description="partial: freeze the embeddings and this many first blocks.")
+    lora: LoraConfig = Field(default_factory=LoraConfig)
+    optim: OptimConfig = Field(default_factory=OptimConfig)
+    batch_size: int = Field(8, ge=1, description="Training images (crops) per device per step.")
+    eval_batch_size: int | None = Field(None, ge=1, description="Validation batch during training.")
+    trainer: TrainerConfig = Field(default_factory=lambda: TrainerConfig(max_epochs=20))
+    early_stopping: EarlyStoppingConfig = Field(default_factory=lambda: EarlyStoppingConfig(patience=10))
+    save_last_model: bool = Field(False, description="Also write the final model to out/last/.")
 
 
 @contextlib.contextmanager
