@@ -143,7 +143,9 @@ def test_evaluate_on_new_data_reproduces_the_test_metrics(depth_run: Result, sce
     result = run_evaluate(depth_run.run_dir, scenes, split="test", out=tmp_path / "eval")
     for key in ("absrel", "rmse", "delta1", "log10"):
         assert result.metrics["test"][key] == pytest.approx(depth_run.metrics["test"][key], rel=1e-6)
-    assert (tmp_path / "eval" / "report.html").is_file() and (tmp_path / "eval" / "per_image_depth.csv").is_file()
+    assert (tmp_path / "eval" / "per_image_depth.csv").is_file()
+    report = (tmp_path / "eval" / "report.html").read_text()
+    assert f"Depth: {depth_run.run_dir.name}" in report and ".tmp" not in report.split("</h1>")[0]  # not the temp dir
 
 
 def test_compare_reads_depth_runs_lower_is_better(depth_run: Result) -> None:

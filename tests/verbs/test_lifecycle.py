@@ -158,7 +158,9 @@ def test_segmenter_lifecycle(runs: dict[str, Result], masks: Path) -> None:
     assert card.task == "segment" and (run / "report.html").is_file()
     evaluation = run_evaluate(run, masks, split="val")
     assert 0 <= evaluation.metrics["summary"]["val/miou"] <= 1
-    assert (evaluation.run_dir / "report.html").is_file() and (evaluation.run_dir / "per_image_iou.csv").is_file()
+    assert (evaluation.run_dir / "per_image_iou.csv").is_file()
+    heading = (evaluation.run_dir / "report.html").read_text().split("</h1>")[0]
+    assert heading.endswith(f"Segmentation: {run.name}")  # the run, not the temporary folder it was written in
     export = run_export(run, run / "export", quantize="int8")
     assert export.metrics["parity"]["pixel_agreement"] >= 0.999
     torch_model, _ = load_model(run)

@@ -38,7 +38,7 @@ def write_depth_report(run_dir: Path, metrics: dict[str, Any], backbone: dict[st
     mode = metrics.get("mode", "")
     depth = metrics.get("depth", {})
     report = Report(
-        title=f"Depth: {run_dir.name}",
+        title=f"Depth: {Path(metrics.get('run') or run_dir).name}",  # evaluate writes into a temporary folder
         subtitle=f"{_MODES.get(mode, mode) or 'trained'} backbone + {metrics.get('head', 'a')} head, split '{split}', "
         f"depth {depth.get('min_depth', '?')}..{depth.get('max_depth', '?')} m",
     )

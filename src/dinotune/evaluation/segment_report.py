@@ -33,7 +33,7 @@ def write_segmentation_report(
     result = metrics.get(split, {})
     mode = metrics.get("mode", "")
     report = Report(
-        title=f"Segmentation: {run_dir.name}",
+        title=f"Segmentation: {Path(metrics.get('run') or run_dir).name}",  # evaluate writes into a temporary folder
         subtitle=f"{_MODES.get(mode, mode) or 'trained'} backbone + {metrics.get('head', 'a')} head, "
         f"{len(classes)} classes, split '{split}'",
     )
