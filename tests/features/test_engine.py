@@ -125,10 +125,12 @@ def test_the_check_computes_nothing_twice_and_a_recorded_verdict_shortens_it(bac
     assert calls == [1, CHECK_IMAGES, 12 - CHECK_IMAGES]  # checked in full again
 
 
-def test_graph_passes_fold_layer_scale_and_fuse_rotary_without_changing_the_features(backbone, tmp_path) -> None:
+def test_graph_passes_fold_layer_scale_and_fuse_rotary_and_attention_without_changing_the_features(
+    backbone, tmp_path
+) -> None:
     import onnx
 
-    from dinotune.features.graph_passes import fold_layer_scale, fuse_rotary
+    from dinotune.features.graph_passes import fold_layer_scale, fuse_attention, fuse_rotary
 
     shape, kinds = (3, 32, 32), backbone.feature_kinds
     plain = engines_module.export_graph(backbone, kinds, shape, tmp_path / "plain.onnx", rewrite=False)
@@ -140,11 +142,17 @@ def test_graph_passes_fold_layer_scale_and_fuse_rotary_without_changing_the_feat
     assert rewritten.count("RotaryEmbedding") == 2 * blocks and "Neg" in ops and "Neg" not in rewritten
     assert len(rewritten) < len(ops) - 8 * blocks
     onnx.save(model, str(tmp_path / "rewritten.onnx"))
+    assert fuse_attention(model) == blocks  # one per block: head split/merge, k^T, scale, softmax all gone
+    fused = [n.op_type for n in model.graph.node]
+    assert fused.count("MultiHeadAttention") == blocks and "Softmax" not in fused
+    assert fused.count("RotaryEmbedding") == 2 * blocks and fused.count("Transpose") < rewritten.count("Transpose")
+    onnx.checker.check_model(model)
+    onnx.save(model, str(tmp_path / "attention.onnx"))
     import onnxruntime as ort
 
     x = torch.randn(3, *shape)
     expected = extract_features(backbone, x)
-    for path in (plain, tmp_path / "rewritten.onnx"):
+    for path in (plain, tmp_path / "rewritten.onnx", tmp_path / "attention.onnx"):
         session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
         got = session.run(list(kinds), {engines_module.INPUT: x.numpy()})
         for kind, value in zip(kinds, got, strict=True):
@@ -157,7 +165,7 @@ def test_graph_passes_leave_other_graphs_alone() -> None:
     import onnx
     from onnx import helper, numpy_helper
 
-    from dinotune.features.graph_passes import fold_layer_scale, fuse_rotary
+    from dinotune.features.graph_passes import fold_layer_scale, fuse_attention, fuse_rotary
 
     w, b, gamma = (numpy_helper.from_array(np.full(s, v, np.float32), n) for n, s, v in
                    (("w", (4, 4), 0.5), ("b", (4,), 1.0), ("gamma", (4,), 2.0)))  # fmt: skip
@@ -166,10 +174,13 @@ def test_graph_passes_leave_other_graphs_alone() -> None:
         helper.make_node("Add", ["m", "b"], ["a"]),
         helper.make_node("Mul", ["a", "gamma"], ["y"]),
         helper.make_node("Mul", ["x", "gamma"], ["z"]),  # no MatMul + bias before it
-        helper.make_node("Add", ["a", "z"], ["out"]),  # `a` has a second consumer: folding would change it
+        helper.make_node("Add", ["a", "z"], ["s"]),  # `a` has a second consumer: folding would change it
+        helper.make_node("MatMul", ["s", "w"], ["scores"]),  # a softmax of a product, not of head-split q and k
+        helper.make_node("Softmax", ["scores"], ["p"], axis=-1),
+        helper.make_node("MatMul", ["p", "w"], ["out"]),
     ]
     io = [helper.make_tensor_value_info(n, onnx.TensorProto.FLOAT, [2, 4]) for n in ("x", "y", "out")]
     model = helper.make_model(helper.make_graph(nodes, "g", [io[0]], io[1:], [w, b, gamma]))
     before = model.SerializeToString()
-    assert fold_layer_scale(model) == 0 and fuse_rotary(model) == 0
+    assert fold_layer_scale(model) == 0 and fuse_rotary(model) == 0 and fuse_attention(model) == 0
     assert model.SerializeToString() == before

@@ -32,7 +32,7 @@ from dinotune.features.graph_passes import optimize_graph
 
 log = logging.getLogger(__name__)
 INPUT = "images"
-GRAPH_VERSION = 2  # 2: graph passes (LayerScale folded, fused rotary embedding); bump when the graph changes
+GRAPH_VERSION = 3  # 2: LayerScale folded, fused rotary; 3: fused attention; bump when the graph changes
 Engine = Callable[[Tensor], dict[str, Tensor]]
 
 

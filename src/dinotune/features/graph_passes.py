@@ -10,48 +10,19 @@ fp32 rounding; the engine's parity check against eager still decides whether the
 - `fuse_rotary`: the rotary embedding written out as `x * cos + cat(-x2, x1) * sin` (two slices, a
   negation, a concatenation, two products and a sum over q and k of every block; ~7% of the run time)
   becomes one `com.microsoft.RotaryEmbedding` node (non-interleaved, positions 0..P-1, half-width tables).
+- `fuse_attention` (`dinotune.features.attention_fusion`): each block's attention with its head
+  split/merge transposes becomes one `com.microsoft.MultiHeadAttention` node on (B, S, width) tensors.
 """
 
 from __future__ import annotations
 
-from collections import Counter
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-MS_DOMAIN = "com.microsoft"
-
-
-class _Graph:
-    """Index of one ONNX graph: producers, consumer counts, initializers as arrays."""
-
-    def __init__(self, model: Any) -> None:
-        from onnx import numpy_helper
-
-        self.model, self.graph = model, model.graph
-        self.producer = {out: node for node in self.graph.node for out in node.output}
-        self.uses = Counter(name for node in self.graph.node for name in node.input)
-        self.uses.update(out.name for out in self.graph.output)
-        self.init = {t.name: t for t in self.graph.initializer}
-        self._array = numpy_helper.to_array
-        self._fresh = 0
-
-    def array(self, name: str) -> np.ndarray | None:
-        return self._array(self.init[name]) if name in self.init else None
-
-    def add_initializer(self, base: str, value: np.ndarray) -> str:
-        from onnx import numpy_helper
-
-        self._fresh += 1
-        name = f"{base}__dinotune{self._fresh}"
-        self.graph.initializer.append(numpy_helper.from_array(value, name))
-        return name
-
-    def only_use(self, name: str, op: str) -> Any:
-        """The node producing `name` when it is an `op` and `name` has no other consumer."""
-        node = self.producer.get(name)
-        return node if node is not None and node.op_type == op and self.uses[name] == 1 else None
+from dinotune.features.attention_fusion import fuse_attention
+from dinotune.features.onnx_graph import MS_DOMAIN, _Graph
 
 
 def fold_layer_scale(model: Any) -> int:
@@ -177,6 +148,7 @@ def optimize_graph(path: Path) -> dict[str, int]:
 
     model = onnx.load(str(path))
     counts = {"layer_scale_folded": fold_layer_scale(model), "rotary_fused": fuse_rotary(model)}
+    counts["attention_fused"] = fuse_attention(model)  # after fuse_rotary: it moves the rotary nodes
     if any(counts.values()):
         onnx.checker.check_model(model)
         onnx.save(model, str(path))
