@@ -51,14 +51,17 @@ class BestModelExport(L.Callback):
 
 
 class PlainProgress(L.Callback):
-    """For output that is not a terminal (a log file, CI): one line every tenth of the epochs with the figures
-    logged so far, instead of a progress bar redrawn line by line."""
+    """For output that is not a terminal (a log file, CI): one line every tenth of the epochs with the figures a
+    progress bar would show (a depth run logs 18 metrics; all of them stay in the logs and metrics.json), instead
+    of a progress bar redrawn line by line."""
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         total = trainer.max_epochs if trainer.max_epochs and trainer.max_epochs > 0 else None
         epoch = trainer.current_epoch + 1
         if not trainer.is_global_zero or (epoch % max(1, round((total or 100) / 10)) and epoch != total):
             return
-        figures = ", ".join(f"{name} {float(value):.4g}" for name, value in sorted(trainer.callback_metrics.items())
-                            if getattr(value, "numel", lambda: 1)() == 1 and "lr" not in name)  # fmt: skip
+        shown = set(trainer.progress_bar_metrics) or set(trainer.callback_metrics)  # the headline, not every metric
+        metrics = {n: v for n, v in trainer.callback_metrics.items() if n in shown and "lr" not in n}
+        figures = ", ".join(f"{name} {float(value):.4g}" for name, value in sorted(metrics.items())
+                            if getattr(value, "numel", lambda: 1)() == 1)  # fmt: skip
         log.info("epoch %d/%s (step %d): %s", epoch, total or "?", trainer.global_step, figures)
