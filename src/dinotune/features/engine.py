@@ -15,6 +15,9 @@ The outputs of the check are the first images' features (nothing is computed twi
 this check is recorded beside it (`<graph>.verdict.json`, with the runtime versions); a later run with the
 same graph and versions checks parity on one image only and keeps the recorded speed verdict, so the
 check costs about one image instead of `CHECK_IMAGES` in eager.
+
+On the CPU every engine runs a batch in cache-sized chunks (`dinotune.features.chunks`), sized by the
+first eager image of the check.
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ from dinotune.atomic import write_text
 from dinotune.backbones import Backbone
 from dinotune.config import cache_home
 from dinotune.errors import ConfigError
+from dinotune.features.chunks import ActivationMeter, concat, in_chunks
 from dinotune.features.engines import CompiledEngine, EagerEngine, Engine, OnnxEngine, graph_path
 from dinotune.features.extract import feature_kinds
 
@@ -97,11 +101,24 @@ class FeatureExtractor:
         self.eager = EagerEngine(backbone, self.kinds)
         self.engine: Engine | None = None
         self.choice: EngineChoice | None = None
+        self.chunk: int | None = None  # images per engine call (CPU: cache-sized, `dinotune.features.chunks`)
 
     def __call__(self, images: Tensor) -> dict[str, Tensor]:
         if self.engine is None:
             return self._choose(images)
-        return self.engine(images)
+        return self._run(self.engine, images)
+
+    def _run(self, engine: Engine, images: Tensor) -> dict[str, Tensor]:
+        return in_chunks(engine, images, self.chunk)
+
+    def _eager(self, images: Tensor) -> dict[str, Tensor]:
+        """Eager features; on the CPU the first call also sizes the chunks, from its first image."""
+        if self.chunk is not None or self.eager.device.type != "cpu":
+            return self._run(self.eager, images)
+        with ActivationMeter(self.backbone) as meter:
+            head = self.eager(images[:1])
+        self.chunk = meter.chunk()
+        return head if len(images) == 1 else concat([head, self._run(self.eager, images[1:])])
 
     def _candidate(self, images: Tensor) -> tuple[str | None, str]:
         """The engine worth trying beside eager on this machine and job, and why."""
@@ -137,7 +154,7 @@ class FeatureExtractor:
         name, reason = self._candidate(images)
         self.engine, self.choice = self.eager, EngineChoice("eager", reason)
         if name is None:
-            return self.eager(images)
+            return self._eager(images)
         try:
             candidate = self._build(name, images)
         except Exception as err:  # exporters and runtimes raise many types; eager always works
@@ -146,9 +163,9 @@ class FeatureExtractor:
         if known is not None and self.requested == "auto" and known["speedup"] <= 1.0:
             known = None  # recorded as slower: measure again (that run's machine may have been busy)
         check = images[: 1 if known else CHECK_IMAGES]
-        reference, eager_seconds = timed_call(self.eager, check, warm_up=not known)
+        reference, eager_seconds = timed_call(self._eager, check, warm_up=not known)
         try:
-            got, seconds = timed_call(candidate, check, warm_up=not known)
+            got, seconds = timed_call(lambda x: self._run(candidate, x), check, warm_up=not known)
         except Exception as err:
             return self._failed(name, err, images)
         self.choice.seconds = {"eager": eager_seconds, name: seconds}
@@ -156,14 +173,13 @@ class FeatureExtractor:
         head = got if self.engine is candidate else reference
         if len(check) == len(images):
             return head
-        rest = self.engine(images[len(check) :])
-        return {k: torch.cat([head[k], rest[k]]) for k in head}
+        return concat([head, self._run(self.engine, images[len(check) :])])
 
     def _failed(self, name: str, err: Exception, images: Tensor) -> dict[str, Tensor]:
         assert self.choice is not None
         self.choice.reason = f"{name} failed ({type(err).__name__}: {str(err).splitlines()[0][:160]})"
         log.warning("feature extraction: %s; using eager PyTorch", self.choice.reason)
-        return self.eager(images)
+        return self._eager(images)
 
     def _judge(
         self, name: str, candidate: Engine, reference: dict[str, Tensor], got: dict[str, Tensor], known: dict | None
@@ -194,7 +210,8 @@ class FeatureExtractor:
         if self.choice is None:
             return {"engine": None, "requested": self.requested}
         return {"requested": self.requested, "engine": self.choice.name, "reason": self.choice.reason,
-                "max_abs_diff": self.choice.max_abs_diff, "first_batch_seconds": self.choice.seconds}  # fmt: skip
+                "max_abs_diff": self.choice.max_abs_diff, "first_batch_seconds": self.choice.seconds,
+                "images_per_call": self.chunk}  # fmt: skip
 
 
 def timed_call(engine: Engine, images: Tensor, warm_up: bool) -> tuple[dict[str, Tensor], float]:
