@@ -201,7 +201,8 @@ class FeatureExtractor:
             where = f"on {len(next(iter(got.values())))} image(s)"
             when = "measured when the graph was first checked" if known else "on the first batch"
             self.choice.reason = f"{name}: agrees with eager to {diff:.1e} {where}, {speedup:.2f}x eager ({when})"
-            log.info("feature extraction: %s", self.choice.reason)
+            calls = f", {self.chunk} images per call" if self.chunk else ""
+            log.info("feature extraction: %s%s", self.choice.reason, calls)
             if known is None:
                 write_verdict(candidate, {"max_abs_diff": diff, "speedup": speedup, "seconds": seconds})
 
