@@ -13,16 +13,8 @@ import re
 from pathlib import Path
 
 from dinotune.data.decode import is_listed_image
+from dinotune.data.spec import SPLIT_ALIASES, split_subfolders
 
-SPLIT_NAMES = {
-    "train": "train",
-    "training": "train",
-    "val": "val",
-    "valid": "val",
-    "validation": "val",
-    "test": "test",
-    "testing": "test",
-}
 ROBOFLOW_COCO = "_annotations.coco.json"
 _COCO_NAME = re.compile(r"^(?:instances_)?(?P<split>[a-z]+?)(?:\d{4})?$", re.IGNORECASE)
 
@@ -34,7 +26,7 @@ def coco_files(root: Path) -> dict[str, Path]:
     found: dict[str, Path] = {}
     for path in sorted(folder.glob("*.json")) if folder.is_dir() else []:
         match = _COCO_NAME.match(path.stem)
-        split = SPLIT_NAMES.get(match["split"].lower()) if match else None
+        split = SPLIT_ALIASES.get(match["split"].lower()) if match else None
         if split is not None and split not in found:
             found[split] = path
     for split, sub in split_folders(root).items():
@@ -56,10 +48,7 @@ def split_folders(folder: Path) -> dict[str, Path]:
     """{split: subfolder} for train/val/test (and their aliases) inside `folder`; {"all": folder} if none."""
     if not folder.is_dir():
         return {}
-    subs = {
-        SPLIT_NAMES[d.name.lower()]: d for d in sorted(folder.iterdir()) if d.is_dir() and d.name.lower() in SPLIT_NAMES
-    }
-    return subs or {"all": folder}
+    return split_subfolders(folder) or {"all": folder}
 
 
 def yolo_folders(root: Path) -> dict[str, tuple[Path, Path]]:

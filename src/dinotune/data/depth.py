@@ -24,8 +24,8 @@ from torch.utils.data import Dataset
 
 from dinotune.data.config import DataConfig, ScalingConfig
 from dinotune.data.decode import read_image
-from dinotune.data.formats import SPLIT_ALIASES, list_images, mask_key
-from dinotune.data.spec import DatasetSpec, Sample
+from dinotune.data.formats import list_images, mask_key
+from dinotune.data.spec import DatasetSpec, Sample, split_subfolders
 from dinotune.data.splits import apply_split
 from dinotune.errors import DataError
 
@@ -55,18 +55,13 @@ def is_depth_layout(root: Path) -> bool:
     """`root` (or one of its split folders) holds images/ beside depth/."""
     if not root.is_dir():
         return False
-    candidates = [root, *(d for d in root.iterdir() if d.is_dir() and d.name.lower() in SPLIT_ALIASES)]
+    candidates = [root, *split_subfolders(root).values()]
     return any((c / "images").is_dir() and (c / DEPTH_DIR).is_dir() for c in candidates)
-
-
-def _split_folders(folder: Path) -> dict[str, Path]:
-    found = (d for d in sorted(folder.iterdir()) if d.is_dir() and d.name.lower() in SPLIT_ALIASES)
-    return {SPLIT_ALIASES[d.name.lower()]: d for d in found}
 
 
 def _groups(root: Path) -> dict[str, tuple[Path, Path]]:
     """Per split: (images folder, depth folder)."""
-    outer = {s: d for s, d in _split_folders(root).items() if (d / "images").is_dir()}
+    outer = {s: d for s, d in split_subfolders(root).items() if (d / "images").is_dir()}
     if outer:
         return {s: (d / "images", d / DEPTH_DIR) for s, d in outer.items()}
     images, depth = root / "images", root / DEPTH_DIR
@@ -74,7 +69,7 @@ def _groups(root: Path) -> dict[str, tuple[Path, Path]]:
         raise DataError(
             f"{root}: expected images/ and depth/ folders (optionally in train/ val/ test/); see docs/depth.md"
         )
-    inner = _split_folders(images)
+    inner = split_subfolders(images)
     return {s: (d, depth / d.name) for s, d in inner.items()} if inner else {"all": (images, depth)}
 
 

@@ -21,21 +21,12 @@ from typing import Any
 
 from dinotune.data.box_layouts import detection_layout
 from dinotune.data.decode import is_listed_image, load_class_map
-from dinotune.data.spec import DatasetSpec, Sample
+from dinotune.data.spec import SPLIT_ALIASES, DatasetSpec, Sample, split_subfolders
 from dinotune.data.splits import apply_split
 from dinotune.errors import DataError
 
 log = logging.getLogger(__name__)
 
-SPLIT_ALIASES = {
-    "train": "train",
-    "training": "train",
-    "val": "val",
-    "valid": "val",
-    "validation": "val",
-    "test": "test",
-    "testing": "test",
-}
 PATH_KEYS = ("path", "file_name", "filename", "file", "image", "image_path", "img")
 LABEL_KEYS = ("label", "labels", "category", "class", "class_name", "target")
 MASK_SUFFIXES = ("_mask", "-mask", "_label", "_labels", "_gt", "_seg")
@@ -49,14 +40,6 @@ def list_images(folder: Path) -> list[Path]:
         for p in folder.rglob("*")
         if p.is_file() and is_listed_image(p) and not any(part.startswith(".") for part in p.relative_to(folder).parts)
     )
-
-
-def _split_dirs(root: Path) -> dict[str, Path]:
-    return {
-        SPLIT_ALIASES[d.name.lower()]: d
-        for d in sorted(root.iterdir())
-        if d.is_dir() and d.name.lower() in SPLIT_ALIASES
-    }
 
 
 def _class_dirs(folder: Path) -> list[Path]:
@@ -97,7 +80,7 @@ def detect_layout(path: Path | str, task: str | None = None) -> str:
         raise DataError(f"{root}: no annotations/train.json (COCO) or images/ + labels/ (YOLO); see docs/detection.md")
     if (root / "annotations").is_dir() and any((root / "annotations").glob("*_annotations.json")):
         return "json"
-    splits = _split_dirs(root)
+    splits = split_subfolders(root)
     if _seg_pairs(root) or any(_seg_pairs(d) for d in splits.values()):
         return "segmentation"
     if _find_csv(root) is not None:
@@ -177,7 +160,7 @@ def load_dataset(
 
 
 def _read_imagefolder(root: Path) -> DatasetSpec:
-    folders = _split_dirs(root) or {"all": root}
+    folders = split_subfolders(root) or {"all": root}
     classes = sorted({d.name for f in folders.values() for d in _class_dirs(f)})
     if not classes:
         raise DataError(f"{root}: no class folders found; put images in <class>/ subfolders")
@@ -318,12 +301,12 @@ def mask_key(path: Path, folder: Path) -> str:
 
 def segmentation_pairs(root: Path) -> dict[str, tuple[list[tuple[Path, Path]], list[Path], list[Path]]]:
     """Per split: (image, mask) pairs, images without a mask, masks without an image."""
-    splits = _split_dirs(root)
+    splits = split_subfolders(root)
     groups: dict[str, tuple[Path, Path]] = {}
     if splits and any(_seg_pairs(d) for d in splits.values()):
         groups = {s: p for s, d in splits.items() if (p := _seg_pairs(d))}
     elif (pair := _seg_pairs(root)) is not None:
-        img_splits, mask_splits = _split_dirs(pair[0]), _split_dirs(pair[1])
+        img_splits, mask_splits = split_subfolders(pair[0]), split_subfolders(pair[1])
         groups = (
             {s: (d, mask_splits.get(s, pair[1] / d.name)) for s, d in img_splits.items()}
             if img_splits

@@ -6,6 +6,21 @@ from dataclasses import dataclass
 from pathlib import Path
 
 SPLITS = ("train", "val", "test")
+SPLIT_ALIASES = {
+    "train": "train",
+    "training": "train",
+    "val": "val",
+    "valid": "val",
+    "validation": "val",
+    "test": "test",
+    "testing": "test",
+}
+
+
+def split_subfolders(folder: Path) -> dict[str, Path]:
+    """{split: subfolder} for the subfolders of `folder` named as a split (or an alias: valid, testing...)."""
+    found = (d for d in sorted(folder.iterdir()) if d.is_dir() and d.name.lower() in SPLIT_ALIASES)
+    return {SPLIT_ALIASES[d.name.lower()]: d for d in found}
 
 
 @dataclass

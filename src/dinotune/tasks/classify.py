@@ -194,16 +194,7 @@ class ClassificationModule(TaskModule):
         preds = torch.sigmoid(logits) if self.multilabel else logits
         self.metrics[f"{stage}_metric"].update(preds.detach().float(), labels.long())
         key = "map" if self.multilabel else "accuracy"
-        on_step = stage == "train"
-        self.log(
-            f"{stage}/loss",
-            loss.detach(),
-            on_step=on_step,
-            on_epoch=not on_step,
-            prog_bar=True,
-            sync_dist=not on_step,
-            batch_size=images.shape[0],
-        )
+        self.log_loss(stage, loss, images.shape[0])
         self.log(
             f"{stage}/{key}",
             self.metrics[f"{stage}_metric"],

@@ -52,16 +52,7 @@ class DepthModule(TaskModule):
             if values is not None:
                 sums[:-1] += values.to(sums.device)
                 sums[-1] += 1
-        on_step = stage == "train"
-        self.log(
-            f"{stage}/loss",
-            loss.detach(),
-            on_step=on_step,
-            on_epoch=not on_step,
-            prog_bar=True,
-            sync_dist=not on_step,
-            batch_size=target.shape[0],
-        )
+        self.log_loss(stage, loss, target.shape[0])
         return loss
 
     def _epoch_end(self, stage: str) -> None:

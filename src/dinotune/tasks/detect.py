@@ -40,11 +40,9 @@ class DetectionModule(TaskModule):
             self.step_generator(batch_idx)  # drop path / dropout replay exactly after resume
         outputs, points = self.model(batch["image"])
         parts = self.loss_fn(outputs, points, batch["boxes"], batch["labels"])
-        on_step, size = stage == "train", batch["image"].shape[0]
         for name, value in parts.items():
-            key = f"{stage}/loss" if name == "loss" else f"{stage}/loss_{name}"
-            self.log(key, value.detach(), on_step=on_step, on_epoch=not on_step, prog_bar=name == "loss",
-                     sync_dist=not on_step, batch_size=size)  # fmt: skip
+            key = "loss" if name == "loss" else f"loss_{name}"
+            self.log_loss(stage, value, batch["image"].shape[0], key, bar=name == "loss")
         if stage != "train":
             self._update_map(batch)
         return parts["loss"]

@@ -63,16 +63,7 @@ class SegmentationModule(TaskModule):
             loss = self.loss_fn(logits, masks)
         cm = getattr(self, f"{stage}_cm")
         cm += confusion_matrix(logits.detach().argmax(1), masks, self.num_classes, self.ignore_index).to(cm.device)
-        on_step = stage == "train"
-        self.log(
-            f"{stage}/loss",
-            loss.detach(),
-            on_step=on_step,
-            on_epoch=not on_step,
-            prog_bar=True,
-            sync_dist=not on_step,
-            batch_size=masks.shape[0],
-        )
+        self.log_loss(stage, loss, masks.shape[0])
         return loss
 
     def _set_step(self, images: Tensor, masks: Tensor, generator: torch.Generator | None) -> tuple[Tensor, Tensor]:

@@ -53,6 +53,12 @@ class TaskModule(L.LightningModule):
     def _shared_step(self, batch: dict[str, Any], stage: str, batch_idx: int) -> Tensor:
         raise NotImplementedError
 
+    def log_loss(self, stage: str, value: Tensor, batch_size: int, name: str = "loss", bar: bool = True) -> None:
+        """`{stage}/{name}`: per step while training (on the progress bar), else the epoch mean over ranks."""
+        on_step = stage == "train"
+        self.log(f"{stage}/{name}", value.detach(), on_step=on_step, on_epoch=not on_step, prog_bar=bar,
+                 sync_dist=not on_step, batch_size=batch_size)  # fmt: skip
+
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
         return self._shared_step(batch, "train", batch_idx)
 

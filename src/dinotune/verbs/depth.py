@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any, Literal
 
@@ -28,16 +29,13 @@ from dinotune.metrics.depth import DIRECTIONS
 from dinotune.model import ModelCard, load_model
 from dinotune.model.depther import build_depth_model
 from dinotune.model.slide import InferenceConfig
-from dinotune.run_folder import write_json
 from dinotune.tasks.depth import DepthModule
 from dinotune.training.modes import prepare_model
 from dinotune.training.sampler import resumable_loader
 from dinotune.verbs.common import Result, backbone_source, with_channels
 from dinotune.verbs.training import (
     DenseTrainingConfig,
-    fit_best,
-    promote_best,
-    training_metrics,
+    fit_and_evaluate,
     training_run,
 )
 
@@ -69,25 +67,16 @@ def run_depth(cfg: DepthConfig, resume: bool = False, callbacks: tuple[L.Callbac
                              optim=cfg.optim, loss=cfg.loss, seed=cfg.trainer.seed)  # fmt: skip
         depth = {"min_depth": data.min_depth, "max_depth": data.max_depth, "depth_scale": data.depth_scale, "unit": "m"}
         card = _card_maker(cfg, backbone, prep, depth)
-        loader, val_loader = _loaders(cfg, sets)
+        loaders = _loaders(cfg, sets)
         run.info(
             f"depth/{cfg.mode} + {cfg.head.type} head (layers {model.layers}): {backbone.info.arch} "
             f"({backbone.info.source}), {data.min_depth}..{data.max_depth} m, {counts['trainable']:,} "
             f"of {counts['total']:,} parameters trainable" + (" - resuming" if resume else "")
         )
-        save_backbone = cfg.mode != "linear"
-        trainer, best = fit_best(module, loader, val_loader, card, run_dir=run_dir, trainer_cfg=cfg.trainer,
-                                 early_stopping=cfg.early_stopping, save_backbone=save_backbone, resume=resume,
-                                 callbacks=callbacks)  # fmt: skip
-        metrics: dict[str, Any] = {}
-        if trainer.is_global_zero:
-            promote_best(run_dir, module, card, save_backbone=save_backbone, save_last=cfg.save_last_model, run=run)
-            metrics = _evaluate_splits(cfg, run_dir, spec, depth)
-            metrics |= training_metrics(trainer, best, counts, time.perf_counter() - start, resume)
-            write_json(run_dir / "metrics.json", metrics)
-            write_depth_report(run_dir, metrics, backbone=card().backbone)
-            run.info(" ".join(f"{k} {v:.4f}" for k, v in metrics["summary"].items()))
-    return Result(run_dir, metrics)
+        return fit_and_evaluate(cfg, module, loaders, card, run_dir=run_dir, run=run, counts=counts, started=start,
+                                resume=resume, save_backbone=cfg.mode != "linear", callbacks=callbacks,
+                                evaluate=lambda: _evaluate_splits(cfg, run_dir, spec, depth),
+                                report=partial(write_depth_report, run_dir, backbone=card().backbone))  # fmt: skip
 
 
 def _card_maker(cfg: DepthConfig, backbone: Any, prep: Any, depth: dict[str, Any]) -> Callable[[], ModelCard]:

@@ -34,9 +34,7 @@ from dinotune.training.trainer import TrainerConfig
 from dinotune.verbs.common import Result, backbone_source, with_channels
 from dinotune.verbs.training import (
     DenseTrainingConfig,
-    fit_best,
-    promote_best,
-    training_metrics,
+    fit_and_evaluate,
     training_run,
 )
 
@@ -91,24 +89,19 @@ def run_detect(cfg: DetectConfig, resume: bool = False, callbacks: tuple[L.Callb
                              inference=cfg.inference.model_dump(), license=backbone.info.license)  # fmt: skip
 
         write_json(run_dir / "splits.json", _splits_record(spec))
-        loader, val_loader = _loaders(cfg, spec, prep)
+        loaders = _loaders(cfg, spec, prep)
         run.info(f"detect/{cfg.mode} + pyramid {cfg.head.strides} + FCOS (layers {model.layers}): "
                  f"{backbone.info.arch} ({backbone.info.source}), {len(spec.classes)} classes, "
                  f"{counts['trainable']:,} of {counts['total']:,} parameters trainable"
                  + (" - resuming" if resume else ""))  # fmt: skip
-        save_backbone = cfg.mode != "linear"
-        trainer, best = fit_best(module, loader, val_loader, card, run_dir=run_dir, trainer_cfg=cfg.trainer,
-                                 early_stopping=cfg.early_stopping, save_backbone=save_backbone, resume=resume,
-                                 callbacks=callbacks)  # fmt: skip
-        metrics: dict[str, Any] = {}
-        if trainer.is_global_zero:
-            promote_best(run_dir, module, card, save_backbone=save_backbone, save_last=cfg.save_last_model, run=run)
+
+        def evaluate() -> dict[str, Any]:
             metrics = evaluate_run_splits(run_dir, spec, data_cfg, save_predictions=cfg.save_predictions)
-            metrics |= {"mode": cfg.mode, "head": "fcos"}
-            metrics |= training_metrics(trainer, best, counts, time.perf_counter() - start, resume)
-            write_json(run_dir / "metrics.json", metrics)
-            run.info(" ".join(f"{k} {v:.4f}" for k, v in metrics.get("summary", {}).items()))
-    return Result(run_dir, metrics)
+            return metrics | {"mode": cfg.mode, "head": "fcos"}
+
+        return fit_and_evaluate(cfg, module, loaders, card, run_dir=run_dir, run=run, counts=counts, started=start,
+                                resume=resume, save_backbone=cfg.mode != "linear", callbacks=callbacks,
+                                evaluate=evaluate)  # fmt: skip
 
 
 def _splits_record(spec: Any) -> dict[str, Any]:

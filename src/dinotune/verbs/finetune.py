@@ -31,14 +31,13 @@ from dinotune.heads.linear import new_linear_head, parse_feature_choice
 from dinotune.losses.distill import DistillConfig
 from dinotune.metrics import best_threshold, classification_metrics, multilabel_metrics
 from dinotune.model import CARD_FILE, Classifier, ModelCard, load_model, read_card
-from dinotune.run_folder import write_json
 from dinotune.tasks.classify import ClassificationModule, RegularizationConfig
 from dinotune.training.modes import Mode, prepare_model
 from dinotune.training.optim import OptimConfig
 from dinotune.training.sampler import resumable_loader
 from dinotune.training.trainer import TrainerConfig
 from dinotune.verbs.common import Result, backbone_source, with_channels
-from dinotune.verbs.training import EarlyStoppingConfig, fit_best, promote_best, training_metrics, training_run
+from dinotune.verbs.training import EarlyStoppingConfig, fit_and_evaluate, training_run
 
 
 class FinetuneConfig(StrictModel):
@@ -163,17 +162,9 @@ def run_finetune(cfg: FinetuneConfig, resume: bool = False, callbacks: tuple[L.C
             f"{counts['trainable']:,} of {counts['total']:,} parameters trainable "
             f"({100 * counts['trainable'] / counts['total']:.2f}%)" + (" - resuming" if resume else "")
         )
-        trainer, best = fit_best(module, loader, evals["val"], card, run_dir=run_dir, trainer_cfg=cfg.trainer,
-                                 early_stopping=cfg.early_stopping, save_backbone=True, resume=resume,
-                                 callbacks=callbacks)  # fmt: skip
-        metrics: dict[str, Any] = {}
-        if trainer.is_global_zero:
-            promote_best(run_dir, module, card, save_backbone=True, save_last=cfg.save_last_model, run=run)
-            metrics = _evaluate_splits(cfg, run_dir, spec, sets)
-            metrics |= training_metrics(trainer, best, counts, time.perf_counter() - start, resume)
-            write_json(run_dir / "metrics.json", metrics)
-            run.info(" ".join(f"{k} {v:.4f}" for k, v in metrics["summary"].items()))
-    return Result(run_dir, metrics)
+        return fit_and_evaluate(cfg, module, (loader, evals["val"]), card, run_dir=run_dir, run=run, counts=counts,
+                                started=start, resume=resume, save_backbone=True, callbacks=callbacks,
+                                evaluate=lambda: _evaluate_splits(cfg, run_dir, spec, sets))  # fmt: skip
 
 
 def _evaluate_splits(cfg: FinetuneConfig, run_dir: Path, spec: Any, sets: dict[str, Dataset]) -> dict[str, Any]:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 import time
+from functools import partial
 from pathlib import Path
 from typing import Any, Literal
 
@@ -36,16 +37,13 @@ from dinotune.losses.segmentation import SegmentationLossConfig, pixel_class_wei
 from dinotune.model import ModelCard, build_segmenter, load_model
 from dinotune.model.inference import InferenceConfig, default_colours
 from dinotune.model.mask2former import build_mask_segmenter, card_fields, resolve_classes, set_trainable_parts
-from dinotune.run_folder import write_json
 from dinotune.tasks.segment import SegmentationModule
 from dinotune.training.modes import prepare_model
 from dinotune.training.sampler import resumable_loader
 from dinotune.verbs.common import Result, backbone_source, with_channels
 from dinotune.verbs.training import (
     DenseTrainingConfig,
-    fit_best,
-    promote_best,
-    training_metrics,
+    fit_and_evaluate,
     training_run,
 )
 
@@ -109,25 +107,17 @@ def run_segment(cfg: SegmentConfig, resume: bool = False, callbacks: tuple[L.Cal
                              ignore_index=cfg.data.ignore_index, inference=cfg.inference.model_dump(),
                              license=backbone.info.license)  # fmt: skip
 
-        loader, val_loader = _loaders(cfg, sets)
+        loaders = _loaders(cfg, sets)
         run.info(
             f"segment/{cfg.mode} + {cfg.head.type} head (layers {model.layers}): {backbone.info.arch} "
             f"({backbone.info.source}), {len(classes)} classes, {counts['trainable']:,} of "
             f"{counts['total']:,} parameters trainable" + (" - resuming" if resume else "")
         )
-        save_backbone = cfg.mode != "linear"
-        trainer, best = fit_best(module, loader, val_loader, card, run_dir=run_dir, trainer_cfg=cfg.trainer,
-                                 early_stopping=cfg.early_stopping, save_backbone=save_backbone, resume=resume,
-                                 callbacks=callbacks)  # fmt: skip
-        metrics: dict[str, Any] = {}
-        if trainer.is_global_zero:
-            promote_best(run_dir, module, card, save_backbone=save_backbone, save_last=cfg.save_last_model, run=run)
-            metrics = _evaluate_splits(cfg, run_dir, spec, classes, colours, prep)
-            metrics |= training_metrics(trainer, best, counts, time.perf_counter() - start, resume)
-            write_json(run_dir / "metrics.json", metrics)
-            write_segmentation_report(run_dir, metrics, backbone=card().backbone)
-            run.info(" ".join(f"{k} {v:.4f}" for k, v in metrics["summary"].items()))
-    return Result(run_dir, metrics)
+        report = partial(write_segmentation_report, run_dir, backbone=card().backbone)
+        return fit_and_evaluate(cfg, module, loaders, card, run_dir=run_dir, run=run, counts=counts, started=start,
+                                resume=resume, save_backbone=cfg.mode != "linear", callbacks=callbacks,
+                                evaluate=lambda: _evaluate_splits(cfg, run_dir, spec, classes, colours, prep),
+                                report=report)  # fmt: skip
 
 
 def _build_model(cfg: SegmentConfig, backbone: Any, classes: list[str]) -> tuple[Any, dict[str, Any]]:

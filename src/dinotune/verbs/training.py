@@ -1,14 +1,17 @@
 """The flow every supervised training verb shares: fit with the best-model callback, then keep the best.
 
+`training_run` opens the run (folder, log, backbone, preprocessing); `fit_and_evaluate` is the tail:
 `fit_best` trains a `TaskModule` with early stopping and a model folder that follows the best
 validation score; `promote_best` moves that folder's files into the run folder (and saves the last
-model beside it), so a finished run folder is a model folder that predict/evaluate/export/serve load.
+model beside it), so a finished run folder is a model folder that predict/evaluate/export/serve load;
+then the saved model is evaluated and metrics.json written. A verb only builds its data and model.
 """
 
 from __future__ import annotations
 
 import contextlib
 import shutil
+import time
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -22,13 +25,13 @@ from dinotune.backbones.lora import LoraConfig
 from dinotune.config import BackboneConfig, StrictModel, save_resolved
 from dinotune.data.preprocessing import Preprocessing
 from dinotune.model import CARD_FILE, ModelCard, plain_copy, save_model
-from dinotune.run_folder import RunLog, new_run_dir, training_output
+from dinotune.run_folder import RunLog, new_run_dir, training_output, write_json
 from dinotune.training.base import TaskModule
 from dinotune.training.callbacks import BestModelExport
 from dinotune.training.modes import DenseMode
 from dinotune.training.optim import OptimConfig
 from dinotune.training.trainer import TrainerConfig, build_trainer, resume_path
-from dinotune.verbs.common import load_training_backbone, preprocessing_for
+from dinotune.verbs.common import Result, load_training_backbone, preprocessing_for
 
 BEST_DIR, LAST_DIR = "best", "last"
 DERIVED = ("evaluation", "export")  # folders made from the run's model by evaluate / export
@@ -153,3 +156,35 @@ def training_metrics(
         "steps": trainer.global_step,
         "resumed": resumed,
     }
+
+
+def fit_and_evaluate(
+    cfg: Any,
+    module: TaskModule,
+    loaders: tuple[Any, Any],
+    card: Callable[[], ModelCard],
+    *,
+    run_dir: Path,
+    run: RunLog,
+    counts: dict[str, int],
+    started: float,
+    resume: bool,
+    save_backbone: bool,
+    evaluate: Callable[[], dict[str, Any]],
+    report: Callable[[dict[str, Any]], None] | None = None,
+    callbacks: Iterable[L.Callback] = (),
+) -> Result:
+    """Fit (`fit_best`), then on rank 0: promote the best model, `evaluate` the saved one, add the training
+    fields, write metrics.json, `report` it, and log the summary line."""
+    trainer, best = fit_best(module, loaders[0], loaders[1], card, run_dir=run_dir, trainer_cfg=cfg.trainer,
+                             early_stopping=cfg.early_stopping, save_backbone=save_backbone, resume=resume,
+                             callbacks=callbacks)  # fmt: skip
+    metrics: dict[str, Any] = {}
+    if trainer.is_global_zero:
+        promote_best(run_dir, module, card, save_backbone=save_backbone, save_last=cfg.save_last_model, run=run)
+        metrics = evaluate() | training_metrics(trainer, best, counts, time.perf_counter() - started, resume)
+        write_json(run_dir / "metrics.json", metrics)
+        if report is not None:
+            report(metrics)
+        run.info(" ".join(f"{k} {v:.4f}" for k, v in metrics.get("summary", {}).items()))
+    return Result(run_dir, metrics)
