@@ -169,6 +169,7 @@ def test_quickstart_reduced(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     assert "RANDOM WEIGHTS" in result.stderr
     assert "ELPV" in result.stderr and "data check: 0 errors" in result.stderr
+    assert "sweep." not in result.stderr.split("linear sweep:")[0]  # no warning about settings it chose itself
     metrics = json.loads((tmp_path / "qs" / "metrics.json").read_text())
     assert metrics["classes"] == ["defective", "functional"]
     assert "probe" in metrics and "knn" in metrics

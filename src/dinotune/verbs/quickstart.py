@@ -70,7 +70,6 @@ def quickstart(
     image_size: int = 112,
     out: Path | None = None,
     cache_dir: Path | None = None,
-    epochs: int = 50,
     progress: bool = True,
 ) -> Result:
     """The whole frozen-feature loop; returns the probe run."""
@@ -95,7 +94,6 @@ def quickstart(
             backbone=source,
             out=out or new_run_dir("quickstart"),
             cache_dir=cache_dir,
-            sweep={"epochs": epochs},
             progress=progress,
         )
     test_dir = root / "test"
