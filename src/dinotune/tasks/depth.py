@@ -57,19 +57,10 @@ class DepthModule(TaskModule):
 
     def _epoch_end(self, stage: str) -> None:
         sums = getattr(self, f"{stage}_sums")
-        total = self.trainer.strategy.reduce(sums.clone(), reduce_op="sum") if self.trainer.world_size > 1 else sums
+        total = self.sum_over_ranks(sums)
         means = total[:-1] / total[-1].clamp_min(1)
         for name, value in zip(NAMES, means.tolist(), strict=True):
             self.log(
                 f"{stage}/{name}", float(value), prog_bar=name == "absrel" and stage != "train", rank_zero_only=False
             )
         sums.zero_()
-
-    def on_train_epoch_end(self) -> None:
-        self._epoch_end("train")
-
-    def on_validation_epoch_end(self) -> None:
-        self._epoch_end("val")
-
-    def on_test_epoch_end(self) -> None:
-        self._epoch_end("test")

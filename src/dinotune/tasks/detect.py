@@ -54,19 +54,13 @@ class DetectionModule(TaskModule):
         self.metric.update(predictions, targets)
 
     def _epoch_end(self, stage: str) -> None:
-        if not self.metric.targets:
+        if not self.metric.targets:  # training steps collect no detections
             return
         result = self.metric.compute()
         self.metric.reset()
         for key in ("map", "map_50", "map_75"):
             value = float(result[key])
             self.log(f"{stage}/{key}", max(value, 0.0), prog_bar=key == "map", rank_zero_only=False)
-
-    def on_validation_epoch_end(self) -> None:
-        self._epoch_end("val")
-
-    def on_test_epoch_end(self) -> None:
-        self._epoch_end("test")
 
 
 __all__ = ["DetectionModule"]

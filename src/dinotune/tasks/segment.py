@@ -82,19 +82,10 @@ class SegmentationModule(TaskModule):
 
     def _epoch_end(self, stage: str) -> None:
         cm = getattr(self, f"{stage}_cm")
-        total = self.trainer.strategy.reduce(cm.clone(), reduce_op="sum") if self.trainer.world_size > 1 else cm
+        total = self.sum_over_ranks(cm)
         result = scores(total)
         for key in ("miou", "pixel_accuracy", "mean_class_accuracy"):
             self.log(
                 f"{stage}/{key}", float(result[key]), prog_bar=key == "miou" and stage != "train", rank_zero_only=False
             )
         cm.zero_()
-
-    def on_train_epoch_end(self) -> None:
-        self._epoch_end("train")
-
-    def on_validation_epoch_end(self) -> None:
-        self._epoch_end("val")
-
-    def on_test_epoch_end(self) -> None:
-        self._epoch_end("test")

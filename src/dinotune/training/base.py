@@ -53,6 +53,22 @@ class TaskModule(L.LightningModule):
     def _shared_step(self, batch: dict[str, Any], stage: str, batch_idx: int) -> Tensor:
         raise NotImplementedError
 
+    def _epoch_end(self, stage: str) -> None:
+        """Log the epoch's metrics of `stage` from the state the steps accumulated (tasks that keep some)."""
+
+    def on_train_epoch_end(self) -> None:
+        self._epoch_end("train")
+
+    def on_validation_epoch_end(self) -> None:
+        self._epoch_end("val")
+
+    def on_test_epoch_end(self) -> None:
+        self._epoch_end("test")
+
+    def sum_over_ranks(self, total: Tensor) -> Tensor:
+        """`total` summed over the DDP processes (itself with one)."""
+        return self.trainer.strategy.reduce(total.clone(), reduce_op="sum") if self.trainer.world_size > 1 else total
+
     def log_loss(self, stage: str, value: Tensor, batch_size: int, name: str = "loss", bar: bool = True) -> None:
         """`{stage}/{name}`: per step while training (on the progress bar), else the epoch mean over ranks."""
         on_step = stage == "train"
