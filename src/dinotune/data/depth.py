@@ -10,7 +10,6 @@ stored as 0 in the tensors and left out of the loss and the metrics.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -24,12 +23,11 @@ from torch.utils.data import Dataset
 
 from dinotune.data.config import DataConfig, ScalingConfig
 from dinotune.data.decode import read_image
-from dinotune.data.formats import list_images, mask_key
+from dinotune.data.formats import Pairing, match_by_key, paired_samples
 from dinotune.data.spec import DatasetSpec, Sample, split_subfolders
 from dinotune.data.splits import apply_split
 from dinotune.errors import DataError
 
-log = logging.getLogger(__name__)
 DEPTH_DIR = "depth"
 DEPTH_SUFFIXES = (".png", ".tif", ".tiff")
 
@@ -73,18 +71,9 @@ def _groups(root: Path) -> dict[str, tuple[Path, Path]]:
     return {s: (d, depth / d.name) for s, d in inner.items()} if inner else {"all": (images, depth)}
 
 
-def depth_pairs(root: Path) -> dict[str, tuple[list[tuple[Path, Path]], list[Path], list[Path]]]:
+def depth_pairs(root: Path) -> dict[str, Pairing]:
     """Per split: (image, depth) pairs, images without a depth map, depth maps without an image."""
-    out = {}
-    for split, (image_dir, depth_dir) in _groups(Path(root)).items():
-        images = {mask_key(p, image_dir): p for p in list_images(image_dir)}
-        depths = {mask_key(p, depth_dir): p for p in list_images(depth_dir)} if depth_dir.is_dir() else {}
-        out[split] = (
-            [(images[k], depths[k]) for k in sorted(images) if k in depths],
-            [images[k] for k in sorted(images) if k not in depths],
-            [depths[k] for k in sorted(depths) if k not in images],
-        )
-    return out
+    return {split: match_by_key(image_dir, depth_dir) for split, (image_dir, depth_dir) in _groups(Path(root)).items()}
 
 
 def load_depth_dataset(
@@ -100,18 +89,7 @@ def load_depth_dataset(
     root = Path(root)
     if not root.is_dir():
         raise DataError(f"{root} does not exist or is not a folder; give the folder holding images/ and depth/")
-    splits = {}
-    for split, (pairs, lonely_images, lonely_depths) in depth_pairs(root).items():
-        if lonely_images:
-            log.warning(
-                "%d image(s) in %s have no depth map and are left out, e.g. %s",
-                len(lonely_images),
-                root,
-                lonely_images[0],
-            )
-        if lonely_depths:
-            log.warning("%d depth map(s) in %s have no image, e.g. %s", len(lonely_depths), root, lonely_depths[0])
-        splits[split] = [Sample(image, depth) for image, depth in pairs]
+    splits = paired_samples(depth_pairs(root), root, "depth map")
     if not any(splits.values()):
         raise DataError(f"{root}: no image has a depth map of the same name under depth/; see docs/depth.md")
     spec = DatasetSpec("depth", "depth", root, ["depth"], splits)

@@ -27,6 +27,7 @@ from dinotune.errors import DataError
 
 log = logging.getLogger(__name__)
 
+Pairing = tuple[list[tuple[Path, Path]], list[Path], list[Path]]  # pairs, lonely images, lonely targets
 PATH_KEYS = ("path", "file_name", "filename", "file", "image", "image_path", "img")
 LABEL_KEYS = ("label", "labels", "category", "class", "class_name", "target")
 MASK_SUFFIXES = ("_mask", "-mask", "_label", "_labels", "_gt", "_seg")
@@ -299,7 +300,7 @@ def mask_key(path: Path, folder: Path) -> str:
     return rel
 
 
-def segmentation_pairs(root: Path) -> dict[str, tuple[list[tuple[Path, Path]], list[Path], list[Path]]]:
+def segmentation_pairs(root: Path) -> dict[str, Pairing]:
     """Per split: (image, mask) pairs, images without a mask, masks without an image."""
     splits = split_subfolders(root)
     groups: dict[str, tuple[Path, Path]] = {}
@@ -314,33 +315,40 @@ def segmentation_pairs(root: Path) -> dict[str, tuple[list[tuple[Path, Path]], l
         )
     if not groups:
         raise DataError(f"{root}: expected images/ and masks/ folders (optionally inside train/ val/)")
-    out = {}
-    for split, (img_dir, mask_dir) in groups.items():
-        images = {mask_key(p, img_dir): p for p in list_images(img_dir)}
-        masks = {mask_key(p, mask_dir): p for p in list_images(mask_dir)} if mask_dir.is_dir() else {}
-        pairs = [(images[k], masks[k]) for k in sorted(images) if k in masks]
-        out[split] = (
-            pairs,
-            [images[k] for k in sorted(images) if k not in masks],
-            [masks[k] for k in sorted(masks) if k not in images],
-        )
-    return out
+    return {split: match_by_key(img_dir, mask_dir) for split, (img_dir, mask_dir) in groups.items()}
+
+
+def match_by_key(image_dir: Path, target_dir: Path) -> tuple[list[tuple[Path, Path]], list[Path], list[Path]]:
+    """(image, target) pairs of the same `mask_key`, images without a target, targets without an image."""
+    images = {mask_key(p, image_dir): p for p in list_images(image_dir)}
+    targets = {mask_key(p, target_dir): p for p in list_images(target_dir)} if target_dir.is_dir() else {}
+    return (
+        [(images[k], targets[k]) for k in sorted(images) if k in targets],
+        [images[k] for k in sorted(images) if k not in targets],
+        [targets[k] for k in sorted(targets) if k not in images],
+    )
+
+
+def paired_samples(found: dict[str, Pairing], root: Path, target: str) -> dict[str, list[Sample]]:
+    """Per split, the samples of the matched pairs; one warning each for the unmatched images and `target`s."""
+    splits = {}
+    for split, (pairs, lonely_images, lonely_targets) in found.items():
+        if lonely_images:
+            log.warning(
+                "%d image(s) in %s have no %s and are left out, e.g. %s",
+                len(lonely_images),
+                root,
+                target,
+                lonely_images[0],
+            )
+        if lonely_targets:
+            log.warning("%d %s(s) in %s have no image, e.g. %s", len(lonely_targets), target, root, lonely_targets[0])
+        splits[split] = [Sample(image, target_path) for image, target_path in pairs]
+    return splits
 
 
 def _read_segmentation(root: Path) -> DatasetSpec:
-    splits = {}
-    for split, (pairs, lonely_images, lonely_masks) in segmentation_pairs(root).items():
-        if lonely_images:
-            log.warning(
-                "%d image(s) in %s have no mask and are left out, e.g. %s",
-                len(lonely_images),
-                root,
-                lonely_images[0],
-            )
-        if lonely_masks:
-            log.warning("%d mask(s) in %s have no image, e.g. %s", len(lonely_masks), root, lonely_masks[0])
-        splits[split] = [Sample(img, mask) for img, mask in pairs]
-    return DatasetSpec("segment", "segmentation", root, [], splits)
+    return DatasetSpec("segment", "segmentation", root, [], paired_samples(segmentation_pairs(root), root, "mask"))
 
 
 def _read_unlabelled(root: Path) -> DatasetSpec:
