@@ -8,9 +8,8 @@ import torch
 
 from dinotune import load_backbone
 from dinotune.heads.depth import DepthHeadConfig
-from dinotune.model.depth_slide import predict_depth_array
 from dinotune.model.depther import build_depth_model, predict_depth
-from dinotune.model.slide import InferenceConfig
+from dinotune.model.slide import InferenceConfig, predict_depth_array
 
 
 def test_slide_and_flip_in_torch_and_numpy_agree() -> None:

@@ -15,7 +15,7 @@ from torch import Tensor, nn
 
 from dinotune.backbones import Backbone
 from dinotune.heads.depth import DepthHeadConfig, build_depth_head, depth_layers
-from dinotune.model.inference import sliding_window
+from dinotune.model.inference import tta_average
 from dinotune.model.segmenter import Segmenter
 from dinotune.model.slide import InferenceConfig
 
@@ -65,25 +65,7 @@ def build_depth_model(backbone: Backbone, cfg: DepthHeadConfig, min_depth: float
 @torch.no_grad()
 def predict_depth(model: Any, images: Tensor, cfg: InferenceConfig | None = None) -> Tensor:
     """Depth (B, 1, H, W) of whole images: one pass or sliding windows, averaged over flips and scales."""
-    cfg = cfg or InferenceConfig()
-    h, w = images.shape[-2:]
-    total = images.new_zeros((images.shape[0], 1, h, w), dtype=torch.float32)
-    views = 0
-    for scale in cfg.scales:
-        size = (max(1, round(h * scale)), max(1, round(w * scale)))
-        scaled = images if scale == 1.0 else F.interpolate(images, size=size, mode="bilinear", align_corners=False)
-        for flip in (False, True) if cfg.flip else (False,):
-            x = scaled.flip(-1) if flip else scaled
-            if cfg.mode == "whole":
-                depth = model(x).float()
-            else:
-                depth = sliding_window(model, x, 1, cfg.crop, cfg.stride, cfg.window_batch)
-            depth = depth.flip(-1) if flip else depth
-            if depth.shape[-2:] != (h, w):
-                depth = F.interpolate(depth, size=(h, w), mode="bilinear", align_corners=False)
-            total += depth
-            views += 1
-    return total / views
+    return tta_average(model, images, 1, cfg or InferenceConfig())
 
 
 __all__ = ["DepthModel", "build_depth_model", "grid_info", "predict_depth"]

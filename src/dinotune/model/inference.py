@@ -43,35 +43,39 @@ def sliding_window(
     return out / count
 
 
+def tta_average(
+    model: Model,
+    images: Tensor,
+    channels: int,
+    cfg: InferenceConfig,
+    activation: Callable[[Tensor], Tensor] | None = None,
+) -> Tensor:
+    """The model's (B, channels, H, W) output averaged over `cfg`'s scales and flips (one pass or sliding windows
+    each, resized back to H, W); `activation` (a softmax for class probabilities) is applied to each view first."""
+    h, w = images.shape[-2:]
+    total = images.new_zeros((images.shape[0], channels, h, w), dtype=torch.float32)
+    views = 0
+    for scale in cfg.scales:
+        size = (max(1, round(h * scale)), max(1, round(w * scale)))
+        scaled = images if scale == 1.0 else F.interpolate(images, size=size, mode="bilinear", align_corners=False)
+        for flip in (False, True) if cfg.flip else (False,):
+            x = scaled.flip(-1) if flip else scaled
+            if cfg.mode == "whole":
+                out = model(x).float()
+            else:
+                out = sliding_window(model, x, channels, cfg.crop, cfg.stride, cfg.window_batch)
+            out = out.flip(-1) if flip else out
+            if out.shape[-2:] != (h, w):
+                out = F.interpolate(out, size=(h, w), mode="bilinear", align_corners=False)
+            total += activation(out) if activation is not None else out
+            views += 1
+    return total / views
+
+
 @torch.no_grad()
 def predict_probs(model: Model, images: Tensor, num_classes: int, cfg: InferenceConfig | None = None) -> Tensor:
     """Class probabilities (B, K, H, W), averaged over scales and flips (TTA)."""
-    cfg = cfg or InferenceConfig()
-    h, w = images.shape[-2:]
-    total = images.new_zeros((images.shape[0], num_classes, h, w), dtype=torch.float32)
-    views = 0
-    for scale in cfg.scales:
-        scaled = (
-            images
-            if scale == 1.0
-            else F.interpolate(
-                images, size=(max(1, round(h * scale)), max(1, round(w * scale))), mode="bilinear", align_corners=False
-            )
-        )
-        for flip in (False, True) if cfg.flip else (False,):
-            x = scaled.flip(-1) if flip else scaled
-            logits = (
-                model(x).float()
-                if cfg.mode == "whole"
-                else sliding_window(model, x, num_classes, cfg.crop, cfg.stride, cfg.window_batch)
-            )
-            if flip:
-                logits = logits.flip(-1)
-            if logits.shape[-2:] != (h, w):
-                logits = F.interpolate(logits, size=(h, w), mode="bilinear", align_corners=False)
-            total += logits.softmax(dim=1)
-            views += 1
-    return total / views
+    return tta_average(model, images, num_classes, cfg or InferenceConfig(), lambda logits: logits.softmax(dim=1))
 
 
 __all__ = [
@@ -81,6 +85,7 @@ __all__ = [
     "overlay",
     "predict_probs",
     "sliding_window",
+    "tta_average",
     "window_starts",
     "write_index_png",
 ]

@@ -72,28 +72,42 @@ def _softmax(logits: np.ndarray) -> np.ndarray:
     return shifted / shifted.sum(axis=1, keepdims=True)
 
 
-def predict_probs(
-    model: ArrayModel, images: np.ndarray, num_classes: int, cfg: InferenceConfig | None = None
+def tta_average(
+    model: ArrayModel,
+    images: np.ndarray,
+    channels: int,
+    cfg: InferenceConfig,
+    activation: Callable[[np.ndarray], np.ndarray] | None = None,
 ) -> np.ndarray:
-    """Class probabilities (B, K, H, W), averaged over scales and flips (TTA)."""
-    cfg = cfg or InferenceConfig()
+    """`dinotune.model.inference.tta_average` in numpy: the (B, channels, H, W) output averaged over scales
+    and flips, `activation` (a softmax for class probabilities) applied to each view first."""
     h, w = images.shape[-2:]
-    total = np.zeros((images.shape[0], num_classes, h, w), np.float32)
+    total = np.zeros((images.shape[0], channels, h, w), np.float32)
     views = 0
     for scale in cfg.scales:
         size = (max(1, round(h * scale)), max(1, round(w * scale)))
         scaled = images if scale == 1.0 else _resize_nchw(images, *size)
         for flip in (False, True) if cfg.flip else (False,):
             x = np.ascontiguousarray(scaled[..., ::-1]) if flip else scaled
-            logits = (
-                model(x).astype(np.float32)
-                if cfg.mode == "whole"
-                else sliding_window(model, x, num_classes, cfg.crop, cfg.stride, cfg.window_batch)
-            )
-            if flip:
-                logits = logits[..., ::-1]
-            if logits.shape[-2:] != (h, w):
-                logits = _resize_nchw(logits, h, w)
-            total += _softmax(logits)
+            if cfg.mode == "whole":
+                out = model(x).astype(np.float32)
+            else:
+                out = sliding_window(model, x, channels, cfg.crop, cfg.stride, cfg.window_batch)
+            out = np.ascontiguousarray(out[..., ::-1]) if flip else out
+            if out.shape[-2:] != (h, w):
+                out = _resize_nchw(out, h, w)
+            total += activation(out) if activation is not None else out
             views += 1
     return total / views
+
+
+def predict_probs(
+    model: ArrayModel, images: np.ndarray, num_classes: int, cfg: InferenceConfig | None = None
+) -> np.ndarray:
+    """Class probabilities (B, K, H, W), averaged over scales and flips (TTA)."""
+    return tta_average(model, images, num_classes, cfg or InferenceConfig(), _softmax)
+
+
+def predict_depth_array(model: ArrayModel, images: np.ndarray, cfg: InferenceConfig | None = None) -> np.ndarray:
+    """Depth (B, 1, H, W) of NCHW float32 images: `dinotune.model.depther.predict_depth` without torch."""
+    return tta_average(model, images, 1, cfg or InferenceConfig())

@@ -143,9 +143,8 @@ class OnnxEngine(Engine):
         return slide.predict_probs(self.model.logits, image[None], len(self.card.classes), cfg)[0]
 
     def depth_map(self, image: np.ndarray) -> np.ndarray:
-        from dinotune.model.depth_slide import predict_depth_array
-
-        return predict_depth_array(self.model.logits, image[None], slide.InferenceConfig(**self.card.inference))[0, 0]
+        cfg = slide.InferenceConfig(**self.card.inference)
+        return slide.predict_depth_array(self.model.logits, image[None], cfg)[0, 0]
 
     def _detect(self, images: np.ndarray) -> list[dict[str, np.ndarray]]:
         return self.model.detect(images)
