@@ -101,21 +101,13 @@ def build_detector(backbone: Backbone, cfg: DetectHeadConfig, num_classes: int,
     return Detector(backbone, DetectionHead(sources, num_classes, cfg), layers, postprocess_cfg)
 
 
-def load_detector(backbone: Backbone, path: Path, card: Any) -> Detector:
-    """A detector from its card (head config, the layers and their channels/strides) and head file."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
+def detector_from_card(backbone: Backbone, card: Any, path: Path) -> Detector:
+    """A detector as the card describes it (head config, the layers and their channels/strides), its head
+    not loaded yet; `path`, the head file, names the model in errors."""
     cfg = DetectHeadConfig(**card.head.get("config", {}))
     layers, sources = detection_layers(backbone, cfg)
     if card.head.get("layers") not in (None, layers):
         raise CheckpointError(f"{path}: the card's head reads layers {card.head['layers']}, this backbone gives "
                               f"{layers}; the backbone is not the one this model was trained on.")  # fmt: skip
-    model = Detector(backbone, DetectionHead(sources, len(card.classes), cfg), layers,
-                     postprocess_config(card.inference))  # fmt: skip
-    try:
-        model.head.load_state_dict(load_file(str(path)))
-    except (RuntimeError, SafetensorError) as err:
-        raise CheckpointError(f"{path} does not match the detection head in the card: {str(err).splitlines()[0]}"
-                              ) from None  # fmt: skip
-    return model
+    return Detector(backbone, DetectionHead(sources, len(card.classes), cfg), layers,
+                    postprocess_config(card.inference))  # fmt: skip

@@ -26,7 +26,7 @@ from dinotune.heads.linear import LinearHead
 from dinotune.heads.segment import HeadConfig, build_head
 from dinotune.model.card import CARD_FILE, ModelCard, inside, read_card
 from dinotune.model.classifier import Classifier
-from dinotune.model.detector import Detector, load_detector
+from dinotune.model.detector import Detector, detector_from_card
 from dinotune.model.mask2former import build_mask_segmenter
 from dinotune.model.onnx import load_onnx_model
 from dinotune.model.segmenter import Segmenter, feature_dims
@@ -99,11 +99,11 @@ def load_model(folder: str | Path, device: str | torch.device | None = None) -> 
     if not head_path.is_file():
         raise CheckpointError(f"'{folder}' has {CARD_FILE} but no head file {head_path.name}.")
     if card.task == "segment":
-        model: Model = _segmenter(backbone, head_path, card)
+        model: Model = _load_head(_segmenter(backbone, card), head_path)
     elif card.task == "depth":
         model = _load_head(_depth_model(backbone, card), head_path)
     elif card.task == "detect":
-        model = load_detector(backbone, head_path, card)
+        model = _load_head(detector_from_card(backbone, card, head_path), head_path)
     else:
         model = Classifier(backbone, _linear_head(head_path))
     _check_head(model.head, card, head_path)
@@ -117,7 +117,7 @@ def _linear_head(path: Path) -> LinearHead:
         raise CheckpointError(f"{path} is not a readable safetensors file ({err}).") from None
 
 
-def _segmenter(backbone: Backbone, path: Path, card: ModelCard) -> Segmenter:
+def _segmenter(backbone: Backbone, card: ModelCard) -> Segmenter:
     layers = card.head.get("layers")
     if not isinstance(layers, list):
         raise CheckpointError(f"{card.head.get('file')}: the card's head has no 'layers' list.")
@@ -126,14 +126,11 @@ def _segmenter(backbone: Backbone, path: Path, card: ModelCard) -> Segmenter:
         model: Segmenter = _mask_segmenter(backbone, head_cfg, card)
     else:
         model = Segmenter(backbone, build_head(head_cfg, feature_dims(backbone, layers), len(card.classes)), layers)
-    try:
-        model.head.load_state_dict(load_file(str(path)))
-    except (RuntimeError, SafetensorError) as err:
-        raise CheckpointError(f"{path} does not match the head in {CARD_FILE}: {str(err).splitlines()[0]}") from None
     return model
 
 
-def _load_head(model: Segmenter, path: Path) -> Segmenter:
+def _load_head(model: Segmenter | Detector, path: Path) -> Segmenter | Detector:
+    """`model` with its head's weights from `path` (a one-line error when they do not fit the card's head)."""
     try:
         model.head.load_state_dict(load_file(str(path)))
     except (RuntimeError, SafetensorError) as err:
