@@ -195,13 +195,18 @@ def summary(rows: list[dict]) -> dict:
     return mean
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
+def dataset_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """The options `dataset` reads, shared with benchmarks/probe_profile.py."""
     parser.add_argument("--dataset", choices=("elpv", "fashion-mnist", "mosaic"), default="elpv")
     parser.add_argument("--backbone", default="random:vit_tiny16")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--per-class", type=int, default=300, help="ELPV images per class (split 70/15/15)")
     parser.add_argument("--counts", type=int, nargs=3, default=[1000, 500, 1000], help="Fashion-MNIST/mosaic splits")
+    return parser
+
+
+def main() -> None:
+    parser = dataset_arguments(argparse.ArgumentParser(description=__doc__))
     parser.add_argument("--repeats", type=int, default=3, help="timings of each selection step, alternately")
     parser.add_argument("--image-size", type=int, default=None, help="default: 112 (ELPV), 64 (others)")
     parser.add_argument("--seed-way", action="store_true", help="also time the seed spec's way (slow)")

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from _common import write_result
-from linear_probe import dataset, knn_seconds, sklearn_logreg
+from linear_probe import dataset, dataset_arguments, knn_seconds, sklearn_logreg
 from threadpoolctl import threadpool_limits
 
 from dinotune import load_backbone
@@ -50,13 +50,7 @@ def one_seed(args, seed: int, backbone, work: Path) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--dataset", choices=("elpv", "fashion-mnist", "mosaic"), default="elpv")
-    parser.add_argument("--backbone", default="random:vit_tiny16")
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--per-class", type=int, default=300)
-    parser.add_argument("--counts", type=int, nargs=3, default=[1000, 500, 1000])
-    args = parser.parse_args()
+    args = dataset_arguments(argparse.ArgumentParser(description=__doc__)).parse_args()
     args.image_size = 112 if args.dataset == "elpv" else 64
     warnings.filterwarnings("ignore", message="RANDOM WEIGHTS")
     torch.set_num_threads(1)
