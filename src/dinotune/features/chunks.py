@@ -1,12 +1,13 @@
 """Cache-sized chunks: on the CPU a batch runs through the backbone a few images at a time.
 
-A ViT-S/16 at 224 px makes a 1.2 MB MLP activation per image; a batch of 32 makes 40 MB, more than this
+A ViT-S/16 at 224 px makes a 1.2 MB MLP activation per image; a batch of 32 makes 38 MB, more than the CI
 machine's 32 MiB last-level cache, so every elementwise op (bias, GELU, LayerNorm, residual) and the
-attention stream from memory. In chunks of 8 the same work stays in cache: ONNX Runtime ran 1.2x faster and
-eager PyTorch 1.2-1.3x (docs/performance.md). The chunk is the number of images whose largest activation
-fits in a third of the last-level cache (a layer's input, output and weights together). It is measured
-with forward hooks on the first image the extractor runs in eager anyway (`ActivationMeter`), so it
-adapts to the architecture and the input size at no extra cost. On CUDA the batch runs whole: a GPU
+attention stream from memory. In chunks of 9 the same work stays in cache: ONNX Runtime ran 1.07x faster
+(median of 10 pairs; 1.02-1.27x per benchmark round) and eager PyTorch 1.07-1.39x (docs/performance.md).
+The chunk is the number of images whose largest activation fits in a third of the last-level cache (a
+layer's input, output and weights together). It is measured with forward hooks on the first image the
+extractor runs in eager anyway (`ActivationMeter`), so it adapts to the architecture and the input size
+at no extra cost. On CUDA the batch runs whole: a GPU
 wants large batches.
 """
 
