@@ -7,6 +7,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+import logging
 import time
 import warnings
 from pathlib import Path
@@ -189,7 +190,9 @@ def test_export_parity(depth_run: Result, exported: tuple[Path, dict], scenes: P
 
 
 @pytest.mark.parametrize("runtime", ["torch", "onnxruntime"])
-def test_serve_answers_a_depth_map(runtime: str, depth_run: Result, exported: tuple[Path, dict], scenes: Path) -> None:
+def test_serve_answers_a_depth_map(
+    runtime: str, depth_run: Result, exported: tuple[Path, dict], scenes: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     from fastapi.testclient import TestClient
 
     from dinotune.model.depther import predict_depth
@@ -198,7 +201,8 @@ def test_serve_answers_a_depth_map(runtime: str, depth_run: Result, exported: tu
     image_path = sorted((scenes / "images" / "test").iterdir())[0]
     model, card = load_model(depth_run.run_dir)
     expected = predict_depth(model, card.preprocessing.load(image_path, 16)[None])[0, 0].numpy()  # 64 x 64: no resize
-    with TestClient(create_app(depth_run.run_dir if runtime == "torch" else exported[0])) as client:
+    folder = depth_run.run_dir if runtime == "torch" else exported[0]
+    with caplog.at_level(logging.INFO, logger="dinotune.serve"), TestClient(create_app(folder)) as client:
         for _ in range(600):  # the model loads in the background
             if client.get("/ready").status_code == 200:
                 break
@@ -206,6 +210,7 @@ def test_serve_answers_a_depth_map(runtime: str, depth_run: Result, exported: tu
         assert client.get("/info").json()["runtime"] == runtime
         response = client.post("/predict", files={"file": ("x.png", image_path.read_bytes(), "image/png")})
     assert response.status_code == 200, response.text
+    assert "depth in metres" in caplog.text and "1 classes" not in caplog.text  # the ready line
     answer = response.json()
     served = _decode(answer)
     assert served.shape == (64, 64) and answer["depth"]["min"] == pytest.approx(float(served.min()), rel=1e-3)

@@ -121,11 +121,13 @@ class ServerState:
         self.engine = engine
         checksum = getattr(engine, "checksum", "")
         self.monitor.set_model(engine.name, __version__, engine.card.task, engine.runtime, checksum)
+        classes = len(engine.card.classes)
+        what = "depth in metres" if engine.card.task == "depth" else f"{classes} class{'es' if classes != 1 else ''}"
         log.info(
-            "model %s ready (%s, %d classes, %s, drift reference: %s)",
+            "model %s ready (%s, %s, %s, drift reference: %s)",
             engine.name,
             engine.runtime,
-            len(engine.card.classes),
+            what,
             f"{self.threads} thread{'s' if self.threads != 1 else ''}" if self.threads else "threads: the caller's",
             "yes" if engine.reference is not None else "none",
         )
