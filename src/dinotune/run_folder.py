@@ -156,6 +156,15 @@ def recorded_data_root(run: str | Path) -> Path | None:
         return None
 
 
+def recorded_mode(run: str | Path) -> str | None:
+    """How a training run treated its backbone (config.yaml's `mode`: linear, finetune, ...), if it says."""
+    try:
+        mode = yaml.safe_load((Path(run) / "config.yaml").read_text()).get("mode")
+    except (OSError, yaml.YAMLError, AttributeError):
+        return None
+    return mode if isinstance(mode, str) else None
+
+
 class RunLog:
     """Messages go to the console (through logging) and to `<run>/log.txt`."""
 

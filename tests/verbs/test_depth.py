@@ -147,6 +147,7 @@ def test_evaluate_on_new_data_reproduces_the_test_metrics(depth_run: Result, sce
     assert (tmp_path / "eval" / "per_image_depth.csv").is_file()
     report = (tmp_path / "eval" / "report.html").read_text()
     assert f"Depth: {depth_run.run_dir.name}" in report and ".tmp" not in report.split("</h1>")[0]  # not the temp dir
+    assert "frozen backbone + linear head" in report  # read from the run's config and card, not guessed
 
 
 def test_compare_reads_depth_runs_lower_is_better(depth_run: Result) -> None:

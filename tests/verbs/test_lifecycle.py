@@ -161,6 +161,7 @@ def test_segmenter_lifecycle(runs: dict[str, Result], masks: Path) -> None:
     assert (evaluation.run_dir / "per_image_iou.csv").is_file()
     heading = (evaluation.run_dir / "report.html").read_text().split("</h1>")[0]
     assert heading.endswith(f"Segmentation: {run.name}")  # the run, not the temporary folder it was written in
+    assert f"frozen backbone + {card.head['type']} head" in (evaluation.run_dir / "report.html").read_text()
     export = run_export(run, run / "export", quantize="int8")
     assert export.metrics["parity"]["pixel_agreement"] >= 0.999
     torch_model, _ = load_model(run)

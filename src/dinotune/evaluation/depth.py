@@ -25,7 +25,7 @@ from dinotune.metrics.depth import DIRECTIONS, NAMES, DepthMeter
 from dinotune.model import load_model, model_device
 from dinotune.model.depther import predict_depth
 from dinotune.model.slide import InferenceConfig
-from dinotune.run_folder import write_json
+from dinotune.run_folder import recorded_mode, write_json
 
 MAX_PREVIEWS = 8
 
@@ -142,6 +142,8 @@ def evaluate_depth(
         "task": "depth",
         "run": str(run),
         "data": str(root),
+        "mode": recorded_mode(run),
+        "head": card.head.get("type"),
         "classes": card.classes,
         "report_split": used,
         "directions": DIRECTIONS,

@@ -8,9 +8,8 @@ from pathlib import Path
 from typing import Any
 
 from dinotune.metrics.depth import DIRECTIONS, NAMES
-from dinotune.report.html import TINY, Report, cards, note, table, trust_banners
+from dinotune.report.html import TINY, Report, cards, model_description, note, table, trust_banners
 
-_MODES = {"linear": "frozen", "finetune": "fine-tuned", "partial": "partly frozen", "lora": "LoRA"}
 LABELS = {
     "absrel": "AbsRel",
     "sqrel": "SqRel",
@@ -35,11 +34,10 @@ def write_depth_report(run_dir: Path, metrics: dict[str, Any], backbone: dict[st
     """`report.html` in `run_dir`, self-contained (previews embedded)."""
     split = metrics["report_split"]
     result = metrics.get(split, {})
-    mode = metrics.get("mode", "")
     depth = metrics.get("depth", {})
     report = Report(
         title=f"Depth: {Path(metrics.get('run') or run_dir).name}",  # evaluate writes into a temporary folder
-        subtitle=f"{_MODES.get(mode, mode) or 'trained'} backbone + {metrics.get('head', 'a')} head, split '{split}', "
+        subtitle=f"{model_description(metrics)}, split '{split}', "
         f"depth {depth.get('min_depth', '?')}..{depth.get('max_depth', '?')} m",
     )
     trust_banners(report, backbone or {}, int(result.get("images", TINY)))

@@ -28,7 +28,7 @@ from dinotune.evaluation.tiles import DEFAULT_BLOCK, segment_scene
 from dinotune.metrics import confusion_matrix, scores
 from dinotune.model import load_model, model_device
 from dinotune.model.inference import InferenceConfig, overlay, predict_probs, write_index_png
-from dinotune.run_folder import write_json
+from dinotune.run_folder import recorded_mode, write_json
 
 
 @torch.no_grad()
@@ -162,6 +162,8 @@ def evaluate_segmentation(
         "task": "segment",
         "run": str(run),
         "data": str(root),
+        "mode": recorded_mode(run),
+        "head": card.head.get("type"),
         "classes": card.classes,
         "report_split": used,
         used: result,

@@ -7,10 +7,8 @@ import html
 from pathlib import Path
 from typing import Any
 
-from dinotune.report.html import TINY, Report, cards, figure, note, table, trust_banners
+from dinotune.report.html import TINY, Report, cards, figure, model_description, note, table, trust_banners
 from dinotune.report.plots import figure_png, iou_figure
-
-_MODES = {"linear": "frozen", "finetune": "fine-tuned", "partial": "partly frozen", "lora": "LoRA"}
 
 
 def _tile(path: Path, width: int = 192) -> str:
@@ -31,11 +29,9 @@ def write_segmentation_report(
     classes: list[str] = metrics["classes"]
     split = metrics["report_split"]
     result = metrics.get(split, {})
-    mode = metrics.get("mode", "")
     report = Report(
         title=f"Segmentation: {Path(metrics.get('run') or run_dir).name}",  # evaluate writes into a temporary folder
-        subtitle=f"{_MODES.get(mode, mode) or 'trained'} backbone + {metrics.get('head', 'a')} head, "
-        f"{len(classes)} classes, split '{split}'",
+        subtitle=f"{model_description(metrics)}, {len(classes)} classes, split '{split}'",
     )
     trust_banners(report, backbone or {}, int(result.get("images", TINY)))
     report.add(

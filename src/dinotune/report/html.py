@@ -131,6 +131,16 @@ class Report:
 TINY = 100  # evaluated images below which a banner says how wide the uncertainty is
 
 
+MODES = {"linear": "frozen", "finetune": "fine-tuned", "partial": "partly frozen", "lora": "LoRA"}
+
+
+def model_description(metrics: Mapping[str, Any]) -> str:
+    """ "frozen backbone + dpt head" from a run's metrics; what they do not record is left out, not guessed."""
+    mode, head = metrics.get("mode"), metrics.get("head")
+    model = f"backbone + {head} head" if head else "backbone + head"
+    return f"{MODES.get(mode, mode)} {model}" if mode else model
+
+
 def trust_banners(report: Report, backbone: dict[str, Any], images: int, accuracy: float | None = None) -> None:
     """The two banners a report owes its reader: random backbone weights, and too few images to trust."""
     source = str(backbone.get("source") or "")
